@@ -1,0 +1,206 @@
+"""Typed, validated run configuration: YAML file + dotted ``key=value`` overrides.
+
+Every field carries a one-line description (shown by ``declora configs --fields``). Loading
+errors are raised as :class:`ConfigError` with one line that names the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+METHODS = ("dec-lora", "centralized", "local", "fedavg")
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message is one line meant for the user."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TopologyConfig(_Section):
+    kind: Literal["ring", "complete", "star", "grid", "erdos_renyi", "exponential", "custom"] = (
+        Field("ring", description="communication graph between nodes")
+    )
+    p: float = Field(0.3, gt=0, le=1, description="edge probability for erdos_renyi")
+    edges: list[tuple[int, int]] | None = Field(
+        None, description="0-based node pairs, for kind=custom"
+    )
+
+
+class PartitionConfig(_Section):
+    kind: Literal["iid", "dirichlet", "label_skew", "quantity_skew"] = Field(
+        "dirichlet", description="how training rows are split over nodes"
+    )
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (smaller = more skew)")
+    proportions: list[list[float]] | None = Field(
+        None, description="per-node class proportions, for kind=label_skew"
+    )
+
+
+class LoraSettings(_Section):
+    rank: int = Field(8, ge=1, description="LoRA rank r")
+    alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / rank)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
+    targets: list[str] = Field(
+        ["query", "value"], min_length=1, description="module names that get LoRA adapters"
+    )
+
+
+class ModelConfig(_Section):
+    name: str = Field(
+        "bundled:minilm",
+        description="Hugging Face id, local path, or bundled:minilm (offline MiniLM-L6)",
+    )
+
+
+class DataConfig(_Section):
+    path: str = Field(
+        "bundled:rotten_tomatoes",
+        description="CSV / JSONL file, Hugging Face dataset id, or bundled:rotten_tomatoes",
+    )
+    text_column: str = Field("text", description="column holding the input text")
+    label_column: str = Field("label", description="column holding the class (int or string)")
+    eval_size: int = Field(1000, ge=1, description="rows held out for evaluation, never trained on")
+    train_size: int | None = Field(
+        None, ge=1, description="use at most this many training rows (all when empty)"
+    )
+    split_seed: int = Field(0, description="seed of the held-out split (fixed across run seeds)")
+
+
+class Config(_Section):
+    task: Literal["classification"] = Field(
+        "classification", description="what is trained (causal LMs plug in here later)"
+    )
+    nodes: int = Field(8, ge=1, description="number of sites in the graph")
+    rounds: int = Field(30, ge=1, description="communication rounds T")
+    local_steps: int = Field(5, ge=1, description="optimizer steps per node per round K")
+    batch_size: int = Field(16, ge=1, description="training batch size on every node")
+    lr: float = Field(2e-3, gt=0, description="learning rate")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="local optimizer")
+    weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay (adamw)")
+    seed: int = Field(0, description="seed of initialisation, partition and sampling")
+    eval_every: int = Field(5, ge=1, description="evaluate every this many rounds (and at the end)")
+    node_eval_size: int = Field(
+        200, ge=1, description="eval rows for each node's own adapter between rounds (end: all)"
+    )
+    methods: list[Literal["dec-lora", "centralized", "local", "fedavg"]] = Field(
+        ["dec-lora", "centralized", "local"], min_length=1, description="what to run and compare"
+    )
+    topology: TopologyConfig = Field(default_factory=TopologyConfig)
+    mixing: Literal["metropolis", "laplacian", "uniform"] = Field(
+        "metropolis", description="mixing weights on the graph"
+    )
+    partition: PartitionConfig = Field(default_factory=PartitionConfig)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    max_length: int = Field(64, ge=8, description="truncate inputs to this many tokens")
+    out: str | None = Field(None, description="output folder (default runs/<timestamp>)")
+    export_adapters: bool = Field(True, description="save PEFT adapters under out/adapters")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError("methods: each method may appear once")
+        if self.partition.kind == "label_skew" and self.partition.proportions is None:
+            raise ValueError("partition.proportions is required when partition.kind=label_skew")
+        if self.topology.kind == "custom" and not self.topology.edges:
+            raise ValueError("topology.edges is required when topology.kind=custom")
+        return self
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Turn ``["lora.rank=4", "methods=[dec-lora]"]`` into a nested dict (values parsed as YAML)."""
+    tree: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. lora.rank=4)")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def resolve_config_path(name: str) -> Path:
+    """A YAML path, or the name of a built-in config (``declora configs`` lists them)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    builtin = CONFIG_DIR / f"{name.removesuffix('.yaml')}.yaml"
+    if builtin.is_file():
+        return builtin
+    raise ConfigError(f"config '{name}' is neither a file nor a built-in config (see: declora configs)")
+
+
+def builtin_configs() -> dict[str, str]:
+    """Built-in config name -> its first comment line."""
+    out = {}
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        first = path.read_text().splitlines()[0] if path.stat().st_size else ""
+        out[path.stem] = first.lstrip("# ").strip()
+    return out
+
+
+def _format_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"] if not isinstance(p, int) or len(e["loc"]) == 1)
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
+        return f"unknown config key '{loc}'"
+    got = e.get("input")
+    shown = "" if isinstance(got, dict) or e["type"].startswith("value_error") else f" (got {got!r})"
+    return f"{loc}: {msg}{shown}" if loc else msg
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a Config from an optional YAML file plus ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = resolve_config_path(path)
+        try:
+            data = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{file}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file}: expected a mapping of config keys at the top level")
+    data = _merge(data, parse_overrides(overrides or []))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"config error: {_format_error(err)}") from None
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML (written next to every run's outputs)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,78 @@
+"""Mixing rules on adapter states and the consensus distances the theory talks about.
+
+Pure functions on ``dict[str, Tensor]``: no process group, no device logic. The simulator mixes
+all nodes at once with :func:`mix`; a distributed node mixes its own row with :func:`mix_row`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from declora.adapters import State, is_lora_a, is_lora_b, lora_pairs
+
+
+def mix(states: list[State], W: np.ndarray) -> list[State]:
+    """Dec-LoRA mixing: every tensor of node i becomes sum_j W_ij * tensor_j (A, B, head alike)."""
+    w = torch.as_tensor(W, dtype=torch.float64)  # (n, n)
+    out: list[State] = [{} for _ in states]
+    for key in states[0]:
+        stacked = torch.stack([s[key] for s in states]).double()  # (n, *shape)
+        mixed = torch.tensordot(w, stacked, dims=1).to(states[0][key].dtype)  # (n, *shape)
+        for i, s in enumerate(out):
+            s[key] = mixed[i]
+    return out
+
+
+def mix_row(own: State, own_weight: float, received: dict[int, tuple[float, State]]) -> State:
+    """One node's update: W_ii * own + sum over neighbours j of W_ij * state_j.
+
+    Sums in float64 in a fixed order (self, then neighbours by id) so the result matches
+    :func:`mix` to float tolerance.
+    """
+    out = {}
+    for key, value in own.items():
+        acc = value.double() * own_weight
+        for j in sorted(received):
+            weight, state = received[j]
+            acc = acc + state[key].double() * weight
+        out[key] = acc.to(value.dtype)
+    return out
+
+
+def average(states: list[State]) -> State:
+    """Network average of every tensor (the adapter the paper evaluates)."""
+    return {k: torch.stack([s[k] for s in states]).mean(0) for k in states[0]}
+
+
+def _relative_spread(per_node: list[list[torch.Tensor]]) -> float:
+    """mean_i ||x_i - mean_j x_j||_F / ||mean_j x_j||_F, the norm taken over all listed tensors."""
+    n_parts = len(per_node[0])
+    means = [torch.stack([node[p] for node in per_node]).mean(0) for p in range(n_parts)]
+    denom = float(torch.sqrt(sum((m.double() ** 2).sum() for m in means)))
+    if denom == 0.0:
+        return float("nan")
+    dists = [
+        float(torch.sqrt(sum(((node[p] - means[p]).double() ** 2).sum() for p in range(n_parts))))
+        for node in per_node
+    ]
+    return float(np.mean(dists)) / denom
+
+
+def consensus_distances(states: list[State]) -> dict[str, float]:
+    """Relative spread of A, of B and of the products B @ A over nodes (0 = full agreement).
+
+    ``consensus_ab`` is mean_i ||B_i A_i - mean_j B_j A_j||_F / ||mean_j B_j A_j||_F, summed over
+    every adapted module. NaN where the mean is zero (B starts at zero).
+    """
+    if len(states) < 2:
+        return {"consensus_a": 0.0, "consensus_b": 0.0, "consensus_ab": 0.0}
+    pairs = lora_pairs(states[0])
+    a = [[s[k] for k in s if is_lora_a(k)] for s in states]
+    b = [[s[k] for k in s if is_lora_b(k)] for s in states]
+    ab = [[s[kb] @ s[ka] for ka, kb in pairs] for s in states]  # each (d_out, d_in)
+    return {
+        "consensus_a": _relative_spread(a),
+        "consensus_b": _relative_spread(b),
+        "consensus_ab": _relative_spread(ab),
+    }

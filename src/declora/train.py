@@ -1,0 +1,83 @@
+"""A node's own state and its local training steps, written out (no hidden Trainer).
+
+The frozen base model exists once; a node owns only its adapter tensors, its optimizer (whose
+moments never leave the node), its data sampler and its RNG stream. ``torch.func.functional_call``
+runs the shared module with the node's tensors in place of the model's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from declora.adapters import State
+from declora.data import Dataset, Sampler, collate
+
+
+def make_optimizer(params: list[torch.Tensor], cfg) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@dataclass
+class Node:
+    """One site: its rows, its adapter tensors (leaves with grad) and its optimizer."""
+
+    node_id: int
+    data: Dataset
+    params: State
+    optimizer: torch.optim.Optimizer
+    sampler: Sampler
+    rng_state: torch.Tensor  # this node's torch RNG (dropout), so runs do not depend on order
+    last_loss: float = float("nan")
+    last_grad_norm: float = float("nan")
+
+    @classmethod
+    def create(cls, node_id: int, data: Dataset, init: State, cfg, stream: int) -> Node:
+        if len(data) == 0:
+            raise ValueError(f"node {node_id} holds no training rows")
+        params = {k: v.clone().requires_grad_(True) for k, v in init.items()}
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + stream)
+        return cls(
+            node_id=node_id,
+            data=data,
+            params=params,
+            optimizer=make_optimizer(list(params.values()), cfg),
+            sampler=Sampler(len(data), cfg.batch_size, seed=(cfg.seed, stream)),
+            rng_state=gen.get_state(),
+        )
+
+    def state(self) -> State:
+        """Detached view of the adapter tensors (what this node would send)."""
+        return {k: v.detach() for k, v in self.params.items()}
+
+    @torch.no_grad()
+    def set_state(self, state: State) -> None:
+        """Overwrite the adapter in place, so the optimizer keeps pointing at the same tensors."""
+        for k, v in self.params.items():
+            v.copy_(state[k])
+
+
+def local_steps(model: nn.Module, node: Node, steps: int, pad_id: int) -> float:
+    """Run ``steps`` optimizer steps on the node's own data; returns the mean training loss."""
+    model.train()
+    saved_rng = torch.get_rng_state()
+    torch.set_rng_state(node.rng_state)
+    losses = []
+    for _ in range(steps):
+        batch = collate(node.data, node.sampler.next(), pad_id)
+        out = functional_call(model, node.params, args=(), kwargs=batch)
+        node.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        grads = [p.grad for p in node.params.values() if p.grad is not None]
+        node.last_grad_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+        node.optimizer.step()
+        losses.append(out.loss.detach().item())
+    node.rng_state = torch.get_rng_state()
+    torch.set_rng_state(saved_rng)
+    node.last_loss = sum(losses) / len(losses)
+    return node.last_loss
