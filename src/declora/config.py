@@ -83,12 +83,15 @@ class Config(_Section):
     local_steps: int = Field(5, ge=1, description="optimizer steps per node per round K")
     batch_size: int = Field(16, ge=1, description="training batch size on every node")
     lr: float = Field(2e-3, gt=0, description="learning rate")
+    head_lr: float | None = Field(
+        None, gt=0, description="learning rate of the task head (empty = lr)"
+    )
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="local optimizer")
     weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay (adamw)")
     seed: int = Field(0, description="seed of initialisation, partition and sampling")
     eval_every: int = Field(5, ge=1, description="evaluate every this many rounds (and at the end)")
     node_eval_size: int = Field(
-        200, ge=1, description="eval rows for each node's own adapter between rounds (end: all)"
+        300, ge=1, description="eval rows used to score each node's own adapter"
     )
     methods: list[Literal["dec-lora", "centralized", "local", "fedavg"]] = Field(
         ["dec-lora", "centralized", "local"], min_length=1, description="what to run and compare"
@@ -160,7 +163,9 @@ def resolve_config_path(name: str) -> Path:
     builtin = CONFIG_DIR / f"{name.removesuffix('.yaml')}.yaml"
     if builtin.is_file():
         return builtin
-    raise ConfigError(f"config '{name}' is neither a file nor a built-in config (see: declora configs)")
+    raise ConfigError(
+        f"config '{name}' is neither a file nor a built-in config (see: declora configs)"
+    )
 
 
 def builtin_configs() -> dict[str, str]:
@@ -179,7 +184,9 @@ def _format_error(err: ValidationError) -> str:
     if e["type"] == "extra_forbidden":
         return f"unknown config key '{loc}'"
     got = e.get("input")
-    shown = "" if isinstance(got, dict) or e["type"].startswith("value_error") else f" (got {got!r})"
+    shown = (
+        "" if isinstance(got, dict) or e["type"].startswith("value_error") else f" (got {got!r})"
+    )
     return f"{loc}: {msg}{shown}" if loc else msg
 
 

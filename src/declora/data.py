@@ -74,10 +74,8 @@ def _hf_rows(name: str) -> list[dict]:
             f"data.path={name} is not a file; to load a Hugging Face dataset: pip install datasets"
         ) from None
     try:
-        if Path(name).is_dir():
-            ds = datasets.load_from_disk(name)
-        else:
-            ds = datasets.load_dataset(name)
+        is_dir = Path(name).is_dir()
+        ds = datasets.load_from_disk(name) if is_dir else datasets.load_dataset(name)
     except Exception as err:  # the hub raises many kinds; show one line
         raise DataError(f"data.path={name}: could not load ({type(err).__name__}: {err})") from None
     if isinstance(ds, datasets.DatasetDict):

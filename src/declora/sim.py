@@ -26,12 +26,11 @@ from declora.adapters import (
     trainable_state,
 )
 from declora.config import Config, ConfigError, dump_config
-from declora.consensus import average, consensus_distances, mix
+from declora.consensus import average, consensus_distances
 from declora.data import Dataset, eval_batches, load_dataset
+from declora.gossip import Exchange, row_weights
 from declora.metrics import RunLog, evaluate, plot_curves, results_table
 from declora.train import Node, local_steps
-
-BYTES_PER_VALUE = 4  # float32 on the wire (compression comes later)
 
 
 @dataclass
@@ -107,8 +106,14 @@ def method_nodes(s: Setup, method: str) -> tuple[list[Node], np.ndarray | None, 
     cfg = s.cfg
     if method == "centralized":
         pooled = s.train.subset(np.sort(np.concatenate(s.parts)))
-        return [Node.create(0, pooled, s.init, cfg, stream=10**6)], None, cfg.nodes * cfg.local_steps
-    nodes = [Node.create(i, s.train.subset(ix), s.init, cfg, stream=i) for i, ix in enumerate(s.parts)]
+        return (
+            [Node.create(0, pooled, s.init, cfg, stream=10**6)],
+            None,
+            cfg.nodes * cfg.local_steps,
+        )
+    nodes = [
+        Node.create(i, s.train.subset(ix), s.init, cfg, stream=i) for i, ix in enumerate(s.parts)
+    ]
     if method == "local":
         return nodes, None, cfg.local_steps
     if method == "fedavg":
@@ -116,23 +121,32 @@ def method_nodes(s: Setup, method: str) -> tuple[list[Node], np.ndarray | None, 
     return nodes, s.W, cfg.local_steps
 
 
-def bytes_per_round(s: Setup, method: str) -> np.ndarray:
-    """Bytes each node sends in one round (uncompressed float32 adapter per message)."""
-    msg = numel(s.init) * BYTES_PER_VALUE
-    n = s.cfg.nodes
-    if method == "dec-lora":
-        return s.adj.sum(1) * msg  # one message to each neighbour
-    if method == "fedavg":
-        return np.full(n, msg)  # upload to the server (its broadcast is the server's traffic)
-    return np.zeros(1 if method == "centralized" else n)
+def exchange(
+    exchanges: list[Exchange], nodes: list[Node], W: np.ndarray, t: int, server: bool
+) -> np.ndarray:
+    """Every node sends its payload and mixes what it receives; returns bytes each node sent.
+
+    With ``server`` (fedavg) each node uploads once and the server's average comes back (the
+    broadcast is the server's traffic); otherwise one copy goes to each graph neighbour.
+    """
+    payloads = [ex.outgoing(n.state(), t) for ex, n in zip(exchanges, nodes)]
+    mixed = []
+    for i, (ex, node) in enumerate(zip(exchanges, nodes)):
+        weights = row_weights(W, i)
+        received = {j: payloads[j] for j in weights if j != i}
+        mixed.append(ex.incoming(node.state(), received, weights))
+    for node, state in zip(nodes, mixed):
+        node.set_state(state)
+    copies = np.ones(len(nodes)) if server else (W > 0).sum(1) - 1  # (n,) messages each sends
+    return np.array([len(p) for p in payloads]) * copies
 
 
-def evaluate_round(s: Setup, nodes: list[Node], final: bool) -> dict:
-    """Network-average adapter on the full eval set; each node's own adapter on a subset."""
+def evaluate_round(s: Setup, nodes: list[Node]) -> dict:
+    """Network-average adapter on the eval set; each node's own on its first node_eval_size rows."""
     states = [n.state() for n in nodes]
     rec = evaluate(s.model, average(states), s.eval_full)
     if len(nodes) > 1:
-        batches = s.eval_full if final else s.eval_nodes
+        batches = s.eval_nodes
         own = [evaluate(s.model, st, batches) for st in states]
         rec["node_accuracy_mean"] = float(np.mean([o["accuracy"] for o in own]))
         rec["node_accuracy_min"] = float(np.min([o["accuracy"] for o in own]))
@@ -147,24 +161,24 @@ def run_method(s: Setup, method: str, log: RunLog) -> tuple[dict, list[Node]]:
     """Train one method for ``rounds`` rounds, logging every ``eval_every`` rounds."""
     cfg = s.cfg
     nodes, W, steps = method_nodes(s, method)
-    sent = bytes_per_round(s, method)
+    exchanges = [Exchange(n.node_id, s.init) for n in nodes]
+    sent = np.zeros(len(nodes))  # cumulative bytes each node sent
     start = time.perf_counter()
     bar = tqdm(range(1, cfg.rounds + 1), desc=f"{method:>11}", unit="round", leave=True)
     for t in bar:
         losses = [local_steps(s.model, node, steps, s.pad_id) for node in nodes]
         if W is not None:
-            for node, mixed in zip(nodes, mix([n.state() for n in nodes], W)):
-                node.set_state(mixed)
+            sent += exchange(exchanges, nodes, W, t, server=method == "fedavg")
         if t % cfg.eval_every == 0 or t == cfg.rounds:
-            rec = evaluate_round(s, nodes, final=t == cfg.rounds)
+            rec = evaluate_round(s, nodes)
             rec.update(
                 method=method,
                 round=t,
                 samples_seen=t * cfg.nodes * cfg.local_steps * cfg.batch_size,
                 train_loss=float(np.mean(losses)),
                 grad_norm=float(np.mean([n.last_grad_norm for n in nodes])),
-                bytes_sent=int(sent.mean() * t),
-                bytes_sent_total=int(sent.sum() * t),
+                bytes_sent=int(sent.mean()),
+                bytes_sent_total=int(sent.sum()),
                 wall_s=time.perf_counter() - start,
             )
             log.write(rec)

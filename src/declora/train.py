@@ -13,14 +13,19 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from declora.adapters import State
+from declora.adapters import State, is_lora
 from declora.data import Dataset, Sampler, collate
 
 
-def make_optimizer(params: list[torch.Tensor], cfg) -> torch.optim.Optimizer:
+def make_optimizer(params: State, cfg) -> torch.optim.Optimizer:
+    """SGD or AdamW; the task head (randomly initialised, unlike LoRA's pretrained base) may
+    take its own learning rate ``head_lr``."""
+    head = [v for k, v in params.items() if not is_lora(k)]
+    lora = [v for k, v in params.items() if is_lora(k)]
+    groups = [{"params": lora}, {"params": head, "lr": cfg.head_lr or cfg.lr}]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 @dataclass
@@ -46,7 +51,7 @@ class Node:
             node_id=node_id,
             data=data,
             params=params,
-            optimizer=make_optimizer(list(params.values()), cfg),
+            optimizer=make_optimizer(params, cfg),
             sampler=Sampler(len(data), cfg.batch_size, seed=(cfg.seed, stream)),
             rng_state=gen.get_state(),
         )
@@ -74,7 +79,9 @@ def local_steps(model: nn.Module, node: Node, steps: int, pad_id: int) -> float:
         node.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         grads = [p.grad for p in node.params.values() if p.grad is not None]
-        node.last_grad_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+        node.last_grad_norm = float(
+            torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+        )
         node.optimizer.step()
         losses.append(out.loss.detach().item())
     node.rng_state = torch.get_rng_state()

@@ -1,0 +1,116 @@
+"""Config loading: YAML + dotted overrides, and one-line errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from declora.cli import main
+from declora.config import Config, ConfigError, builtin_configs, load_config, parse_overrides
+
+
+def test_defaults_are_the_built_in_job():
+    cfg = load_config()
+    assert cfg.topology.kind == "ring" and 8 <= cfg.nodes <= 10
+    assert cfg.partition.kind == "dirichlet" and cfg.partition.alpha == 0.5
+    assert cfg.methods == ["dec-lora", "centralized", "local"]
+    assert cfg.model.name == "bundled:minilm" and cfg.data.path == "bundled:rotten_tomatoes"
+
+
+def test_overrides_are_dotted_and_parsed_as_yaml():
+    cfg = load_config(
+        None, ["lora.rank=4", "lr=3e-4", "methods=[dec-lora, fedavg]", "topology.kind=grid"]
+    )
+    assert cfg.lora.rank == 4 and cfg.lr == 3e-4
+    assert cfg.methods == ["dec-lora", "fedavg"] and cfg.topology.kind == "grid"
+    assert parse_overrides(["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
+
+
+def test_yaml_file_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("# declora run c.yaml\nnodes: 3\nlora:\n  rank: 2\n")
+    cfg = load_config(str(path), ["nodes=5"])
+    assert cfg.nodes == 5 and cfg.lora.rank == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["nodes=0"], "nodes: Input should be greater than or equal to 1"),
+        (["lora.rank=-1"], "lora.rank"),
+        (["lr=fast"], "lr: Input should be a valid number"),
+        (["rounds=2.5"], "rounds"),
+        (["optimizer=adam"], "optimizer: Input should be 'adamw' or 'sgd'"),
+        (["methods=[dec-lora, magic]"], "methods"),
+        (["methods=[]"], "methods"),
+        (["methods=[local, local]"], "each method may appear once"),
+        (["topology.kind=hypercube"], "topology.kind"),
+        (["topology.p=1.5"], "topology.p"),
+        (["topology.kind=custom"], "topology.edges is required"),
+        (["partition.kind=label_skew"], "partition.proportions is required"),
+        (["partition.alpha=0"], "partition.alpha"),
+        (["lora.dropout=1"], "lora.dropout"),
+        (["colour=blue"], "unknown config key 'colour'"),
+        (["lora.colour=blue"], "unknown config key 'lora.colour'"),
+        (["lora=4"], "lora"),
+        (["nodes"], "key=value"),
+        (["=3"], "key=value"),
+    ],
+)
+def test_bad_config_is_one_clear_line(overrides, message):
+    with pytest.raises(ConfigError, match=None) as err:
+        load_config(None, overrides)
+    text = str(err.value)
+    assert message in text
+    assert "\n" not in text
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("nodes: [1, 2\n", "not valid YAML"),
+        ("- 1\n- 2\n", "expected a mapping"),
+        ("lora:\n  ranks: 4\n", "unknown config key 'lora.ranks'"),
+    ],
+)
+def test_bad_config_file(tmp_path, yaml_text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(str(path))
+
+
+def test_missing_config_file_names_it():
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_config("nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "nodes=-2"], "nodes"),
+        (["run", "does-not-exist"], "neither a file nor a built-in config"),
+        (["run", "topology.kind=grid", "nodes=7"], "grid"),
+        (["run", "topology.kind=custom", "topology.edges=[[0,1],[2,3]]", "nodes=4"], "topology"),
+        (["run", "topology.kind=erdos_renyi", "topology.p=0.01", "nodes=30"], "topology.p"),
+    ],
+)
+def test_cli_exit_code_2_and_nothing_written(tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    assert main([*args, f"out={out}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.startswith("declora: error:")
+    assert not out.exists()
+
+
+def test_every_builtin_config_loads():
+    names = builtin_configs()
+    assert "default" in names
+    for name in names:
+        assert isinstance(load_config(name), Config)
+
+
+def test_configs_command_lists_them(capsys):
+    assert main(["configs"]) == 0
+    assert "default" in capsys.readouterr().out
+    assert main(["configs", "--fields"]) == 0
+    assert "lora.rank" in capsys.readouterr().out

@@ -1,0 +1,151 @@
+"""Data loading: formats, label mapping, the held-out split, and bad-data errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from declora.cli import main
+from declora.config import load_config
+from declora.data import DataError, Sampler, collate, load_dataset, read_rows
+from tests.conftest import synthetic_rows
+
+
+class FakeTokenizer:
+    """One id per word: enough to test loading without a real vocabulary."""
+
+    def __call__(self, texts, truncation=True, max_length=64):
+        return {"input_ids": [[len(w) for w in t.split()][:max_length] or [0] for t in texts]}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def cfg_for(path, *extra):
+    return load_config(None, [f"data.path={path}", "data.eval_size=20", *extra])
+
+
+def test_csv_and_jsonl_give_the_same_dataset(tmp_path, tiny_csv):
+    rows = read_rows(str(tiny_csv))
+    jsonl = tmp_path / "d.jsonl"
+    write_jsonl(jsonl, rows)
+    a_train, a_eval = load_dataset(cfg_for(tiny_csv), FakeTokenizer())
+    b_train, b_eval = load_dataset(cfg_for(jsonl), FakeTokenizer())
+    assert a_train.input_ids == b_train.input_ids and a_eval.input_ids == b_eval.input_ids
+    assert a_train.label_names == ["negative", "positive"]
+
+
+def test_integer_labels_keep_numeric_order(tmp_path):
+    rows = [{"text": f"w{i}", "label": i % 11} for i in range(200)]
+    path = tmp_path / "d.jsonl"
+    write_jsonl(path, rows)
+    train, _ = load_dataset(cfg_for(path), FakeTokenizer())
+    assert train.label_names == [str(i) for i in range(11)]
+    assert set(train.labels.tolist()) == set(range(11))
+
+
+def test_eval_split_is_fixed_and_disjoint_from_training(tiny_csv):
+    train, held = load_dataset(cfg_for(tiny_csv, "seed=1"), FakeTokenizer())
+    train2, held2 = load_dataset(cfg_for(tiny_csv, "seed=2"), FakeTokenizer())
+    assert held.input_ids == held2.input_ids  # the run seed does not move the eval split
+    assert len(train) + len(held) == 480 and len(held) == 20
+    limited, _ = load_dataset(cfg_for(tiny_csv, "data.train_size=50"), FakeTokenizer())
+    assert len(limited) == 50
+
+
+def test_bundled_rotten_tomatoes_is_the_8530_sentences():
+    rows = read_rows("bundled:rotten_tomatoes")
+    assert len(rows) == 8530
+    assert {r["label"] for r in rows} == {"0", "1"}
+
+
+def test_sampler_cycles_through_every_row_before_repeating():
+    s = Sampler(10, 4, seed=0)
+    seen = np.concatenate([s.next() for _ in range(5)])  # 20 = two epochs
+    assert sorted(seen[:10].tolist()) == list(range(10))
+    assert sorted(seen[10:20].tolist()) == list(range(10))
+
+
+def test_collate_pads_to_the_longest_row(tiny_csv):
+    train, _ = load_dataset(cfg_for(tiny_csv), FakeTokenizer())
+    batch = collate(train, [0, 1, 2], pad_id=0)
+    width = max(len(train.input_ids[i]) for i in range(3))
+    assert batch["input_ids"].shape == (3, width)
+    assert batch["attention_mask"].sum().item() == sum(len(train.input_ids[i]) for i in range(3))
+
+
+def _empty(tmp_path):
+    p = tmp_path / "empty.csv"
+    p.write_text("")
+    return p
+
+
+def _header_only(tmp_path):
+    p = tmp_path / "header.csv"
+    p.write_text("text,label\n")
+    return p
+
+
+def _wrong_columns(tmp_path):
+    p = tmp_path / "cols.csv"
+    p.write_text("review,stars\nnice,1\nbad,0\n")
+    return p
+
+
+def _one_class(tmp_path):
+    p = tmp_path / "one.jsonl"
+    write_jsonl(p, [{"text": "a", "label": "x"}] * 50)
+    return p
+
+
+def _blank_labels(tmp_path):
+    p = tmp_path / "blank.csv"
+    p.write_text("text,label\n" + "a,\n" * 40)
+    return p
+
+
+def _broken_jsonl(tmp_path):
+    p = tmp_path / "broken.jsonl"
+    p.write_text('{"text": "a", "label": 1}\n{not json\n')
+    return p
+
+
+def _small(tmp_path):
+    p = tmp_path / "small.jsonl"
+    write_jsonl(p, synthetic_rows(30))
+    return p
+
+
+@pytest.mark.parametrize(
+    ("make", "extra", "message"),
+    [
+        (_empty, [], "is empty"),
+        (_header_only, [], "no rows"),
+        (_wrong_columns, [], "column 'text' not found"),
+        (_wrong_columns, ["data.text_column=review"], "column 'label' not found"),
+        (_one_class, [], "at least 2 classes"),
+        (_blank_labels, [], "empty label"),
+        (_broken_jsonl, [], "not a JSON object per line"),
+        (_small, ["data.eval_size=30"], "leaves no training rows"),
+        (lambda tmp: tmp / "missing.csv", [], "file not found"),
+        (lambda tmp: "bundled:wikipedia", [], "unknown bundled dataset"),
+    ],
+)
+def test_bad_data_is_one_clear_line(tmp_path, make, extra, message):
+    path = make(tmp_path)
+    with pytest.raises(DataError, match=message):
+        load_dataset(cfg_for(path, *extra), FakeTokenizer())
+
+
+def test_node_without_data_is_refused_before_anything_is_written(tmp_path, tiny_overrides, capsys):
+    small = tmp_path / "small.jsonl"
+    write_jsonl(small, synthetic_rows(40))
+    out = tmp_path / "never"
+    args = [o for o in tiny_overrides if not o.startswith(("data.path", "out", "nodes"))]
+    code = main(["run", *args, f"data.path={small}", "data.eval_size=10", "nodes=40", f"out={out}"])
+    assert code == 2
+    assert "partition" in capsys.readouterr().err
+    assert not out.exists()
