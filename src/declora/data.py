@@ -128,7 +128,8 @@ def load_dataset(cfg, tokenizer) -> tuple[Dataset, Dataset]:
     if d.eval_size >= len(rows):
         raise DataError(f"data.eval_size={d.eval_size} leaves no training rows ({len(rows)} rows)")
     order = np.random.default_rng(d.split_seed).permutation(len(rows))
-    eval_idx, train_idx = np.sort(order[: d.eval_size]), order[d.eval_size :]
+    # eval rows stay in shuffled order, so its first node_eval_size rows are a random sample
+    eval_idx, train_idx = order[: d.eval_size], order[d.eval_size :]
     if d.train_size is not None:
         train_idx = train_idx[: d.train_size]
     train_idx = np.sort(train_idx)

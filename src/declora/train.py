@@ -7,6 +7,7 @@ runs the shared module with the node's tensors in place of the model's own.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,23 @@ def make_optimizer(params: State, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def make_schedule(optimizer: torch.optim.Optimizer, cfg, total_steps: int):
+    """Linear warm-up over ``warmup`` of the steps, then constant, linear or cosine decay."""
+    warm = int(cfg.warmup * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        done = (step - warm) / max(1, total_steps - warm)
+        if cfg.schedule == "linear":
+            return max(0.0, 1.0 - done)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 @dataclass
 class Node:
     """One site: its rows, its adapter tensors (leaves with grad) and its optimizer."""
@@ -36,22 +54,30 @@ class Node:
     data: Dataset
     params: State
     optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     sampler: Sampler
     rng_state: torch.Tensor  # this node's torch RNG (dropout), so runs do not depend on order
     last_loss: float = float("nan")
     last_grad_norm: float = float("nan")
 
     @classmethod
-    def create(cls, node_id: int, data: Dataset, init: State, cfg, stream: int) -> Node:
+    def create(
+        cls, node_id: int, data: Dataset, init: State, cfg, stream: int, total_steps: int | None = None
+    ) -> Node:
+        """A node starting from ``init``; ``total_steps`` (default rounds x local_steps) sets the
+        length of its learning-rate schedule."""
         if len(data) == 0:
             raise ValueError(f"node {node_id} holds no training rows")
         params = {k: v.clone().requires_grad_(True) for k, v in init.items()}
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + stream)
+        optimizer = make_optimizer(params, cfg)
+        total = total_steps or cfg.rounds * cfg.local_steps
         return cls(
             node_id=node_id,
             data=data,
             params=params,
-            optimizer=make_optimizer(params, cfg),
+            optimizer=optimizer,
+            scheduler=make_schedule(optimizer, cfg, total),
             sampler=Sampler(len(data), cfg.batch_size, seed=(cfg.seed, stream)),
             rng_state=gen.get_state(),
         )
@@ -83,6 +109,7 @@ def local_steps(model: nn.Module, node: Node, steps: int, pad_id: int) -> float:
             torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
         )
         node.optimizer.step()
+        node.scheduler.step()
         losses.append(out.loss.detach().item())
     node.rng_state = torch.get_rng_state()
     torch.set_rng_state(saved_rng)

@@ -1,0 +1,63 @@
+"""A node's local steps: its own tensors move, the shared module does not, and the result does
+not depend on which other nodes trained before it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from declora import sim
+from declora.config import load_config
+from declora.train import local_steps, make_schedule
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir, tiny_csv, tmp_path_factory):
+    from tests.conftest import tiny_args
+
+    args = tiny_args(tiny_model_dir, tiny_csv, tmp_path_factory.mktemp("t") / "o")
+    return sim.prepare(load_config(None, args))
+
+
+def test_local_steps_move_only_the_nodes_own_tensors(setup):
+    frozen = {k: v.clone() for k, v in setup.model.state_dict().items()}
+    nodes, _, steps = sim.method_nodes(setup, "dec-lora")
+    before = {k: v.clone() for k, v in nodes[1].state().items()}
+    local_steps(setup.model, nodes[0], 3, setup.pad_id)
+    for k, v in setup.model.state_dict().items():
+        assert torch.equal(v, frozen[k]), k  # the shared base (and its own LoRA copy) is untouched
+    assert all(torch.equal(nodes[1].state()[k], before[k]) for k in before)
+    moved = [k for k, v in nodes[0].state().items() if not torch.equal(v, setup.init[k])]
+    assert any(".lora_B." in k for k in moved) and any("classifier" in k for k in moved)
+
+
+def test_training_order_does_not_change_a_nodes_result(setup):
+    a, _, _ = sim.method_nodes(setup, "local")
+    b, _, _ = sim.method_nodes(setup, "local")
+    for node in a:  # forwards order
+        local_steps(setup.model, node, 2, setup.pad_id)
+    for node in reversed(b):  # backwards order, dropout RNG drawn per node
+        local_steps(setup.model, node, 2, setup.pad_id)
+    for x, y in zip(a, b, strict=True):
+        for k in x.params:
+            torch.testing.assert_close(x.params[k], y.params[k], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        ("constant", [0.5, 1.0, 1.0, 1.0, 1.0]),
+        ("linear", [0.5, 1.0, 0.75, 0.5, 0.25]),
+        ("cosine", [0.5, 1.0, 0.8535534, 0.5, 0.1464466]),
+    ],
+)
+def test_schedules(schedule, expected):
+    cfg = load_config(None, [f"schedule={schedule}", "warmup=0.2", "lr=1.0"])
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = make_schedule(opt, cfg, total_steps=5)
+    seen = []
+    for _ in range(5):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx(expected)
