@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from declora.adapters import ModelError
@@ -29,6 +30,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     path, overrides = _split_args(args.items)
     cfg = load_config(path, overrides)
     run(cfg)
+    return 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    import json
+
+    from declora.estimate import estimate, format_estimate
+
+    path, overrides = _split_args(args.items)
+    cfg = load_config(path, overrides)
+    est = estimate(cfg, num_labels=args.num_labels)
+    print(json.dumps(est, indent=2) if args.json else format_estimate(est))
+    return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from declora.dist import launch
+
+    path, overrides = _split_args(args.items)
+    return launch(path, overrides, nproc=args.nproc, max_restarts=args.max_restarts)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """One torchrun process (not for users: ``launch`` and the README's torchrun run it)."""
+    from declora.dist import PeerError, run_worker
+
+    path, overrides = _split_args(args.items)
+    try:
+        run_worker(load_config(path, overrides))
+    except PeerError as err:
+        rank = os.environ.get("RANK", "?")
+        print(f"declora: node {rank}: {err}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
@@ -66,9 +100,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]")
     run.set_defaults(func=cmd_run)
+    est = sub.add_parser(
+        "estimate",
+        help="bytes each node sends and receives, before training",
+        description="declora estimate [CONFIG] [key=value ...]: values and bytes per node per "
+        "round and per run at the chosen compression, against FedAvg-LoRA with a server and "
+        "full-model gossip. Reads the model's shapes only; no training.",
+    )
+    est.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]")
+    est.add_argument("--json", action="store_true", help="print the figures as JSON")
+    est.add_argument(
+        "--num-labels", type=int, metavar="N", help="classes of the task (default: read the data)"
+    )
+    est.set_defaults(func=cmd_estimate)
+    launch = sub.add_parser(
+        "launch",
+        help="run dec-lora with one process per node (torchrun, this machine)",
+        description="declora launch [--nproc N] [CONFIG] [key=value ...]: one torch.distributed "
+        "process per node on this machine, exchanging adapters with graph neighbours only. "
+        "For several machines run torchrun yourself (see the README).",
+    )
+    launch.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]")
+    launch.add_argument(
+        "--nproc", type=int, metavar="N", help="processes on this machine (default: nodes)"
+    )
+    launch.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        metavar="R",
+        help="restart the processes up to R times after a crash; they resume from checkpoints",
+    )
+    launch.set_defaults(func=cmd_launch)
+    worker = sub.add_parser("worker")  # hidden: the body of one torchrun process
+    worker.add_argument("items", nargs="*")
+    worker.set_defaults(func=cmd_worker)
     configs = sub.add_parser("configs", help="list the built-in configs")
     configs.add_argument("--fields", action="store_true", help="list every config key instead")
     configs.set_defaults(func=cmd_configs)
+    sub.metavar = "{" + ",".join(c for c in sub.choices if c != "worker") + "}"
     return parser
 
 

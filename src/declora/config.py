@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 METHODS = ("dec-lora", "centralized", "local", "fedavg")
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -41,6 +48,44 @@ class PartitionConfig(_Section):
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (smaller = more skew)")
     proportions: list[list[float]] | None = Field(
         None, description="per-node class proportions, for kind=label_skew"
+    )
+
+
+class CompressionConfig(_Section):
+    kind: Literal["none", "quantize", "topk"] = Field(
+        "none", description="what nodes send: float32 (none), b-bit quantize, or topk entries"
+    )
+    bits: int = Field(4, ge=1, le=16, description="bits per value for kind=quantize")
+    block: int = Field(
+        256,
+        ge=0,
+        description="values per float32 scale for quantize (0 = one per tensor; never crosses one)",
+    )
+    ratio: float = Field(0.1, gt=0, le=1, description="fraction of entries kept for kind=topk")
+    scheme: Literal["direct", "choco"] = Field(
+        "direct",
+        description="direct: send the adapter; choco: send the difference to its public copy",
+    )
+    gamma: float = Field(1.0, gt=0, le=1, description="consensus step size for scheme=choco")
+
+    @field_validator("block", mode="before")
+    @classmethod
+    def _none_is_per_tensor(cls, value):
+        return 0 if value is None else value
+
+
+class FaultsConfig(_Section):
+    link_drop: float = Field(
+        0.0, ge=0, lt=1, description="chance that a graph edge is down for a round (dec-lora)"
+    )
+    node_drop: float = Field(
+        0.0, ge=0, lt=1, description="chance that a node sits a round out: no steps, no messages"
+    )
+
+
+class SecurityConfig(_Section):
+    key_file: str | None = Field(
+        None, description="shared secret file: launch tags every message with HMAC-SHA256"
     )
 
 
@@ -83,10 +128,17 @@ class Config(_Section):
     local_steps: int = Field(5, ge=1, description="optimizer steps per node per round K")
     batch_size: int = Field(16, ge=1, description="training batch size on every node")
     lr: float = Field(2e-3, gt=0, description="learning rate")
+    method_lr: dict[Literal["dec-lora", "centralized", "local", "fedavg"], float] = Field(
+        {}, description="per-method learning rate, e.g. {centralized: 0.002} (others use lr)"
+    )
     head_lr: float | None = Field(
         None, gt=0, description="learning rate of the task head (empty = lr)"
     )
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="local optimizer")
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        "cosine", description="learning-rate decay over each node's own steps"
+    )
+    warmup: float = Field(0.1, ge=0, lt=1, description="fraction of steps with linear warm-up")
     weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay (adamw)")
     seed: int = Field(0, description="seed of initialisation, partition and sampling")
     eval_every: int = Field(5, ge=1, description="evaluate every this many rounds (and at the end)")
@@ -102,11 +154,20 @@ class Config(_Section):
     )
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    compression: CompressionConfig = Field(default_factory=CompressionConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     max_length: int = Field(64, ge=8, description="truncate inputs to this many tokens")
     out: str | None = Field(None, description="output folder (default runs/<timestamp>)")
     export_adapters: bool = Field(True, description="save PEFT adapters under out/adapters")
+    faults: FaultsConfig = Field(default_factory=FaultsConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+    checkpoint_every: int = Field(
+        0, ge=0, description="launch: each node checkpoints every this many rounds (0 = never)"
+    )
+    peer_timeout: float = Field(
+        300.0, gt=0, description="launch: seconds to wait for a neighbour before failing a round"
+    )
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -116,7 +177,18 @@ class Config(_Section):
             raise ValueError("partition.proportions is required when partition.kind=label_skew")
         if self.topology.kind == "custom" and not self.topology.edges:
             raise ValueError("topology.edges is required when topology.kind=custom")
+        if self.compression.scheme == "choco" and (self.faults.link_drop or self.faults.node_drop):
+            raise ValueError(
+                "compression.scheme=choco needs every message delivered (a missed one leaves a "
+                "public copy behind for good); use compression.scheme=direct with faults"
+            )
+        if any(v <= 0 for v in self.method_lr.values()):
+            raise ValueError("method_lr: every learning rate must be > 0")
         return self
+
+    def for_method(self, method: str) -> Config:
+        """This config with ``lr`` set to the method's own learning rate (``method_lr``)."""
+        return self.model_copy(update={"lr": self.method_lr.get(method, self.lr)})
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -179,7 +251,9 @@ def builtin_configs() -> dict[str, str]:
 
 def _format_error(err: ValidationError) -> str:
     e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"] if not isinstance(p, int) or len(e["loc"]) == 1)
+    loc = ".".join(
+        str(p) for p in e["loc"] if p != "[key]" and (not isinstance(p, int) or len(e["loc"]) == 1)
+    )
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "extra_forbidden":
         return f"unknown config key '{loc}'"

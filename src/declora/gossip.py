@@ -2,7 +2,17 @@
 
 Shared by both runtimes: the simulator calls every node's :class:`Exchange` in turn; a
 distributed node calls its own and moves the payload bytes with send/recv. A payload is plain
-bytes (never pickled): the adapter state flattened in key order, as float32.
+bytes (never pickled): the adapter state flattened in key order, compressed as
+``compression`` says (format in :mod:`declora.compress`).
+
+Schemes: ``direct`` sends the (compressed) adapter and mixes it with the node's own exact one.
+``choco`` (CHOCO-Gossip, Koloskova et al. 2019) keeps public copies x_hat of itself and of each
+neighbour, all starting at the shared initial adapter; it sends q_i = Q(x_i - x_hat_i), every
+holder of a copy adds the same decoded q, and x_i += gamma * sum_j W_ij (x_hat_j - x_hat_i).
+What compression drops stays in x_i - x_hat_i and is sent in later rounds instead of lost.
+CHOCO quantizes with least-squares block scales (``refit`` in :mod:`declora.compress`): its
+copies need a contraction. It assumes every payload arrives: a missed or refused one leaves
+that copy behind for good, so the config refuses choco together with ``faults``.
 """
 
 from __future__ import annotations
@@ -11,6 +21,8 @@ import numpy as np
 import torch
 
 from declora.adapters import State, flatten, unflatten
+from declora.compress import compress, decompress, message_generator
+from declora.config import CompressionConfig
 from declora.consensus import mix_row
 
 
@@ -26,22 +38,82 @@ def decode(payload: bytes, template: State) -> State:
 
 
 class Exchange:
-    """Node ``node_id``'s exchange with its neighbours (plain Dec-LoRA averaging)."""
+    """Node ``node_id``'s exchange with its neighbours: what it sends and how it mixes.
 
-    def __init__(self, node_id: int, template: State):
+    ``template`` is the initial adapter, identical on every node (CHOCO's public copies start
+    there); ``seed`` is the run seed, so the rounding noise of a message depends only on
+    (seed, node, round) and both runtimes draw the same.
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        template: State,
+        compression: CompressionConfig | None = None,
+        seed: int = 0,
+    ):
         self.node_id = node_id
         self.template = {k: v.detach().clone() for k, v in template.items()}
+        self.spec = compression or CompressionConfig()
+        self.seed = seed
+        self.sizes = [v.numel() for v in self.template.values()]  # tensor boundaries for scales
+        self.public: dict[int, torch.Tensor] = {}  # choco: node -> x_hat, flat float32 (n,)
+        self._sent: torch.Tensor | None = None  # choco: this round's decoded q_i
+        self.last_payload_size = 0  # bytes of the latest payload (one edge, one round)
+
+    def _copy(self, j: int) -> torch.Tensor:
+        if j not in self.public:
+            self.public[j] = flatten(self.template).clone()
+        return self.public[j]
 
     def outgoing(self, state: State, round_: int) -> bytes:
         """The payload this node sends to every neighbour this round."""
-        return encode(state)
+        flat = flatten(state)
+        choco = self.spec.scheme == "choco"
+        if choco:
+            flat = flat - self._copy(self.node_id)
+        gen = message_generator(self.seed, self.node_id, round_)
+        payload = compress(flat, self.spec, gen, self.sizes, refit=choco)
+        if choco:  # decode our own payload: exactly what every neighbour adds to its copy
+            self._sent = decompress(payload, self.sizes)
+        self.last_payload_size = len(payload)
+        return payload
 
     def incoming(
         self, state: State, received: dict[int, bytes], weights: dict[int, float]
     ) -> State:
-        """New adapter: W_ii * own + sum_j W_ij * neighbour_j (``weights`` holds W_ii too)."""
-        others = {j: (weights[j], decode(p, self.template)) for j, p in received.items()}
-        return mix_row(state, weights[self.node_id], others)
+        """New adapter from the own state and the payloads received this round.
+
+        ``weights`` holds W_ij for this round, the node's own W_ii included. A neighbour in
+        ``weights`` whose payload is missing counts as the node itself (its weight goes to self).
+        """
+        i = self.node_id
+        stray = set(received) - set(weights) - {i}
+        if stray:
+            raise ValueError(f"node {i} got payloads from {sorted(stray)}, which have no weight")
+        decoded = {j: decompress(received[j], self.sizes) for j in sorted(received) if j != i}
+        if self.spec.scheme == "choco":
+            return self._choco_step(state, decoded, weights)
+        own_weight = sum(w for j, w in weights.items() if j == i or j not in decoded)
+        others = {j: (weights[j], unflatten(q, self.template)) for j, q in decoded.items()}
+        return mix_row(state, own_weight, others)
+
+    def _choco_step(
+        self, state: State, decoded: dict[int, torch.Tensor], weights: dict[int, float]
+    ) -> State:
+        if self._sent is None:
+            raise RuntimeError("choco: incoming() before this round's outgoing()")
+        own = self._copy(self.node_id)
+        own += self._sent
+        self._sent = None
+        for j, q in decoded.items():
+            self._copy(j).add_(q)
+        own64 = own.double()
+        pull = torch.zeros_like(own64)  # sum_j W_ij (x_hat_j - x_hat_i), float64, fixed order
+        for j, _ in sorted(decoded.items()):
+            pull += weights[j] * (self.public[j].double() - own64)
+        x = flatten(state).double() + self.spec.gamma * pull
+        return unflatten(x.float(), self.template)
 
 
 def row_weights(W: np.ndarray, i: int) -> dict[int, float]:

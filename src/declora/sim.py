@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from declora import faults
 from declora import partition as part
 from declora import topology as topo
 from declora.adapters import (
@@ -25,6 +26,7 @@ from declora.adapters import (
     numel,
     trainable_state,
 )
+from declora.compress import describe
 from declora.config import Config, ConfigError, dump_config
 from declora.consensus import average, consensus_distances
 from declora.data import Dataset, eval_batches, load_dataset
@@ -42,6 +44,7 @@ class Setup:
     pad_id: int
     train: Dataset
     parts: list[np.ndarray]  # row ids of each node, into train
+    sizes: list[int]  # training rows of each node (also where train holds one node's only)
     adj: np.ndarray  # (n, n) bool
     W: np.ndarray  # (n, n) mixing matrix
     init: State  # identical starting adapter for every node
@@ -49,8 +52,12 @@ class Setup:
     eval_nodes: list[dict]
 
 
-def prepare(cfg: Config) -> Setup:
-    """Validate the graph and data against the config and load the model (writes nothing)."""
+def prepare(cfg: Config, node: int | None = None) -> Setup:
+    """Validate the graph and data against the config and load the model (writes nothing).
+
+    With ``node`` (a distributed process), ``train`` keeps only that node's rows: the others
+    are dropped right after the partition, and every other node's ``parts`` entry is empty.
+    """
     try:
         adj = topo.build_graph(
             cfg.topology.kind, cfg.nodes, p=cfg.topology.p, edges=cfg.topology.edges, seed=cfg.seed
@@ -71,6 +78,10 @@ def prepare(cfg: Config) -> Setup:
         )
     except ValueError as err:
         raise ConfigError(f"partition: {err}") from None
+    sizes = [len(ix) for ix in parts]
+    if node is not None:
+        train = train.subset(parts[node])
+        parts = [np.arange(len(train)) if i == node else ix[:0] for i, ix in enumerate(parts)]
     model = build_model(cfg, num_labels=len(train.label_names))
     init = trainable_state_of(model)
     for p in model.parameters():  # nodes own the trainable tensors; the module stays frozen
@@ -82,6 +93,7 @@ def prepare(cfg: Config) -> Setup:
         pad_id=pad_id,
         train=train,
         parts=parts,
+        sizes=sizes,
         adj=adj,
         W=W,
         init=init,
@@ -103,14 +115,12 @@ def method_nodes(s: Setup, method: str) -> tuple[list[Node], np.ndarray | None, 
 
     Every method sees the same number of training samples per round: nodes x local_steps x batch.
     """
-    cfg = s.cfg
+    cfg = s.cfg.for_method(method)
     if method == "centralized":
         pooled = s.train.subset(np.sort(np.concatenate(s.parts)))
-        return (
-            [Node.create(0, pooled, s.init, cfg, stream=10**6)],
-            None,
-            cfg.nodes * cfg.local_steps,
-        )
+        steps = cfg.nodes * cfg.local_steps
+        node = Node.create(0, pooled, s.init, cfg, stream=10**6, total_steps=cfg.rounds * steps)
+        return [node], None, steps
     nodes = [
         Node.create(i, s.train.subset(ix), s.init, cfg, stream=i) for i, ix in enumerate(s.parts)
     ]
@@ -128,24 +138,29 @@ def exchange(
 
     With ``server`` (fedavg) each node uploads once and the server's average comes back (the
     broadcast is the server's traffic); otherwise one copy goes to each graph neighbour.
+    A node with no live edge this round (faults) neither sends nor mixes, as in dist.
     """
-    payloads = [ex.outgoing(n.state(), t) for ex, n in zip(exchanges, nodes)]
-    mixed = []
+    talks = (W > 0).sum(1) > 1  # (n,) nodes with at least one live neighbour
+    payloads = [
+        ex.outgoing(n.state(), t) if talks[i] else b""
+        for i, (ex, n) in enumerate(zip(exchanges, nodes))
+    ]
+    mixed = {}
     for i, (ex, node) in enumerate(zip(exchanges, nodes)):
-        weights = row_weights(W, i)
-        received = {j: payloads[j] for j in weights if j != i}
-        mixed.append(ex.incoming(node.state(), received, weights))
-    for node, state in zip(nodes, mixed):
-        node.set_state(state)
+        if talks[i]:
+            weights = row_weights(W, i)
+            received = {j: payloads[j] for j in weights if j != i}
+            mixed[i] = ex.incoming(node.state(), received, weights)
+    for i, state in mixed.items():
+        nodes[i].set_state(state)
     copies = np.ones(len(nodes)) if server else (W > 0).sum(1) - 1  # (n,) messages each sends
     return np.array([len(p) for p in payloads]) * copies
 
 
-def evaluate_round(s: Setup, nodes: list[Node]) -> dict:
+def evaluate_round(s: Setup, states: list[State]) -> dict:
     """Network-average adapter on the eval set; each node's own on its first node_eval_size rows."""
-    states = [n.state() for n in nodes]
     rec = evaluate(s.model, average(states), s.eval_full)
-    if len(nodes) > 1:
+    if len(states) > 1:
         batches = s.eval_nodes
         own = [evaluate(s.model, st, batches) for st in states]
         rec["node_accuracy_mean"] = float(np.mean([o["accuracy"] for o in own]))
@@ -161,30 +176,65 @@ def run_method(s: Setup, method: str, log: RunLog) -> tuple[dict, list[Node]]:
     """Train one method for ``rounds`` rounds, logging every ``eval_every`` rounds."""
     cfg = s.cfg
     nodes, W, steps = method_nodes(s, method)
-    exchanges = [Exchange(n.node_id, s.init) for n in nodes]
+    exchanges = [Exchange(n.node_id, s.init, cfg.compression, seed=cfg.seed) for n in nodes]
     sent = np.zeros(len(nodes))  # cumulative bytes each node sent
+    samples = 0
     start = time.perf_counter()
     bar = tqdm(range(1, cfg.rounds + 1), desc=f"{method:>11}", unit="round", leave=True)
     for t in bar:
-        losses = [local_steps(s.model, node, steps, s.pad_id) for node in nodes]
+        plan = round_plan(s, method, W, len(nodes), t)
+        losses = [
+            local_steps(s.model, node, steps, s.pad_id) if up else float("nan")
+            for node, up in zip(nodes, plan.active)
+        ]
+        samples += int(plan.active.sum()) * steps * cfg.batch_size
         if W is not None:
-            sent += exchange(exchanges, nodes, W, t, server=method == "fedavg")
-        if t % cfg.eval_every == 0 or t == cfg.rounds:
-            rec = evaluate_round(s, nodes)
-            rec.update(
+            sent += exchange(exchanges, nodes, plan.W, t, server=method == "fedavg")
+        if is_eval_round(cfg, t):
+            rec = round_record(
+                s,
+                [n.state() for n in nodes],
                 method=method,
                 round=t,
-                samples_seen=t * cfg.nodes * cfg.local_steps * cfg.batch_size,
-                train_loss=float(np.mean(losses)),
-                grad_norm=float(np.mean([n.last_grad_norm for n in nodes])),
+                samples_seen=samples,
+                train_loss=_mean_finite(losses),
+                grad_norm=_mean_finite([n.last_grad_norm for n in nodes]),
                 bytes_sent=int(sent.mean()),
                 bytes_sent_total=int(sent.sum()),
+                bytes_per_edge_round=max(ex.last_payload_size for ex in exchanges),
                 wall_s=time.perf_counter() - start,
             )
             log.write(rec)
             bar.set_postfix(acc=f"{rec['accuracy']:.3f}", loss=f"{rec['loss']:.3f}")
     bar.close()
     return log.records[-1], nodes
+
+
+def round_plan(s: Setup, method: str, W: np.ndarray | None, n: int, t: int) -> faults.RoundPlan:
+    """Round t's W and active nodes: faults (config ``faults``) apply to dec-lora only."""
+    if method == "dec-lora":
+        return faults.plan_for(s.cfg, s.adj, W, t)
+    return faults.no_faults(W, n)
+
+
+def is_eval_round(cfg: Config, t: int) -> bool:
+    return t % cfg.eval_every == 0 or t == cfg.rounds
+
+
+def _mean_finite(values: list[float]) -> float:
+    """Mean over the finite values (nodes that sat a round out report NaN); NaN if none."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def round_record(s: Setup, states: list[State], **fields) -> dict:
+    """One metrics.jsonl record: the evaluation of ``states`` followed by ``fields``.
+
+    The distributed runtime builds its records with this too, so both write the same keys.
+    """
+    rec = evaluate_round(s, states)
+    rec.update(fields)
+    return rec
 
 
 def method_summary(method: str, last: dict) -> dict:
@@ -201,6 +251,7 @@ def method_summary(method: str, last: dict) -> dict:
         "average_adapter": {k: last[k] for k in keys},
         "bytes_sent_per_node": last["bytes_sent"],
         "bytes_sent_total": last["bytes_sent_total"],
+        "bytes_per_edge_round": last["bytes_per_edge_round"],
         "wall_s": round(last["wall_s"], 2),
         "rounds": last["round"],
         "samples_seen": last["samples_seen"],
@@ -222,35 +273,68 @@ def make_out_dir(cfg: Config) -> Path:
     return out
 
 
+def write_run_files(s: Setup, out: Path) -> None:
+    """config.yaml and labels.json, written when a run starts."""
+    (out / "config.yaml").write_text(dump_config(s.cfg))
+    (out / "labels.json").write_text(json.dumps(dict(enumerate(s.train.label_names)), indent=1))
+
+
+def describe_run(s: Setup, out: Path) -> list[str]:
+    """The lines a run opens with: graph, data, adapter, messages, faults."""
+    cfg = s.cfg
+    gap = topo.spectral_gap(s.W)
+    comp = cfg.compression
+    scheme = f"choco, gamma {comp.gamma:g}" if comp.scheme == "choco" else "direct"
+    lines = [
+        f"{cfg.nodes} nodes on a {cfg.topology.kind} ({cfg.mixing} weights, spectral gap {gap:.4f}); "
+        f"{sum(s.sizes)} training rows, sizes {min(s.sizes)}-{max(s.sizes)}; "
+        f"adapter {numel(s.init):,} values; output in {out}",
+        f"messages: {describe(comp)}; scheme {scheme}",
+    ]
+    f = cfg.faults
+    if f.link_drop or f.node_drop:
+        lines.append(
+            f"faults (dec-lora): each link down with p={f.link_drop:g}, each node out with "
+            f"p={f.node_drop:g} per round; Metropolis weights on the surviving graph"
+        )
+    return lines
+
+
+def finish_method(
+    s: Setup, out: Path, summary: dict, method: str, last: dict, states: list[State]
+) -> None:
+    """Add a finished method (its last record) to the summary and export its adapters."""
+    summary["methods"][method] = method_summary(method, last)
+    if s.cfg.export_adapters:
+        export_method(s, method, states, out / "adapters" / method)
+
+
+def write_summary(out: Path, log: RunLog, summary: dict, echo=print) -> None:
+    """summary.json and curves.png, then the results table."""
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot_curves(log.records, out / "curves.png")
+    echo(results_table(summary))
+
+
 def run(cfg: Config, echo=print) -> tuple[Path, dict]:
     """Run every configured method and write config, metrics, summary, curves and adapters."""
     s = prepare(cfg)
     out = make_out_dir(cfg)
-    (out / "config.yaml").write_text(dump_config(cfg))
-    (out / "labels.json").write_text(json.dumps(dict(enumerate(s.train.label_names)), indent=1))
-    gap = topo.spectral_gap(s.W)
-    echo(
-        f"{cfg.nodes} nodes on a {cfg.topology.kind} ({cfg.mixing} weights, spectral gap {gap:.4f}); "
-        f"{len(s.train)} training rows, sizes {min(map(len, s.parts))}-{max(map(len, s.parts))}; "
-        f"adapter {numel(s.init):,} values; output in {out}"
-    )
+    write_run_files(s, out)
+    for line in describe_run(s, out):
+        echo(line)
     log = RunLog(out)
-    summary = {"methods": {}, "spectral_gap": gap}
+    summary = {"methods": {}, "spectral_gap": topo.spectral_gap(s.W)}
     for method in cfg.methods:
         last, nodes = run_method(s, method, log)
-        summary["methods"][method] = method_summary(method, last)
-        if cfg.export_adapters:
-            export_method(s, method, nodes, out / "adapters" / method)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot_curves(log.records, out / "curves.png")
-    echo(results_table(summary))
+        finish_method(s, out, summary, method, last, [n.state() for n in nodes])
+    write_summary(out, log, summary, echo)
     return out, summary
 
 
-def export_method(s: Setup, method: str, nodes: list[Node], path: Path) -> None:
+def export_method(s: Setup, method: str, states: list[State], path: Path) -> None:
     """adapters/<method>/ holds the network average; node_<i>/ the nodes' own adapters."""
-    states = [n.state() for n in nodes]
     export_adapter(s.model, average(states), path)
     if method in ("dec-lora", "local"):
-        for node, st in zip(nodes, states):
-            export_adapter(s.model, st, path / f"node_{node.node_id}")
+        for i, st in enumerate(states):
+            export_adapter(s.model, st, path / f"node_{i}")

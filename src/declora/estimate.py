@@ -1,0 +1,176 @@
+"""Traffic before training: values and bytes each node sends and receives, per round and per run.
+
+Only shapes are needed: the model is built from its config on the ``meta`` device (no weights,
+no training) and LoRA is applied the way :func:`declora.adapters.build_model` does, so the
+message is the one the simulator and the distributed runtime send. Byte counts come from
+:func:`declora.compress.payload_size`, the exact size of a payload, headers and scales included.
+
+Compared with two alternatives under the same compression: FedAvg-LoRA through a server (each
+node uploads its adapter and downloads the average, which the server sends compressed the same
+way; the server receives N and sends N messages a round) and gossip of the full model.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from declora import topology as topo
+from declora.adapters import ModelError, is_lora, resolve_model_path
+from declora.compress import describe, payload_size
+from declora.config import Config, ConfigError
+from declora.data import DataError, _label_ids, read_rows
+
+
+def count_labels(cfg: Config) -> int:
+    """Classes in the data (the size of the task head), read without tokenizing."""
+    rows = read_rows(cfg.data.path)
+    col = cfg.data.label_column
+    if not rows:
+        raise DataError(f"data.path={cfg.data.path}: no rows")
+    if col not in rows[0]:
+        raise DataError(f"data: column '{col}' not found in {cfg.data.path}")
+    return len(_label_ids([r[col] for r in rows], col)[1])
+
+
+def message_sizes(cfg: Config, num_labels: int) -> tuple[list[int], list[int]]:
+    """(adapter tensor sizes in message order, full-model tensor sizes), from shapes alone."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    path = resolve_model_path(cfg.model.name)
+    try:
+        config = AutoConfig.from_pretrained(path, num_labels=num_labels)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"model.name={cfg.model.name}: cannot read its config ({err})") from None
+    with torch.device("meta"):  # shapes only: no memory, no weights read
+        base = AutoModelForSequenceClassification.from_config(config)
+    full = [p.numel() for p in base.parameters()]  # shared (tied) tensors counted once
+    lora = LoraConfig(
+        task_type="SEQ_CLS",
+        r=cfg.lora.rank,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.targets),
+    )
+    try:
+        with warnings.catch_warnings():  # transformers' deprecation notices inside peft
+            warnings.simplefilter("ignore", FutureWarning)
+            model = get_peft_model(base, lora)
+    except ValueError as err:
+        raise ModelError(f"lora.targets={cfg.lora.targets}: {str(err).splitlines()[0]}") from None
+    adapter = [p.numel() for p in model.parameters() if p.requires_grad]
+    if not any(is_lora(n) for n, p in model.named_parameters() if p.requires_grad):
+        raise ConfigError("lora.targets matched no trainable tensors")
+    return adapter, full
+
+
+def _row(values: int, message: int, sent: np.ndarray, received: np.ndarray, rounds: int) -> dict:
+    """Figures for one way of training; ``sent``/``received`` are messages per party per round."""
+    return {
+        "values": values,
+        "bytes_per_message": message,
+        "sent_per_node_round": float(sent.mean() * message),
+        "received_per_node_round": float(received.mean() * message),
+        "max_sent_per_node_round": int(sent.max() * message),
+        "sent_per_node_run": float(sent.mean() * message * rounds),
+        "received_per_node_run": float(received.mean() * message * rounds),
+        "total_run": int(sent.sum() * message * rounds),
+    }
+
+
+def estimate(cfg: Config, num_labels: int | None = None) -> dict:
+    """Traffic of ``cfg`` without training; ``num_labels`` skips reading the data."""
+    try:
+        adj = topo.build_graph(
+            cfg.topology.kind, cfg.nodes, p=cfg.topology.p, edges=cfg.topology.edges, seed=cfg.seed
+        )
+        W = topo.mixing_matrix(adj, cfg.mixing)
+    except ValueError as err:
+        raise ConfigError(f"topology: {err}") from None
+    n = cfg.nodes
+    neighbours = ((W > 0) & ~np.eye(n, dtype=bool)).sum(1)  # (n,) messages each node sends
+    adapter, full = message_sizes(cfg, num_labels or count_labels(cfg))
+    spec, T = cfg.compression, cfg.rounds
+    lora_msg, full_msg = payload_size(adapter, spec), payload_size(full, spec)
+    ones, all_n = np.ones(n), np.array([n])
+    return {
+        "nodes": n,
+        "rounds": T,
+        "topology": cfg.topology.kind,
+        "neighbours": {
+            "min": int(neighbours.min()),
+            "mean": float(neighbours.mean()),
+            "max": int(neighbours.max()),
+        },
+        "compression": cfg.compression.model_dump(),
+        "messages": describe(spec),
+        "float32_bytes_per_message": {
+            "lora": payload_size(adapter, _Float32()),
+            "full_model": payload_size(full, _Float32()),
+        },
+        "dec-lora": _row(sum(adapter), lora_msg, neighbours, neighbours, T),
+        "fedavg-node": _row(sum(adapter), lora_msg, ones, ones, T),
+        "fedavg-server": _row(sum(adapter), lora_msg, all_n, all_n, T),
+        "full-model-gossip": _row(sum(full), full_msg, neighbours, neighbours, T),
+    }
+
+
+class _Float32:
+    kind, bits, block, ratio = "none", 32, 0, 1.0
+
+
+def human_bytes(b: float) -> str:
+    """SI units: 1 kB = 1000 B."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if b >= size:
+            return f"{b / size:.2f} {unit}"
+    return f"{b:.0f} B"
+
+
+ROWS = (
+    ("dec-lora", "Dec-LoRA gossip, each node"),
+    ("fedavg-node", "FedAvg-LoRA, each node"),
+    ("fedavg-server", "FedAvg-LoRA, the server"),
+    ("full-model-gossip", "full-model gossip, each node"),
+)
+
+
+def format_estimate(est: dict) -> str:
+    """The estimate as a plain-text table (per node = mean over nodes)."""
+    nb, comp = est["neighbours"], est["compression"]
+    scheme = f"choco, gamma {comp['gamma']:g}" if comp["scheme"] == "choco" else "direct"
+    lines = [
+        f"{est['nodes']} nodes, {est['topology']} graph ({nb['min']}-{nb['max']} neighbours, "
+        f"mean {nb['mean']:g}), {est['rounds']} rounds",
+        f"messages: {est['messages']}; scheme {scheme}",
+        "",
+        f"{'':<30} {'values':>11} {'bytes per':>10} {'vs':>6} {'per round':>21} "
+        f"{'whole run':>21} {'all parties':>11}",
+        f"{'':<30} {'per msg':>11} {'message':>10} {'fp32':>6} {'sent':>10} {'received':>10} "
+        f"{'sent':>10} {'received':>10} {'whole run':>11}",
+    ]
+    lines.append("-" * len(lines[-1]))
+    f32 = est["float32_bytes_per_message"]
+    for key, label in ROWS:
+        r = est[key]
+        base = f32["full_model"] if key == "full-model-gossip" else f32["lora"]
+        total = human_bytes(r["total_run"]) if key != "fedavg-server" else ""
+        lines.append(
+            f"{label:<30} {r['values']:>11,} {human_bytes(r['bytes_per_message']):>10} "
+            f"{base / r['bytes_per_message']:>5.1f}x "
+            f"{human_bytes(r['sent_per_node_round']):>10} "
+            f"{human_bytes(r['received_per_node_round']):>10} "
+            f"{human_bytes(r['sent_per_node_run']):>10} "
+            f"{human_bytes(r['received_per_node_run']):>10} {total:>11}"
+        )
+    lines.append(
+        "per node = mean over nodes; 'all parties' = bytes sent by every node together "
+        "(FedAvg: uploads; the server's downloads are its own row)"
+    )
+    if nb["min"] != nb["max"]:
+        busiest = human_bytes(est["dec-lora"]["max_sent_per_node_round"])
+        lines.append(f"the busiest Dec-LoRA node sends {busiest} per round")
+    return "\n".join(lines)
