@@ -57,7 +57,7 @@ def worker() -> None:
     s = prepare(cfg, node=rank)
     dist.init_process_group(backend)
     node = Node.create(rank, s.train, s.init, cfg.for_method("dec-lora"), stream=rank)
-    ex = Exchange(rank, s.init, cfg.compression, seed=cfg.seed)
+    ex = Exchange(rank, s.init, cfg.compression, seed=cfg.seed, consensus=cfg.consensus)
     link = Link(device, cfg.peer_timeout, wire.max_frame_size([v.numel() for v in s.init.values()]))
     local_steps(s.model, node, 1, s.pad_id)  # warm-up (allocator, kernels), not timed
     rows = []

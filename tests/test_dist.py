@@ -119,7 +119,7 @@ def tiny_node(value: float):
     from declora.train import Node
 
     class Cfg:  # what Node.create reads
-        seed, batch_size, lr, head_lr, optimizer, weight_decay = 0, 2, 0.1, None, "sgd", 0.0
+        seed, batch_size, lr, head_lr_scale, optimizer, weight_decay = 0, 2, 0.1, 1.0, "sgd", 0.0
         rounds, local_steps, warmup, schedule = 1, 1, 0.0, "constant"
 
     from declora.data import Dataset

@@ -2,6 +2,11 @@
 
 Pure functions on ``dict[str, Tensor]``: no process group, no device logic. The simulator mixes
 all nodes at once with :func:`mix`; a distributed node mixes its own row with :func:`mix_row`.
+
+Consensus rules (config ``consensus``): ``ab`` mixes A, B and the head separately (the paper);
+``frozen_a`` keeps the seeded A fixed and mixes B and the head only (exact in product space,
+since sum_j W_ij B_j A = (sum_j W_ij B_j) A); ``product`` mixes the products B_j A_j and
+refactors them to rank r (:func:`product_row`).
 """
 
 from __future__ import annotations
@@ -9,7 +14,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from declora.adapters import State, is_lora_a, is_lora_b, lora_pairs
+from declora.adapters import State, is_lora, is_lora_a, is_lora_b, lora_pairs
+
+RULES = ("ab", "frozen_a", "product")
 
 
 def mix(states: list[State], W: np.ndarray) -> list[State]:
@@ -37,6 +44,56 @@ def mix_row(own: State, own_weight: float, received: dict[int, tuple[float, Stat
             weight, state = received[j]
             acc = acc + state[key].double() * weight
         out[key] = acc.to(value.dtype)
+    return out
+
+
+def exchanged_keys(state: State, rule: str) -> list[str]:
+    """Keys a node sends under consensus ``rule`` (in state order): everything, except A under
+    ``frozen_a`` (every node holds the same seeded A and never trains it)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown consensus rule {rule!r} (choose from {RULES})")
+    return [k for k in state if not (rule == "frozen_a" and is_lora_a(k))]
+
+
+def refactor(P: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank-``rank`` factors of ``P`` (d_out, d_in) by a truncated SVD, in float64.
+
+    P = U S V^T; B = U_r sqrt(S_r) is (d_out, r) like PEFT's lora_B.weight and A = sqrt(S_r) V_r^T
+    is (r, d_in) like lora_A.weight, so B @ A is the best rank-r approximation of P
+    (Eckart-Young). Both factors get sqrt(S): balanced scales. Directions with a zero singular
+    value come back as zero rows of A / columns of B.
+    """
+    U, S, Vh = torch.linalg.svd(P.double(), full_matrices=False)  # U (d_out, k), Vh (k, d_in)
+    k = min(rank, S.numel())
+    root = S[:k].sqrt()
+    B = torch.zeros(P.shape[0], rank, dtype=torch.float64)
+    A = torch.zeros(rank, P.shape[1], dtype=torch.float64)
+    B[:, :k] = U[:, :k] * root
+    A[:k] = root[:, None] * Vh[:k]
+    return B, A
+
+
+def product_row(own: State, own_weight: float, received: dict[int, tuple[float, State]]) -> State:
+    """``product`` rule for one node: every adapted module's B_i, A_i become the rank-r SVD
+    factors of P_i = W_ii B_i A_i + sum_j W_ij B_j A_j (float64, self then neighbours by id);
+    the head is mixed as in :func:`mix_row`. Shapes and dtypes of A and B are kept."""
+    out = mix_row({k: v for k, v in own.items() if not is_lora(k)}, own_weight, received)
+    for ka, kb in lora_pairs(own):
+        P = own_weight * (own[kb].double() @ own[ka].double())  # (d_out, d_in)
+        for j in sorted(received):
+            weight, state = received[j]
+            P = P + weight * (state[kb].double() @ state[ka].double())
+        B, A = refactor(P, own[ka].shape[0])
+        out[ka], out[kb] = A.to(own[ka].dtype), B.to(own[kb].dtype)
+    return {k: out[k] for k in own}  # the node's key order
+
+
+def mix_products(states: list[State], W: np.ndarray) -> list[State]:
+    """Matrix form of :func:`product_row` for all nodes at once (row i mixes over W_ij > 0)."""
+    out = []
+    for i, s in enumerate(states):
+        received = {int(j): (float(W[i, j]), states[j]) for j in np.flatnonzero(W[i]) if j != i}
+        out.append(product_row(s, float(W[i, i]), received))
     return out
 
 

@@ -267,7 +267,7 @@ def _restore_exchange(ex: Exchange, state: State, payload_size: int) -> None:
     ex.last_payload_size = payload_size
 
 
-def gather_to_root(node: Node, ex: Exchange, extra: list[float], link: Link, round_: int):
+def gather_to_root(node: Node, extra: list[float], link: Link, round_: int):
     """Rank 0 gets every node's adapter and a few scalars (evaluation and outputs only).
 
     float64 holds float32 values and byte counts exactly. Returns (states, scalars (n, k)) on
@@ -281,8 +281,9 @@ def gather_to_root(node: Node, ex: Exchange, extra: list[float], link: Link, rou
     link.wait([work], [0] if bucket is None else list(range(1, world)), round_)
     if bucket is None:
         return None, None
-    n = numel(ex.template)
-    states = [unflatten(b[:n].cpu().float(), ex.template) for b in bucket]
+    template = node.state()  # every trainable tensor (the message may carry fewer)
+    n = numel(template)
+    states = [unflatten(b[:n].cpu().float(), template) for b in bucket]
     return states, np.stack([b[n:].cpu().numpy() for b in bucket])
 
 
@@ -306,7 +307,7 @@ def run_worker(cfg: Config, echo=print) -> None:
     store = rendezvous_store(rank, world, startup)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=startup)
     node = Node.create(rank, s.train, s.init, cfg.for_method("dec-lora"), stream=rank)
-    ex = Exchange(rank, s.init, cfg.compression, seed=cfg.seed)
+    ex = Exchange(rank, s.init, cfg.compression, seed=cfg.seed, consensus=cfg.consensus)
     sizes = [v.numel() for v in s.init.values()]
     link = Link(device, cfg.peer_timeout, wire.max_frame_size(sizes))
     root = out / "checkpoints"
@@ -332,7 +333,7 @@ def run_worker(cfg: Config, echo=print) -> None:
         wall = wall0 + time.perf_counter() - began
         if is_eval_round(cfg, t):
             row = [loss, node.last_grad_norm, sent, ex.last_payload_size, refused]
-            states, scalars = gather_to_root(node, ex, row, link, t)
+            states, scalars = gather_to_root(node, row, link, t)
             if rank == 0:
                 log_round(s, log, t, states, scalars, samples, wall, echo)
         if cfg.checkpoint_every and t % cfg.checkpoint_every == 0:
@@ -346,7 +347,7 @@ def run_worker(cfg: Config, echo=print) -> None:
                     os._exit(1)
     if start == cfg.rounds:  # resumed after the last round: gather the final states again
         row = [math.nan, node.last_grad_norm, sent, ex.last_payload_size, refused]
-        states, scalars = gather_to_root(node, ex, row, link, start)
+        states, scalars = gather_to_root(node, row, link, start)
     if rank == 0:
         summary = {"methods": {}, "spectral_gap": topo.spectral_gap(s.W)}
         finish_method(s, out, summary, "dec-lora", log.records[-1], states)

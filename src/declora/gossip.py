@@ -13,6 +13,13 @@ What compression drops stays in x_i - x_hat_i and is sent in later rounds instea
 CHOCO quantizes with least-squares block scales (``refit`` in :mod:`declora.compress`): its
 copies need a contraction. It assumes every payload arrives: a missed or refused one leaves
 that copy behind for good, so the config refuses choco together with ``faults``.
+
+Consensus rules (``consensus``, maths in :mod:`declora.consensus`): ``ab`` sends and mixes every
+adapter tensor; ``frozen_a`` sends B and the head only (A is the same seeded, untrained tensor
+on every node and stays the node's own), so the message and ``template`` cover those keys;
+``product`` sends A, B and head and mixes the products B_j A_j, refactored to rank r. The
+optimizer's moments are kept across the refactoring, although they refer to the old factor
+basis (as for the other rules, they never leave the node).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import torch
 from declora.adapters import State, flatten, unflatten
 from declora.compress import compress, decompress, message_generator
 from declora.config import CompressionConfig
-from declora.consensus import mix_row
+from declora.consensus import exchanged_keys, mix_row, product_row
 
 
 def encode(state: State) -> bytes:
@@ -42,7 +49,8 @@ class Exchange:
 
     ``template`` is the initial adapter, identical on every node (CHOCO's public copies start
     there); ``seed`` is the run seed, so the rounding noise of a message depends only on
-    (seed, node, round) and both runtimes draw the same.
+    (seed, node, round) and both runtimes draw the same. ``self.template`` keeps only the keys
+    that ``consensus`` exchanges: the message is those tensors flattened in key order.
     """
 
     def __init__(
@@ -51,9 +59,14 @@ class Exchange:
         template: State,
         compression: CompressionConfig | None = None,
         seed: int = 0,
+        consensus: str = "ab",
     ):
         self.node_id = node_id
-        self.template = {k: v.detach().clone() for k, v in template.items()}
+        self.consensus = consensus
+        if consensus == "product" and (compression or CompressionConfig()).scheme == "choco":
+            raise ValueError("consensus=product needs compression.scheme=direct")
+        keys = exchanged_keys(template, consensus)
+        self.template = {k: template[k].detach().clone() for k in keys}  # what goes on the wire
         self.spec = compression or CompressionConfig()
         self.seed = seed
         self.sizes = [v.numel() for v in self.template.values()]  # tensor boundaries for scales
@@ -68,7 +81,7 @@ class Exchange:
 
     def outgoing(self, state: State, round_: int) -> bytes:
         """The payload this node sends to every neighbour this round."""
-        flat = flatten(state)
+        flat = flatten(self._message(state))
         choco = self.spec.scheme == "choco"
         if choco:
             flat = flat - self._copy(self.node_id)
@@ -96,7 +109,13 @@ class Exchange:
             return self._choco_step(state, decoded, weights)
         own_weight = sum(w for j, w in weights.items() if j == i or j not in decoded)
         others = {j: (weights[j], unflatten(q, self.template)) for j, q in decoded.items()}
-        return mix_row(state, own_weight, others)
+        if self.consensus == "product":  # alone this round: keep the factors as they are
+            return product_row(state, own_weight, others) if others else dict(state)
+        return {**state, **mix_row(self._message(state), own_weight, others)}
+
+    def _message(self, state: State) -> State:
+        """The exchanged tensors of ``state`` (all but A under frozen_a), in template order."""
+        return {k: state[k] for k in self.template}
 
     def _choco_step(
         self, state: State, decoded: dict[int, torch.Tensor], weights: dict[int, float]
@@ -112,8 +131,8 @@ class Exchange:
         pull = torch.zeros_like(own64)  # sum_j W_ij (x_hat_j - x_hat_i), float64, fixed order
         for j, _ in sorted(decoded.items()):
             pull += weights[j] * (self.public[j].double() - own64)
-        x = flatten(state).double() + self.spec.gamma * pull
-        return unflatten(x.float(), self.template)
+        x = flatten(self._message(state)).double() + self.spec.gamma * pull
+        return {**state, **unflatten(x.float(), self.template)}
 
 
 def row_weights(W: np.ndarray, i: int) -> dict[int, float]:

@@ -176,7 +176,10 @@ def run_method(s: Setup, method: str, log: RunLog) -> tuple[dict, list[Node]]:
     """Train one method for ``rounds`` rounds, logging every ``eval_every`` rounds."""
     cfg = s.cfg
     nodes, W, steps = method_nodes(s, method)
-    exchanges = [Exchange(n.node_id, s.init, cfg.compression, seed=cfg.seed) for n in nodes]
+    exchanges = [
+        Exchange(n.node_id, s.init, cfg.compression, seed=cfg.seed, consensus=cfg.consensus)
+        for n in nodes
+    ]
     sent = np.zeros(len(nodes))  # cumulative bytes each node sent
     samples = 0
     start = time.perf_counter()

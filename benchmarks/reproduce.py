@@ -1,0 +1,236 @@
+"""Reproduction study of Dec-LoRA (arXiv 2501.15361) and the consensus rules of issue 5, as one
+markdown table (results/reproduce.md by default).
+
+Groups of rows: the paper's Table-1 analogue (10 nodes, ring and Erdos-Renyi, (K=1, T=20) and
+(K=5, T=10), dec-lora beside centralized), LoRA ranks 2/4/8/16, 10 and 20 nodes, heterogeneity
+(iid, Dirichlet 1 / 0.3 / 0.1, the paper's 3-node label skew) and the consensus rules
+ab / frozen_a / product at Dirichlet 0.1. Every row is one ``declora.sim.run`` per seed; the
+table gives mean +- std over seeds, with the spectral gap of the row's mixing matrix beside it.
+Learning rates come from the config (``lr``, ``method_lr``), as for ``declora run``.
+
+    .venv/bin/python benchmarks/reproduce.py --quick                 # minutes: a few rows, 1 seed
+    .venv/bin/python benchmarks/reproduce.py                         # every row, 3 seeds
+    .venv/bin/python benchmarks/reproduce.py --quick model.name=/path/to/tiny-bert data.path=x.csv
+    .venv/bin/python benchmarks/reproduce.py --groups rules,ranks --seeds 0,1
+
+Trailing ``key=value`` items are config overrides applied to every run, after the row's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from declora import sim
+from declora.config import ConfigError, load_config
+
+LABEL_SKEW = "[[0.15,0.85],[0.85,0.15],[0.5,0.5]]"
+TABLE1 = ["nodes=10", "partition.kind=iid", "methods=[dec-lora,centralized]"]
+STUDY_BASE = ["nodes=10", "topology.kind=ring", "local_steps=5", "rounds=10", "methods=[dec-lora]"]
+
+# group -> [(setting shown in the table, overrides)]; later overrides win
+ROWS: dict[str, list[tuple[str, list[str]]]] = {
+    "table1": [
+        (f"{g}, K={k}, T={t}", [*TABLE1, f"topology.kind={g}", f"local_steps={k}", f"rounds={t}"])
+        for g in ("ring", "erdos_renyi")
+        for k, t in ((1, 20), (5, 10))
+    ],
+    "ranks": [
+        (f"rank {r}", [*STUDY_BASE, "partition.kind=iid", f"lora.rank={r}"]) for r in (2, 4, 8, 16)
+    ],
+    "nodes": [(f"{n} nodes", [*STUDY_BASE, "partition.kind=iid", f"nodes={n}"]) for n in (10, 20)],
+    "heterogeneity": [
+        ("iid", [*STUDY_BASE, "partition.kind=iid"]),
+        *(
+            (f"dirichlet {a:g}", [*STUDY_BASE, "partition.kind=dirichlet", f"partition.alpha={a}"])
+            for a in (1.0, 0.3, 0.1)
+        ),
+        (
+            "label skew, 3 nodes",
+            [
+                *STUDY_BASE,
+                "nodes=3",
+                "partition.kind=label_skew",
+                f"partition.proportions={LABEL_SKEW}",
+            ],
+        ),
+    ],
+    "rules": [
+        (
+            f"consensus={rule}, dirichlet 0.1",
+            [*STUDY_BASE, "partition.kind=dirichlet", "partition.alpha=0.1", f"consensus={rule}"],
+        )
+        for rule in ("ab", "frozen_a", "product")
+    ],
+}
+# --quick: these rows, one seed, shrunk so that the bundled MiniLM takes a few minutes on 2 cores
+QUICK_ROWS = {"table1": [1], "rules": [0, 1, 2]}
+QUICK = [
+    "nodes=4",
+    "rounds=4",
+    "local_steps=2",
+    "batch_size=8",
+    "max_length=32",
+    "data.train_size=400",
+    "data.eval_size=200",
+    "node_eval_size=50",
+]
+ALWAYS = ["export_adapters=false"]
+
+
+def row_overrides(overrides: list[str], extra: list[str]) -> list[str]:
+    """The row's settings, then ``extra``; a label-skew row keeps its node count (one share
+    vector per node), whatever quick mode or the command line say."""
+    pinned = [o for o in overrides if o.startswith("nodes=")]
+    return [*overrides, *extra, *(pinned if "partition.kind=label_skew" in overrides else [])]
+
+
+def plan(quick: bool, groups: list[str] | None) -> list[tuple[str, str, list[str]]]:
+    """(group, setting, overrides) of every row to run."""
+    chosen = groups or (list(QUICK_ROWS) if quick else list(ROWS))
+    unknown = [g for g in chosen if g not in ROWS]
+    if unknown:
+        raise ConfigError(f"unknown groups {unknown}; choose from {list(ROWS)}")
+    out = []
+    for g in chosen:
+        picks = QUICK_ROWS.get(g, range(len(ROWS[g]))) if quick else range(len(ROWS[g]))
+        out += [(g, *ROWS[g][i]) for i in picks]
+    return out
+
+
+def run_row(overrides: list[str], seeds: list[int], folder: Path) -> dict[str, list[dict]]:
+    """method -> per-seed summary entries (spectral gap added), one sim.run per seed."""
+    per_method: dict[str, list[dict]] = {}
+    for seed in seeds:
+        out = folder / f"seed{seed}"
+        cfg = load_config(None, [*overrides, f"seed={seed}", f"out={out}"])
+        _, summary = sim.run(cfg, echo=lambda *_: None)
+        saved = json.loads((out / "summary.json").read_text())
+        assert saved["methods"].keys() == summary["methods"].keys()
+        for method, entry in saved["methods"].items():
+            per_method.setdefault(method, []).append({**entry, "gap": saved["spectral_gap"]})
+    return per_method
+
+
+def stat(values: list[float | None], digits: int = 4) -> str:
+    """mean +- std over seeds (std left out for one seed); empty when nothing was measured."""
+    vals = [v for v in values if v is not None and np.isfinite(v)]
+    if not vals:
+        return ""
+    mean = f"{np.mean(vals):.{digits}f}"
+    return mean if len(vals) == 1 else f"{mean} ± {np.std(vals, ddof=1):.{digits}f}"
+
+
+def table_lines(results: list[tuple[str, str, str, list[dict]]]) -> list[str]:
+    lines = [
+        "| group | setting | method | accuracy | F1 | node min acc | consensus AB "
+        "| spectral gap | bytes / edge / round | MB sent / node |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for group, setting, method, runs in results:
+        dec = method != "centralized"
+
+        def col(key, digits=4, runs=runs):
+            return stat([r.get(key) for r in runs], digits)
+
+        mb = stat([r["bytes_sent_per_node"] / 1e6 for r in runs], 2) if dec else "0"
+        lines.append(
+            f"| {group} | {setting} | {method} | {col('accuracy')} | {col('f1')} "
+            f"| {col('node_min_accuracy') if dec else ''} | {col('consensus_ab', 3) if dec else ''} "
+            f"| {col('gap') if dec else ''} "
+            f"| {runs[0]['bytes_per_edge_round'] if dec else 0:,} | {mb} |"
+        )
+    return lines
+
+
+def markdown(results, command: str, args, extra: list[str], seconds: float) -> str:
+    cfg = load_config(None, extra)
+    mode = "quick" if args.quick else "full"
+    lines = [
+        "# Dec-LoRA reproduction study and consensus rules",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Mode: {mode}; seeds {args.seeds}; model {cfg.model.name}, data {cfg.data.path}. Unless a "
+        f"row says otherwise: {cfg.mixing} weights, LoRA rank {cfg.lora.rank}, batch "
+        f"{cfg.batch_size}, lr {cfg.lr:g} (method_lr {cfg.method_lr or '{}'}), {cfg.optimizer}, "
+        f"{cfg.schedule} schedule, messages {cfg.compression.kind}.",
+    ]
+    if args.quick:
+        lines.append(
+            f"Quick mode shrinks every row with `{' '.join(QUICK)}` (after the row's own settings, "
+            "so nodes / K / T in the setting column are overridden): a smoke test of the study, "
+            "not its numbers."
+        )
+    lines += [
+        "",
+        "Accuracy and F1: the network-average adapter (the centralized model) on the held-out "
+        "rows; node min acc: the worst node's own adapter; consensus AB: mean_i ||B_i A_i - "
+        "mean_j B_j A_j||_F / ||mean_j B_j A_j||_F at the last round; mean ± std over seeds.",
+        "",
+        *table_lines(results),
+        "",
+        f"{sum(len(r[3]) for r in results)} method runs in {seconds / 60:.1f} min on "
+        f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="a few rows, one seed, small data")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0 quick, 0,1,2)")
+    p.add_argument("--groups", default=None, help=f"comma-separated subset of {list(ROWS)}")
+    p.add_argument("--out", default=None, help="folder for the runs (default: a temp folder)")
+    p.add_argument("--table", default="results/reproduce.md", help="markdown output")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides for every run")
+    args = p.parse_args(argv)
+    args.seeds = [int(x) for x in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
+    extra = [*(QUICK if args.quick else []), *args.overrides, *ALWAYS]
+    try:
+        rows = plan(args.quick, args.groups.split(",") if args.groups else None)
+        for _, _, overrides in rows:  # refuse a bad override before any training
+            load_config(None, row_overrides(overrides, extra))
+    except ConfigError as err:
+        print(f"reproduce: {err}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="declora-reproduce-") as tmp:
+        root = Path(args.out or tmp)
+        for n, (group, setting, overrides) in enumerate(rows):
+            folder = root / f"{n:02d}-{group}"
+            print(f"[{n + 1}/{len(rows)}] {group}: {setting}", file=sys.stderr, flush=True)
+            per_method = run_row(row_overrides(overrides, extra), args.seeds, folder)
+            for method, runs in per_method.items():
+                results.append((group, setting, method, runs))
+                print(
+                    json.dumps(
+                        {
+                            "group": group,
+                            "setting": setting,
+                            "method": method,
+                            "accuracy": [r["accuracy"] for r in runs],
+                            "consensus_ab": [r.get("consensus_ab") for r in runs],
+                        }
+                    ),
+                    flush=True,
+                )
+    command = " ".join(["python benchmarks/reproduce.py", *argv])
+    text = markdown(results, command, args, extra, time.perf_counter() - t0)
+    Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.table).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,266 @@
+"""Consensus rules (config ``consensus``): ab, frozen_a and product, against independent numpy
+computations, on tiny tensors and the tiny random model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from declora import topology as topo
+from declora.adapters import is_lora_a, numel
+from declora.compress import HEADER, payload_size
+from declora.config import CompressionConfig, ConfigError, load_config
+from declora.consensus import (
+    consensus_distances,
+    exchanged_keys,
+    mix,
+    mix_products,
+    product_row,
+    refactor,
+)
+from declora.gossip import Exchange, row_weights
+from declora.sim import run
+from tests.conftest import tiny_args
+
+RANK = 3
+SHAPES = {  # PEFT orientation: lora_A (r, d_in), lora_B (d_out, r)
+    "q.lora_A.w": (RANK, 7),
+    "q.lora_B.w": (6, RANK),
+    "v.lora_A.w": (RANK, 5),
+    "v.lora_B.w": (4, RANK),
+    "head.w": (2, 6),
+}
+PAIRS = [("q.lora_A.w", "q.lora_B.w"), ("v.lora_A.w", "v.lora_B.w")]
+
+
+def random_states(n: int, seed: int = 0, dtype=torch.float64) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {k: torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for k, s in SHAPES.items()}
+        for _ in range(n)
+    ]
+
+
+def ring(n: int) -> np.ndarray:
+    return topo.mixing_matrix(topo.build_graph("ring", n), "metropolis")
+
+
+def numpy_rank_r(P: np.ndarray, r: int) -> np.ndarray:
+    U, S, Vt = np.linalg.svd(P, full_matrices=False)
+    return (U[:, :r] * S[:r]) @ Vt[:r]
+
+
+def exchange_round(exchanges, states, W, t=1):
+    """What sim.exchange does: every node sends, then every node mixes what it received."""
+    payloads = [ex.outgoing(s, t) for ex, s in zip(exchanges, states)]
+    out = []
+    for i, (ex, s) in enumerate(zip(exchanges, states)):
+        weights = row_weights(W, i)
+        out.append(ex.incoming(s, {j: payloads[j] for j in weights if j != i}, weights))
+    return out, payloads
+
+
+# --- product ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_product_rule_is_the_rank_r_svd_of_the_mixed_products(n):
+    W = ring(n)
+    states = random_states(n, seed=n)
+    mixed = mix_products(states, W)
+    for i in range(n):
+        for ka, kb in PAIRS:
+            P = sum(W[i, j] * (states[j][kb].numpy() @ states[j][ka].numpy()) for j in range(n))
+            got = mixed[i][kb].numpy() @ mixed[i][ka].numpy()
+            np.testing.assert_allclose(got, numpy_rank_r(P, RANK), rtol=1e-9, atol=1e-11)
+            assert mixed[i][ka].shape == SHAPES[ka] and mixed[i][kb].shape == SHAPES[kb]
+        # the head is mixed as usual
+        head = sum(W[i, j] * states[j]["head.w"].numpy() for j in range(n))
+        np.testing.assert_allclose(mixed[i]["head.w"].numpy(), head, rtol=1e-12)
+
+
+def test_product_rule_leaves_an_agreed_adapter_unchanged():
+    same = random_states(1, seed=4, dtype=torch.float32)[0]
+    W = ring(4)
+    mixed = mix_products([same] * 4, W)
+    for s in mixed:
+        for ka, kb in PAIRS:
+            torch.testing.assert_close(s[kb] @ s[ka], same[kb] @ same[ka], rtol=1e-5, atol=1e-5)
+            assert s[ka].dtype == torch.float32 and s[ka].shape == same[ka].shape
+        torch.testing.assert_close(s["head.w"], same["head.w"])
+
+
+def test_refactor_orientation_and_balance():
+    g = torch.Generator().manual_seed(1)
+    P = torch.randn(6, 9, generator=g, dtype=torch.float64)
+    B, A = refactor(P, 2)
+    assert B.shape == (6, 2) and A.shape == (2, 9)
+    np.testing.assert_allclose((B @ A).numpy(), numpy_rank_r(P.numpy(), 2), atol=1e-12)
+    # balanced: B^T B = A A^T = S_r
+    torch.testing.assert_close(B.T @ B, A @ A.T)
+    # rank above min(d_out, d_in): the extra factors are zero, the product is exact
+    B, A = refactor(P[:2], 4)
+    assert B.shape == (2, 4) and A.shape == (4, 9)
+    torch.testing.assert_close(B @ A, P[:2])
+
+
+@pytest.mark.parametrize("kind", ["none", "quantize"])
+def test_product_exchange_equals_the_matrix_form(kind):
+    """The Exchange (what both runtimes call) gives mix_products on the decoded messages."""
+    n, W = 4, ring(4)
+    states = random_states(n, seed=2, dtype=torch.float32)
+    spec = CompressionConfig(kind=kind, bits=16)
+    exchanges = [Exchange(i, states[0], spec, seed=0, consensus="product") for i in range(n)]
+    got, payloads = exchange_round(exchanges, states, W)
+    assert len(payloads[0]) == payload_size([v.numel() for v in states[0].values()], spec)
+    expected = mix_products(states, W)
+    for g_state, e_state in zip(got, expected):
+        for ka, kb in PAIRS:
+            tol = 1e-5 if kind == "none" else 1e-3
+            torch.testing.assert_close(
+                g_state[kb] @ g_state[ka], e_state[kb] @ e_state[ka], rtol=tol, atol=tol
+            )
+
+
+def test_product_rule_alone_keeps_its_factors():
+    state = random_states(1, seed=5, dtype=torch.float32)[0]
+    ex = Exchange(0, state, seed=0, consensus="product")
+    out = ex.incoming(state, {}, {0: 0.5, 1: 0.5})  # neighbour 1 missing: weight to self
+    for k in state:
+        assert torch.equal(out[k], state[k])
+    assert product_row(state, 1.0, {}).keys() == state.keys()
+
+
+# --- frozen_a ---------------------------------------------------------------------------------
+
+
+def test_frozen_a_payload_holds_b_and_head_only():
+    state = random_states(1, dtype=torch.float32)[0]
+    ex = Exchange(0, state, seed=0, consensus="frozen_a")
+    keys = exchanged_keys(state, "frozen_a")
+    assert keys == ["q.lora_B.w", "v.lora_B.w", "head.w"] and list(ex.template) == keys
+    payload = ex.outgoing(state, 1)
+    assert len(payload) == 4 * numel({k: state[k] for k in keys}) + HEADER.size
+    full = Exchange(0, state, seed=0, consensus="ab").outgoing(state, 1)
+    assert len(full) == 4 * numel(state) + HEADER.size
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        CompressionConfig(),
+        CompressionConfig(kind="quantize", bits=8, block=4),
+        CompressionConfig(kind="quantize", bits=4, scheme="choco"),
+    ],
+    ids=["none", "q8", "q4-choco"],
+)
+def test_frozen_a_mixing_is_exact_in_product_space(spec):
+    """B mixed with W, times the shared A, equals the mixed products; A never moves."""
+    n, W = 5, ring(5)
+    states = random_states(n, seed=3, dtype=torch.float32)
+    for s in states[1:]:  # one seeded A everywhere
+        s.update({k: v.clone() for k, v in states[0].items() if is_lora_a(k)})
+    exchanges = [Exchange(i, states[0], spec, seed=0, consensus="frozen_a") for i in range(n)]
+    got, _ = exchange_round(exchanges, states, W)
+    for i, s in enumerate(got):
+        for ka, kb in PAIRS:
+            assert torch.equal(s[ka], states[0][ka])
+            if spec.kind == "none":
+                mixed_products = sum(W[i, j] * (states[j][kb] @ states[j][ka]) for j in range(n))
+                torch.testing.assert_close(s[kb] @ s[ka], mixed_products, rtol=1e-5, atol=1e-5)
+    if spec.kind == "none":  # exactly mix() on B and head
+        ref = mix(states, W)
+        for s, r in zip(got, ref):
+            for k in ("q.lora_B.w", "head.w"):
+                torch.testing.assert_close(s[k], r[k])
+
+
+def test_frozen_a_tiny_run_keeps_every_a_at_its_seed(tiny_model_dir, tiny_csv, tmp_path):
+    from declora import sim
+    from declora.train import local_steps
+
+    cfg = load_config(None, [*tiny_args(tiny_model_dir, tiny_csv, tmp_path), "consensus=frozen_a"])
+    s = sim.prepare(cfg)
+    nodes, W, steps = sim.method_nodes(s, "dec-lora")
+    exchanges = [
+        Exchange(n.node_id, s.init, cfg.compression, seed=0, consensus="frozen_a") for n in nodes
+    ]
+    for t in (1, 2):
+        for node in nodes:
+            local_steps(s.model, node, 2, s.pad_id)
+        sim.exchange(exchanges, nodes, W, t, server=False)
+    a_keys = [k for k in s.init if is_lora_a(k)]
+    assert a_keys
+    for node in nodes:
+        for k in a_keys:
+            assert torch.equal(node.params[k], s.init[k])
+            assert not node.params[k].requires_grad
+        assert not torch.equal(
+            node.params[k.replace("lora_A", "lora_B")], s.init[k.replace("lora_A", "lora_B")]
+        )
+    b_and_head = {k: v for k, v in s.init.items() if not is_lora_a(k)}
+    assert exchanges[0].last_payload_size == 4 * numel(b_and_head) + HEADER.size
+    assert numel(b_and_head) < numel(s.init)
+    assert np.isfinite(consensus_distances([n.state() for n in nodes])["consensus_ab"])
+
+
+# --- every rule, end to end -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def summaries(tiny_model_dir, tiny_csv, tmp_path_factory):
+    base = [
+        *tiny_args(tiny_model_dir, tiny_csv, "unused"),
+        "methods=[dec-lora]",
+        "export_adapters=false",
+        "rounds=3",
+        "eval_every=3",
+    ]
+    out = {}
+    for name, extra in [
+        ("none", []),
+        ("ab", ["consensus=ab"]),
+        ("frozen_a", ["consensus=frozen_a"]),
+        ("product", ["consensus=product"]),
+    ]:
+        folder = tmp_path_factory.mktemp(name) / "run"
+        cfg = load_config(None, [*base, *extra, f"out={folder}"])
+        run(cfg, echo=lambda *_: None)
+        out[name] = (folder, json.loads((folder / "summary.json").read_text()))
+    return out
+
+
+def test_ab_is_the_default_bit_for_bit(summaries):
+    drop = {"wall_s"}
+    a, b = (
+        {k: v for k, v in summaries[x][1]["methods"]["dec-lora"].items() if k not in drop}
+        for x in ("none", "ab")
+    )
+    assert a == b
+
+
+@pytest.mark.parametrize("rule", ["ab", "frozen_a", "product"])
+def test_every_rule_reports_the_product_consensus_error(summaries, rule):
+    m = summaries[rule][1]["methods"]["dec-lora"]
+    assert np.isfinite(m["consensus_ab"]) and m["consensus_ab"] >= 0
+    assert np.isfinite(m["loss"])
+
+
+def test_frozen_a_sends_fewer_bytes_than_ab_and_product_the_same(summaries):
+    per_edge = {
+        r: summaries[r][1]["methods"]["dec-lora"]["bytes_per_edge_round"] for r in summaries
+    }
+    assert per_edge["product"] == per_edge["ab"]
+    assert per_edge["frozen_a"] < per_edge["ab"]
+
+
+def test_bad_rule_is_a_one_line_config_error():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["consensus=foo"])
+    msg = str(err.value)
+    assert "consensus" in msg and "\n" not in msg
+    with pytest.raises(ConfigError, match="consensus=product"):
+        load_config(None, ["consensus=product", "compression.scheme=choco"])
