@@ -74,6 +74,7 @@ def tiny_args(model_dir, csv_path, out) -> list[str]:
         "local_steps=4",
         "batch_size=8",
         "lr=0.01",
+        "method_lr={}",
         "schedule=constant",
         "warmup=0",
         "eval_every=3",

@@ -124,26 +124,29 @@ class Config(_Section):
         "classification", description="what is trained (causal LMs plug in here later)"
     )
     nodes: int = Field(8, ge=1, description="number of sites in the graph")
-    rounds: int = Field(30, ge=1, description="communication rounds T")
-    local_steps: int = Field(5, ge=1, description="optimizer steps per node per round K")
+    rounds: int = Field(70, ge=1, description="communication rounds T")
+    local_steps: int = Field(1, ge=1, description="optimizer steps per node per round K")
     batch_size: int = Field(16, ge=1, description="training batch size on every node")
-    lr: float = Field(2e-3, gt=0, description="learning rate")
+    lr: float = Field(1e-2, gt=0, description="learning rate")
     method_lr: dict[Literal["dec-lora", "centralized", "local", "fedavg"], float] = Field(
-        {}, description="per-method learning rate, e.g. {centralized: 0.002} (others use lr)"
+        {"centralized": 2e-3},
+        description="per-method learning rate, e.g. {centralized: 0.002} (others use lr)",
     )
-    head_lr: float | None = Field(
-        None, gt=0, description="learning rate of the task head (empty = lr)"
+    head_lr_scale: float = Field(
+        5.0, gt=0, description="the task head learns at lr x this (random init, unlike LoRA's base)"
     )
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="local optimizer")
     schedule: Literal["constant", "linear", "cosine"] = Field(
-        "cosine", description="learning-rate decay over each node's own steps"
+        "constant", description="learning-rate decay over each node's own steps"
     )
-    warmup: float = Field(0.1, ge=0, lt=1, description="fraction of steps with linear warm-up")
+    warmup: float = Field(0.0, ge=0, lt=1, description="fraction of steps with linear warm-up")
     weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay (adamw)")
     seed: int = Field(0, description="seed of initialisation, partition and sampling")
-    eval_every: int = Field(5, ge=1, description="evaluate every this many rounds (and at the end)")
+    eval_every: int = Field(
+        14, ge=1, description="evaluate every this many rounds (and at the end)"
+    )
     node_eval_size: int = Field(
-        300, ge=1, description="eval rows used to score each node's own adapter"
+        128, ge=1, description="eval rows used to score each node's own adapter"
     )
     methods: list[Literal["dec-lora", "centralized", "local", "fedavg"]] = Field(
         ["dec-lora", "centralized", "local"], min_length=1, description="what to run and compare"
@@ -155,6 +158,11 @@ class Config(_Section):
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     compression: CompressionConfig = Field(default_factory=CompressionConfig)
+    consensus: Literal["ab", "frozen_a", "product"] = Field(
+        "ab",
+        description="mixing rule: ab (A and B apart, the paper), frozen_a (seeded A never trained, "
+        "B and head exchanged), product (mix B A, refactor to rank r by SVD)",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     max_length: int = Field(64, ge=8, description="truncate inputs to this many tokens")
@@ -181,6 +189,11 @@ class Config(_Section):
             raise ValueError(
                 "compression.scheme=choco needs every message delivered (a missed one leaves a "
                 "public copy behind for good); use compression.scheme=direct with faults"
+            )
+        if self.consensus == "product" and self.compression.scheme == "choco":
+            raise ValueError(
+                "consensus=product needs compression.scheme=direct (CHOCO's public copies are "
+                "mixed as factors, not products)"
             )
         if any(v <= 0 for v in self.method_lr.values()):
             raise ValueError("method_lr: every learning rate must be > 0")

@@ -92,8 +92,14 @@ def plot_curves(records: list[dict], path: Path) -> None:
     for method in methods:
         rows = [r for r in records if r["method"] == method]
         rounds = [r["round"] for r in rows]
-        axes[0].plot(rounds, [r["accuracy"] for r in rows], marker="o", label=method)
-        axes[1].plot(rounds, [r["loss"] for r in rows], marker="o", label=method)
+        # local: no node holds the average, so show what the nodes hold (as summary.json does)
+        acc, loss, label = (
+            ("node_accuracy_mean", "node_loss_mean", "local (mean of nodes)")
+            if method == "local"
+            else ("accuracy", "loss", method)
+        )
+        axes[0].plot(rounds, [r[acc] for r in rows], marker="o", label=label)
+        axes[1].plot(rounds, [r[loss] for r in rows], marker="o", label=label)
         if method in ("dec-lora", "local"):
             for key, style in (("consensus_ab", "-"), ("consensus_a", ":"), ("consensus_b", "--")):
                 pts = [(r["round"], r[key]) for r in rows if r.get(key)]

@@ -14,16 +14,16 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from declora.adapters import State, is_lora
+from declora.adapters import State, is_lora, is_lora_a
 from declora.data import Dataset, Sampler, collate
 
 
 def make_optimizer(params: State, cfg) -> torch.optim.Optimizer:
     """SGD or AdamW; the task head (randomly initialised, unlike LoRA's pretrained base) may
-    take its own learning rate ``head_lr``."""
-    head = [v for k, v in params.items() if not is_lora(k)]
-    lora = [v for k, v in params.items() if is_lora(k)]
-    groups = [{"params": lora}, {"params": head, "lr": cfg.head_lr or cfg.lr}]
+    learn faster: ``lr x head_lr_scale``. Frozen tensors (no grad) are left out."""
+    head = [v for k, v in params.items() if not is_lora(k) and v.requires_grad]
+    lora = [v for k, v in params.items() if is_lora(k) and v.requires_grad]
+    groups = [{"params": lora}, {"params": head, "lr": cfg.lr * cfg.head_lr_scale}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -62,13 +62,24 @@ class Node:
 
     @classmethod
     def create(
-        cls, node_id: int, data: Dataset, init: State, cfg, stream: int, total_steps: int | None = None
+        cls,
+        node_id: int,
+        data: Dataset,
+        init: State,
+        cfg,
+        stream: int,
+        total_steps: int | None = None,
     ) -> Node:
         """A node starting from ``init``; ``total_steps`` (default rounds x local_steps) sets the
-        length of its learning-rate schedule."""
+        length of its learning-rate schedule. Under ``consensus=frozen_a`` the LoRA A tensors get
+        no grad and no optimizer slot: A stays the seeded initial one (every method, so the
+        centralized baseline is the same frozen-A LoRA)."""
         if len(data) == 0:
             raise ValueError(f"node {node_id} holds no training rows")
-        params = {k: v.clone().requires_grad_(True) for k, v in init.items()}
+        frozen_a = getattr(cfg, "consensus", "ab") == "frozen_a"
+        params = {
+            k: v.clone().requires_grad_(not (frozen_a and is_lora_a(k))) for k, v in init.items()
+        }
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + stream)
         optimizer = make_optimizer(params, cfg)
         total = total_steps or cfg.rounds * cfg.local_steps
