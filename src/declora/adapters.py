@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -67,7 +68,6 @@ def build_model(cfg, num_labels: int) -> nn.Module:
     Seeds torch with ``cfg.seed`` first, so every node (and every runtime) starts from the same
     LoRA A and head.
     """
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
     _quiet_transformers()
@@ -79,6 +79,13 @@ def build_model(cfg, num_labels: int) -> nn.Module:
         raise ModelError(f"model.name={cfg.model.name}: cannot load ({err})") from None
     if base.config.pad_token_id is None:
         base.config.pad_token_id = base.config.eos_token_id
+    return attach_lora(base, cfg)
+
+
+def attach_lora(base: nn.Module, cfg) -> nn.Module:
+    """Wrap ``base`` with PEFT LoRA on ``lora.targets``; the task head is trained too."""
+    from peft import LoraConfig, get_peft_model
+
     lora = LoraConfig(
         task_type="SEQ_CLS",
         r=cfg.lora.rank,
@@ -87,10 +94,11 @@ def build_model(cfg, num_labels: int) -> nn.Module:
         target_modules=list(cfg.lora.targets),
     )
     try:
-        model = get_peft_model(base, lora)
+        with warnings.catch_warnings():  # transformers' deprecation notices inside peft
+            warnings.simplefilter("ignore", FutureWarning)
+            return get_peft_model(base, lora)
     except ValueError as err:
         raise ModelError(f"lora.targets={cfg.lora.targets}: {str(err).splitlines()[0]}") from None
-    return model
 
 
 def trainable_state(model: nn.Module) -> State:

@@ -12,16 +12,14 @@ way; the server receives N and sends N messages a round) and gossip of the full 
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 
-from declora import topology as topo
-from declora.adapters import ModelError, is_lora, resolve_model_path
+from declora.adapters import ModelError, attach_lora, is_lora, resolve_model_path
 from declora.compress import describe, payload_size
 from declora.config import Config, ConfigError
 from declora.data import DataError, _label_ids, read_rows
+from declora.sim import graph_for
 
 
 def count_labels(cfg: Config) -> int:
@@ -37,7 +35,6 @@ def count_labels(cfg: Config) -> int:
 
 def message_sizes(cfg: Config, num_labels: int) -> tuple[list[int], list[int]]:
     """(adapter tensor sizes in message order, full-model tensor sizes), from shapes alone."""
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     path = resolve_model_path(cfg.model.name)
@@ -48,19 +45,7 @@ def message_sizes(cfg: Config, num_labels: int) -> tuple[list[int], list[int]]:
     with torch.device("meta"):  # shapes only: no memory, no weights read
         base = AutoModelForSequenceClassification.from_config(config)
     full = [p.numel() for p in base.parameters()]  # shared (tied) tensors counted once
-    lora = LoraConfig(
-        task_type="SEQ_CLS",
-        r=cfg.lora.rank,
-        lora_alpha=cfg.lora.alpha,
-        lora_dropout=cfg.lora.dropout,
-        target_modules=list(cfg.lora.targets),
-    )
-    try:
-        with warnings.catch_warnings():  # transformers' deprecation notices inside peft
-            warnings.simplefilter("ignore", FutureWarning)
-            model = get_peft_model(base, lora)
-    except ValueError as err:
-        raise ModelError(f"lora.targets={cfg.lora.targets}: {str(err).splitlines()[0]}") from None
+    model = attach_lora(base, cfg)
     adapter = [p.numel() for p in model.parameters() if p.requires_grad]
     if not any(is_lora(n) for n, p in model.named_parameters() if p.requires_grad):
         raise ConfigError("lora.targets matched no trainable tensors")
@@ -83,13 +68,7 @@ def _row(values: int, message: int, sent: np.ndarray, received: np.ndarray, roun
 
 def estimate(cfg: Config, num_labels: int | None = None) -> dict:
     """Traffic of ``cfg`` without training; ``num_labels`` skips reading the data."""
-    try:
-        adj = topo.build_graph(
-            cfg.topology.kind, cfg.nodes, p=cfg.topology.p, edges=cfg.topology.edges, seed=cfg.seed
-        )
-        W = topo.mixing_matrix(adj, cfg.mixing)
-    except ValueError as err:
-        raise ConfigError(f"topology: {err}") from None
+    _, W = graph_for(cfg)
     n = cfg.nodes
     neighbours = ((W > 0) & ~np.eye(n, dtype=bool)).sum(1)  # (n,) messages each node sends
     adapter, full = message_sizes(cfg, num_labels or count_labels(cfg))

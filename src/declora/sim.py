@@ -52,19 +52,24 @@ class Setup:
     eval_nodes: list[dict]
 
 
+def graph_for(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """The config's graph (adjacency) and checked mixing matrix; bad settings -> ConfigError."""
+    try:
+        adj = topo.build_graph(
+            cfg.topology.kind, cfg.nodes, p=cfg.topology.p, edges=cfg.topology.edges, seed=cfg.seed
+        )
+        return adj, topo.mixing_matrix(adj, cfg.mixing)
+    except ValueError as err:
+        raise ConfigError(f"topology: {err}") from None
+
+
 def prepare(cfg: Config, node: int | None = None) -> Setup:
     """Validate the graph and data against the config and load the model (writes nothing).
 
     With ``node`` (a distributed process), ``train`` keeps only that node's rows: the others
     are dropped right after the partition, and every other node's ``parts`` entry is empty.
     """
-    try:
-        adj = topo.build_graph(
-            cfg.topology.kind, cfg.nodes, p=cfg.topology.p, edges=cfg.topology.edges, seed=cfg.seed
-        )
-        W = topo.mixing_matrix(adj, cfg.mixing)
-    except ValueError as err:
-        raise ConfigError(f"topology: {err}") from None
+    adj, W = graph_for(cfg)
     tok = load_tokenizer(cfg)
     train, held_out = load_dataset(cfg, tok)
     try:

@@ -29,6 +29,24 @@ def make_optimizer(params: State, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def allocate_state(params: State, optimizer: torch.optim.Optimizer) -> None:
+    """Allocate a node's long-lived buffers (grads, Adam moments) now, before any training.
+
+    Left to the first step, they land between that step's activation buffers and pin the heap
+    (glibc cannot give the memory back), which made a 10-node simulation peak 14% above a
+    centralized run. The zeros are exactly what the first step would have created.
+    """
+    for p in params.values():
+        if p.requires_grad:
+            p.grad = torch.zeros_like(p)
+            if isinstance(optimizer, torch.optim.AdamW):  # AdamW's own layout of its state
+                optimizer.state[p] = {
+                    "step": torch.tensor(0.0),
+                    "exp_avg": torch.zeros_like(p),
+                    "exp_avg_sq": torch.zeros_like(p),
+                }
+
+
 def make_schedule(optimizer: torch.optim.Optimizer, cfg, total_steps: int):
     """Linear warm-up over ``warmup`` of the steps, then constant, linear or cosine decay."""
     warm = int(cfg.warmup * total_steps)
@@ -82,6 +100,7 @@ class Node:
         }
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + stream)
         optimizer = make_optimizer(params, cfg)
+        allocate_state(params, optimizer)
         total = total_steps or cfg.rounds * cfg.local_steps
         return cls(
             node_id=node_id,
@@ -113,7 +132,7 @@ def local_steps(model: nn.Module, node: Node, steps: int, pad_id: int) -> float:
     for _ in range(steps):
         batch = collate(node.data, node.sampler.next(), pad_id)
         out = functional_call(model, node.params, args=(), kwargs=batch)
-        node.optimizer.zero_grad(set_to_none=True)
+        node.optimizer.zero_grad(set_to_none=False)  # keep the buffers allocate_state made
         out.loss.backward()
         grads = [p.grad for p in node.params.values() if p.grad is not None]
         node.last_grad_norm = float(
