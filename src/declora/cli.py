@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from declora.adapters import ModelError
 from declora.config import Config, ConfigError, builtin_configs, load_config
@@ -143,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # deprecation notices from inside transformers/peft are not for declora's users
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
