@@ -49,14 +49,14 @@ def _pack(node: Node, extra: State) -> tuple[dict[str, torch.Tensor], dict]:
         for name, value in slots.items():
             tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value)
     tensors["rng"] = node.rng_state
-    # the sampler's shuffled order and position (data.Sampler keeps them as plain attributes)
-    tensors["sampler.order"] = torch.from_numpy(np.asarray(node.sampler._order, dtype=np.int64))
+    sampler = node.sampler.state_dict()
+    tensors["sampler.order"] = torch.from_numpy(np.asarray(sampler["order"], dtype=np.int64))
     tensors.update({f"exchange.{k}": v for k, v in extra.items()})
     meta = {
         "param_groups": opt["param_groups"],
         "scheduler": node.scheduler.state_dict(),  # plain numbers (lr_lambdas are not saved)
-        "sampler_pos": int(node.sampler._pos),
-        "sampler_rng": node.sampler.rng.bit_generator.state,
+        "sampler_pos": int(sampler["pos"]),
+        "sampler_rng": sampler["rng"],
         "last_loss": node.last_loss,
         "last_grad_norm": node.last_grad_norm,
     }
@@ -98,9 +98,13 @@ def load(root: Path, node: Node, round_: int) -> tuple[dict, State]:
     node.optimizer.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
     node.scheduler.load_state_dict(meta["scheduler"])
     node.rng_state = tensors["rng"]
-    node.sampler.rng.bit_generator.state = meta["sampler_rng"]
-    node.sampler._order = tensors["sampler.order"].numpy()
-    node.sampler._pos = meta["sampler_pos"]
+    node.sampler.load_state_dict(
+        {
+            "order": tensors["sampler.order"].numpy(),
+            "pos": meta["sampler_pos"],
+            "rng": meta["sampler_rng"],
+        }
+    )
     node.last_loss = _float(meta["last_loss"])
     node.last_grad_norm = _float(meta["last_grad_norm"])
     extra = {k.removeprefix("exchange."): v for k, v in tensors.items() if k[:9] == "exchange."}

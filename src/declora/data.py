@@ -97,7 +97,7 @@ def read_rows(path: str) -> list[dict]:
     return _hf_rows(path)
 
 
-def _label_ids(raw: list, column: str) -> tuple[np.ndarray, list[str]]:
+def label_ids(raw: list, column: str) -> tuple[np.ndarray, list[str]]:
     """Map labels (ints or strings) to ids 0..C-1; numeric labels keep their numeric order."""
     texts = [str(v).strip() for v in raw]
     if any(t == "" for t in texts):
@@ -124,7 +124,7 @@ def load_dataset(cfg, tokenizer) -> tuple[Dataset, Dataset]:
                 f"data: column '{col}' not found in {d.path} (columns: {', '.join(rows[0])})"
             )
     texts = [str(r[d.text_column] or "") for r in rows]
-    labels, names = _label_ids([r[d.label_column] for r in rows], d.label_column)
+    labels, names = label_ids([r[d.label_column] for r in rows], d.label_column)
     if d.eval_size >= len(rows):
         raise DataError(f"data.eval_size={d.eval_size} leaves no training rows ({len(rows)} rows)")
     order = np.random.default_rng(d.split_seed).permutation(len(rows))
@@ -157,6 +157,14 @@ class Sampler:
         self.n, self.batch_size = n_rows, batch_size
         self.rng = np.random.default_rng(seed)
         self._order, self._pos = self.rng.permutation(n_rows), 0
+
+    def state_dict(self) -> dict:
+        """Where the sampler stands: its shuffled order, position and generator (checkpoints)."""
+        return {"order": self._order, "pos": self._pos, "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._order, self._pos = np.asarray(state["order"]), int(state["pos"])
+        self.rng.bit_generator.state = state["rng"]
 
     def next(self) -> np.ndarray:
         out = []

@@ -18,7 +18,7 @@ import torch
 from declora.adapters import ModelError, attach_lora, is_lora, resolve_model_path
 from declora.compress import describe, payload_size
 from declora.config import Config, ConfigError
-from declora.data import DataError, _label_ids, read_rows
+from declora.data import DataError, label_ids, read_rows
 from declora.sim import graph_for
 
 
@@ -30,7 +30,7 @@ def count_labels(cfg: Config) -> int:
         raise DataError(f"data.path={cfg.data.path}: no rows")
     if col not in rows[0]:
         raise DataError(f"data: column '{col}' not found in {cfg.data.path}")
-    return len(_label_ids([r[col] for r in rows], col)[1])
+    return len(label_ids([r[col] for r in rows], col)[1])
 
 
 def message_sizes(cfg: Config, num_labels: int) -> tuple[list[int], list[int]]:
