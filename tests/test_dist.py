@@ -289,8 +289,9 @@ def test_corrupted_and_forged_messages_are_refused_and_the_run_completes(
     args = [*base_args(tiny_model_dir, tiny_csv, out), f"security.key_file={key}"]
     proc = launch(args, DECLORA_DEBUG="nan=1@2,short=1@3,forge=3@4,flip=2@5")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # each refusal is one write (dist.say), so lines from the 4 processes do not interleave
     refusals = [x for x in proc.stderr.splitlines() if "refused the message" in x]
-    assert len(refusals) == 8  # each bad sender has two neighbours on the ring
+    assert len(refusals) == 8, refusals  # each bad sender has two neighbours on the ring
     expect = {
         (1, 2): "non-finite",
         (1, 3): "bytes, expected",

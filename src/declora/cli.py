@@ -55,14 +55,14 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """One torchrun process (not for users: ``launch`` and the README's torchrun run it)."""
-    from declora.dist import PeerError, run_worker
+    from declora.dist import PeerError, run_worker, say
 
     path, overrides = _split_args(args.items)
     try:
         run_worker(load_config(path, overrides))
     except PeerError as err:
         rank = os.environ.get("RANK", "?")
-        print(f"declora: node {rank}: {err}", file=sys.stderr, flush=True)
+        say(f"declora: node {rank}: {err}")
         return 1
     return 0
 

@@ -174,6 +174,11 @@ class Debug:
         return self.actions.get(action) == (rank, round_)
 
 
+def say(line: str) -> None:
+    """One line to stderr in a single write, so that lines from several processes never interleave."""
+    os.write(2, (line + "\n").encode())
+
+
 def exchange_step(
     node: Node,
     ex: Exchange,
@@ -190,7 +195,7 @@ def exchange_step(
     as the simulator does; the frame adds ``wire.HEADER.size`` (+ ``wire.TAG_SIZE``) to each.
     """
     i, debug = node.node_id, debug or Debug()
-    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    log = log or say
     weights = row_weights(W, i)
     peers = sorted(j for j in weights if j != i)
     if not peers:  # sits the round out, or every link is down: nothing sent, nothing mixed
