@@ -264,3 +264,27 @@ def test_bad_rule_is_a_one_line_config_error():
     assert "consensus" in msg and "\n" not in msg
     with pytest.raises(ConfigError, match="consensus=product"):
         load_config(None, ["consensus=product", "compression.scheme=choco"])
+
+
+def test_product_rule_keeps_balanced_agreed_factors_and_stays_near_the_old_ones():
+    """At consensus with balanced factors the rule is the identity (the SVD alone would flip
+    signs and reorder); in general the factors move no further than the raw SVD's."""
+    g = torch.Generator().manual_seed(7)
+    state = random_states(1, seed=6)[0]
+    for ka, kb in PAIRS:  # make each pair balanced: the SVD factors of its own product
+        state[kb], state[ka] = refactor(state[kb] @ state[ka], RANK)
+        Q, _ = torch.linalg.qr(torch.randn(RANK, RANK, generator=g, dtype=torch.float64))
+        state[kb], state[ka] = state[kb] @ Q, Q.T @ state[ka]  # same product, other gauge
+    mixed = mix_products([state] * 3, ring(3))
+    for s in mixed:
+        for ka, kb in PAIRS:
+            torch.testing.assert_close(s[kb], state[kb], rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(s[ka], state[ka], rtol=1e-9, atol=1e-9)
+    states = random_states(3, seed=8)
+    for i, s in enumerate(mix_products(states, ring(3))):
+        for ka, kb in PAIRS:
+            P = s[kb] @ s[ka]
+            raw_B, raw_A = refactor(P, RANK)
+            moved = (s[kb] - states[i][kb]).norm() ** 2 + (s[ka] - states[i][ka]).norm() ** 2
+            raw = (raw_B - states[i][kb]).norm() ** 2 + (raw_A - states[i][ka]).norm() ** 2
+            assert moved <= raw + 1e-12

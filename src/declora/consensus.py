@@ -73,17 +73,32 @@ def refactor(P: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     return B, A
 
 
+def align(B: torch.Tensor, A: torch.Tensor, B_old: torch.Tensor, A_old: torch.Tensor):
+    """The factors (B R, R^T A) of the same product B A nearest to (B_old, A_old).
+
+    Any orthogonal R gives the same product; the one minimising ||B R - B_old||^2 +
+    ||R^T A - A_old||^2 is the polar factor of M = B^T B_old + A A_old^T (orthogonal
+    Procrustes). Without it the SVD's gauge (signs, order, rotations within equal singular
+    values) jumps from round to round, and the optimizer's moments, which stay with the node,
+    point along the old basis.
+    """
+    U, _, Vh = torch.linalg.svd(B.T @ B_old + A @ A_old.T)
+    R = U @ Vh
+    return B @ R, R.T @ A
+
+
 def product_row(own: State, own_weight: float, received: dict[int, tuple[float, State]]) -> State:
-    """``product`` rule for one node: every adapted module's B_i, A_i become the rank-r SVD
-    factors of P_i = W_ii B_i A_i + sum_j W_ij B_j A_j (float64, self then neighbours by id);
-    the head is mixed as in :func:`mix_row`. Shapes and dtypes of A and B are kept."""
+    """``product`` rule for one node: every adapted module's B_i, A_i become rank-r factors of
+    P_i = W_ii B_i A_i + sum_j W_ij B_j A_j (float64, self then neighbours by id): the truncated
+    SVD's, turned (:func:`align`) to lie nearest the node's own B_i, A_i. The head is mixed as
+    in :func:`mix_row`. Shapes and dtypes of A and B are kept."""
     out = mix_row({k: v for k, v in own.items() if not is_lora(k)}, own_weight, received)
     for ka, kb in lora_pairs(own):
         P = own_weight * (own[kb].double() @ own[ka].double())  # (d_out, d_in)
         for j in sorted(received):
             weight, state = received[j]
             P = P + weight * (state[kb].double() @ state[ka].double())
-        B, A = refactor(P, own[ka].shape[0])
+        B, A = align(*refactor(P, own[ka].shape[0]), own[kb].double(), own[ka].double())
         out[ka], out[kb] = A.to(own[ka].dtype), B.to(own[kb].dtype)
     return {k: out[k] for k in own}  # the node's key order
 

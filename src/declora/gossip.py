@@ -17,9 +17,9 @@ that copy behind for good, so the config refuses choco together with ``faults``.
 Consensus rules (``consensus``, maths in :mod:`declora.consensus`): ``ab`` sends and mixes every
 adapter tensor; ``frozen_a`` sends B and the head only (A is the same seeded, untrained tensor
 on every node and stays the node's own), so the message and ``template`` cover those keys;
-``product`` sends A, B and head and mixes the products B_j A_j, refactored to rank r. The
-optimizer's moments are kept across the refactoring, although they refer to the old factor
-basis (as for the other rules, they never leave the node).
+``product`` sends A, B and head and mixes the products B_j A_j, refactored to rank r and
+turned to the factors nearest the node's own, so that the optimizer's moments (which, as for
+the other rules, never leave the node) keep pointing along roughly the same basis.
 """
 
 from __future__ import annotations
