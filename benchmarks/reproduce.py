@@ -106,15 +106,27 @@ def plan(quick: bool, groups: list[str] | None) -> list[tuple[str, str, list[str
     return out
 
 
-def run_row(overrides: list[str], seeds: list[int], folder: Path) -> dict[str, list[dict]]:
-    """method -> per-seed summary entries (spectral gap added), one sim.run per seed."""
+def run_key(cfg) -> str:
+    """What makes two rows the same run: the resolved config without its output folder."""
+    return json.dumps(cfg.model_dump(mode="json", exclude={"out"}), sort_keys=True)
+
+
+def run_row(
+    overrides: list[str], seeds: list[int], folder: Path, done: dict[str, dict]
+) -> dict[str, list[dict]]:
+    """method -> per-seed summary entries (spectral gap added), one sim.run per seed. A run whose
+    resolved config is in ``done`` (another group's row, e.g. rank 8 = iid) is not repeated."""
     per_method: dict[str, list[dict]] = {}
     for seed in seeds:
         out = folder / f"seed{seed}"
         cfg = load_config(None, [*overrides, f"seed={seed}", f"out={out}"])
-        _, summary = sim.run(cfg, echo=lambda *_: None)
-        saved = json.loads((out / "summary.json").read_text())
-        assert saved["methods"].keys() == summary["methods"].keys()
+        key = run_key(cfg)
+        if key not in done:
+            _, summary = sim.run(cfg, echo=lambda *_: None)
+            saved = json.loads((out / "summary.json").read_text())
+            assert saved["methods"].keys() == summary["methods"].keys()
+            done[key] = saved
+        saved = done[key]
         for method, entry in saved["methods"].items():
             per_method.setdefault(method, []).append({**entry, "gap": saved["spectral_gap"]})
     return per_method
@@ -131,9 +143,9 @@ def stat(values: list[float | None], digits: int = 4) -> str:
 
 def table_lines(results: list[tuple[str, str, str, list[dict]]]) -> list[str]:
     lines = [
-        "| group | setting | method | accuracy | F1 | node min acc | consensus AB "
+        "| group | setting | method | seeds | accuracy | F1 | node min acc | consensus AB "
         "| spectral gap | bytes / edge / round | MB sent / node |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for group, setting, method, runs in results:
         dec = method != "centralized"
@@ -143,7 +155,7 @@ def table_lines(results: list[tuple[str, str, str, list[dict]]]) -> list[str]:
 
         mb = stat([r["bytes_sent_per_node"] / 1e6 for r in runs], 2) if dec else "0"
         lines.append(
-            f"| {group} | {setting} | {method} | {col('accuracy')} | {col('f1')} "
+            f"| {group} | {setting} | {method} | {len(runs)} | {col('accuracy')} | {col('f1')} "
             f"| {col('node_min_accuracy') if dec else ''} | {col('consensus_ab', 3) if dec else ''} "
             f"| {col('gap') if dec else ''} "
             f"| {runs[0]['bytes_per_edge_round'] if dec else 0:,} | {mb} |"
@@ -189,6 +201,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--quick", action="store_true", help="a few rows, one seed, small data")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0 quick, 0,1,2)")
     p.add_argument("--groups", default=None, help=f"comma-separated subset of {list(ROWS)}")
+    p.add_argument("--one-seed", default=None, help="groups to run with the first seed only")
     p.add_argument("--out", default=None, help="folder for the runs (default: a temp folder)")
     p.add_argument("--table", default="results/reproduce.md", help="markdown output")
     p.add_argument("overrides", nargs="*", help="key=value config overrides for every run")
@@ -203,33 +216,81 @@ def main(argv: list[str]) -> int:
         print(f"reproduce: {err}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    results = []
+    results, done = [], {}
+    one_seed = set(args.one_seed.split(",")) if args.one_seed else set()
+    command = " ".join(["python benchmarks/reproduce.py", *argv])
     with tempfile.TemporaryDirectory(prefix="declora-reproduce-") as tmp:
         root = Path(args.out or tmp)
         for n, (group, setting, overrides) in enumerate(rows):
             folder = root / f"{n:02d}-{group}"
             print(f"[{n + 1}/{len(rows)}] {group}: {setting}", file=sys.stderr, flush=True)
-            per_method = run_row(row_overrides(overrides, extra), args.seeds, folder)
+            seeds = args.seeds[:1] if group in one_seed else args.seeds
+            per_method = run_row(row_overrides(overrides, extra), seeds, folder, done)
             for method, runs in per_method.items():
                 results.append((group, setting, method, runs))
+                accuracy = [r["accuracy"] for r in runs]
                 print(
                     json.dumps(
-                        {
-                            "group": group,
-                            "setting": setting,
-                            "method": method,
-                            "accuracy": [r["accuracy"] for r in runs],
-                            "consensus_ab": [r.get("consensus_ab") for r in runs],
-                        }
+                        {"group": group, "setting": setting, "method": method, "accuracy": accuracy}
                     ),
                     flush=True,
                 )
-    command = " ".join(["python benchmarks/reproduce.py", *argv])
-    text = markdown(results, command, args, extra, time.perf_counter() - t0)
-    Path(args.table).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.table).write_text(text)
-    print(text)
+            # the table so far, so that an interrupted study keeps what it measured
+            write_outputs(results, command, args, extra, time.perf_counter() - t0)
+    print(Path(args.table).read_text())
     return 0
+
+
+def write_outputs(results, command, args, extra, seconds) -> None:
+    """The markdown table, the raw per-seed entries beside it (.json) and the plot (.png)."""
+    table = Path(args.table)
+    table.parent.mkdir(parents=True, exist_ok=True)
+    table.write_text(markdown(results, command, args, extra, seconds))
+    raw = [{"group": g, "setting": s, "method": m, "runs": runs} for g, s, m, runs in results]
+    table.with_suffix(".json").write_text(json.dumps(raw, indent=1))
+    plot(results, table.with_suffix(".png"))
+
+
+def plot(results, path: Path) -> None:
+    """Accuracy (mean, std bars over seeds) of every row, one panel per group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys(g for g, *_ in results))
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups) + 1, 4), squeeze=False)
+    colors = {"dec-lora": "tab:blue", "centralized": "tab:orange", "local": "tab:green"}
+    for ax, group in zip(axes[0], groups):
+        rows = [r for r in results if r[0] == group]
+        for x, (*_, method, runs) in enumerate(rows):
+            acc = [r["accuracy"] for r in runs]
+            ax.bar(
+                x,
+                np.mean(acc),
+                yerr=np.std(acc, ddof=1) if len(acc) > 1 else None,
+                color=colors.get(method, "tab:gray"),
+                capsize=3,
+                label=method,
+            )
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels(
+            [f"{s}\n{m}" if group == "table1" else s for _, s, m, _ in rows],
+            rotation=60,
+            ha="right",
+            fontsize=7,
+        )
+        low = min(min(r["accuracy"] for r in runs) for *_, runs in rows)
+        ax.set_ylim(max(0.0, low - 0.05), 1.0)
+        ax.set_title(group)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("held-out accuracy")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    fig.legend(unique.values(), unique.keys(), loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
