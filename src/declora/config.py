@@ -94,14 +94,21 @@ class LoraSettings(_Section):
     alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / rank)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
     targets: list[str] = Field(
-        ["query", "value"], min_length=1, description="module names that get LoRA adapters"
+        ["query", "value"],
+        min_length=1,
+        description="module names that get LoRA adapters (task causal_lm: q_proj, v_proj)",
     )
 
 
 class ModelConfig(_Section):
     name: str = Field(
         "bundled:minilm",
-        description="Hugging Face id, local path, or bundled:minilm (offline MiniLM-L6)",
+        description="Hugging Face id, local path, bundled:minilm (offline MiniLM-L6) or "
+        "bundled:smollm2 (offline SmolLM2-135M-Instruct, a LLaMA)",
+    )
+    quantize: Literal["none", "int8", "4bit"] = Field(
+        "none",
+        description="frozen base weights: none (float32), int8, or 4bit NF4 (QLoRA); bitsandbytes",
     )
 
 
@@ -117,11 +124,30 @@ class DataConfig(_Section):
         None, ge=1, description="use at most this many training rows (all when empty)"
     )
     split_seed: int = Field(0, description="seed of the held-out split (fixed across run seeds)")
+    prompt_column: str | None = Field(
+        None, description="causal_lm instruction data: column holding the prompt"
+    )
+    response_column: str | None = Field(
+        None, description="causal_lm instruction data: column holding the response (the loss)"
+    )
+    label_words: list[str] | None = Field(
+        None,
+        description="causal_lm classification as generation: one word per class, in class-id "
+        "order (labels.json)",
+    )
+    prompt_template: str = Field(
+        "{text}", description="causal_lm classification: the prompt around {text}"
+    )
+    chat_template: bool = Field(
+        True, description="causal_lm: wrap prompts in the tokenizer's chat template if it has one"
+    )
 
 
 class Config(_Section):
-    task: Literal["classification"] = Field(
-        "classification", description="what is trained (causal LMs plug in here later)"
+    task: Literal["classification", "causal_lm"] = Field(
+        "classification",
+        description="classification (encoder + head) or causal_lm (instruction pairs, or "
+        "classification as generation with data.label_words)",
     )
     nodes: int = Field(8, ge=1, description="number of sites in the graph")
     rounds: int = Field(70, ge=1, description="communication rounds T")
@@ -177,6 +203,18 @@ class Config(_Section):
         300.0, gt=0, description="launch: seconds to wait for a neighbour before failing a round"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, data: Any) -> Any:
+        """A causal LM's LoRA targets default to q_proj and v_proj (LLaMA's names)."""
+        if isinstance(data, dict) and data.get("task") == "causal_lm":
+            lora = data.get("lora")
+            lora = dict(lora) if isinstance(lora, dict) else {} if lora is None else lora
+            if isinstance(lora, dict) and "targets" not in lora:
+                lora["targets"] = ["q_proj", "v_proj"]
+                data = {**data, "lora": lora}
+        return data
+
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
         if len(set(self.methods)) != len(self.methods):
@@ -195,6 +233,25 @@ class Config(_Section):
                 "consensus=product needs compression.scheme=direct (CHOCO's public copies are "
                 "mixed as factors, not products)"
             )
+        d = self.data
+        if self.task == "causal_lm":
+            pairs = d.prompt_column is not None or d.response_column is not None
+            if pairs == (d.label_words is not None):
+                raise ValueError(
+                    "task=causal_lm needs either data.prompt_column and data.response_column "
+                    "(instruction pairs) or data.label_words (classification as generation)"
+                )
+            if pairs and (d.prompt_column is None or d.response_column is None):
+                raise ValueError("data.prompt_column and data.response_column go together")
+            if pairs and self.partition.kind not in ("iid", "quantity_skew"):
+                raise ValueError(
+                    f"partition.kind={self.partition.kind} needs class labels; instruction "
+                    "pairs have none (use iid or quantity_skew)"
+                )
+            if d.label_words is not None and "{text}" not in d.prompt_template:
+                raise ValueError("data.prompt_template must contain {text}")
+        elif d.label_words is not None or d.prompt_column is not None:
+            raise ValueError("data.label_words / data.prompt_column need task=causal_lm")
         if any(v <= 0 for v in self.method_lr.values()):
             raise ValueError("method_lr: every learning rate must be > 0")
         return self

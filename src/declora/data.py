@@ -23,17 +23,26 @@ class DataError(ValueError):
 
 @dataclass
 class Dataset:
-    """Tokenized rows with integer labels. ``labels`` are ids into ``label_names``."""
+    """Tokenized rows with integer labels. ``labels`` are ids into ``label_names``.
+
+    For a causal LM (:mod:`declora.lm`) ``input_ids`` are the prompts, ``targets`` what the
+    model learns to write after each, and ``choices`` the label words' ids (classification as
+    generation; None for instruction pairs, whose labels are all 0).
+    """
 
     input_ids: list[list[int]]
     labels: np.ndarray  # (rows,) int64
     label_names: list[str]
+    targets: list[list[int]] | None = None
+    choices: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
     def subset(self, idx: np.ndarray) -> Dataset:
-        return Dataset([self.input_ids[i] for i in idx], self.labels[idx], self.label_names)
+        targets = None if self.targets is None else [self.targets[i] for i in idx]
+        ids = [self.input_ids[i] for i in idx]
+        return Dataset(ids, self.labels[idx], self.label_names, targets, self.choices)
 
 
 def _bundled_rows(name: str) -> list[dict]:
@@ -118,13 +127,18 @@ def load_dataset(cfg, tokenizer) -> tuple[Dataset, Dataset]:
     rows = read_rows(d.path)
     if not rows:
         raise DataError(f"data.path={d.path}: no rows")
-    for col in (d.text_column, d.label_column):
+    pairs = d.prompt_column is not None
+    columns = (d.prompt_column, d.response_column) if pairs else (d.text_column, d.label_column)
+    for col in columns:
         if col not in rows[0]:
             raise DataError(
                 f"data: column '{col}' not found in {d.path} (columns: {', '.join(rows[0])})"
             )
-    texts = [str(r[d.text_column] or "") for r in rows]
-    labels, names = label_ids([r[d.label_column] for r in rows], d.label_column)
+    texts = [str(r[columns[0]] or "") for r in rows]
+    if pairs:
+        labels, names = np.zeros(len(rows), dtype=np.int64), ["response"]
+    else:
+        labels, names = label_ids([r[d.label_column] for r in rows], d.label_column)
     if d.eval_size >= len(rows):
         raise DataError(f"data.eval_size={d.eval_size} leaves no training rows ({len(rows)} rows)")
     order = np.random.default_rng(d.split_seed).permutation(len(rows))
@@ -133,13 +147,37 @@ def load_dataset(cfg, tokenizer) -> tuple[Dataset, Dataset]:
     if d.train_size is not None:
         train_idx = train_idx[: d.train_size]
     train_idx = np.sort(train_idx)
-    ids = tokenizer(texts, truncation=True, max_length=cfg.max_length)["input_ids"]
-    full = Dataset(ids, labels, names)
+    if cfg.task == "causal_lm":
+        full = _causal_dataset(cfg, tokenizer, rows, texts, labels, names)
+    else:
+        ids = tokenizer(texts, truncation=True, max_length=cfg.max_length)["input_ids"]
+        full = Dataset(ids, labels, names)
     return full.subset(train_idx), full.subset(eval_idx)
+
+
+def _causal_dataset(cfg, tokenizer, rows, texts, labels, names) -> Dataset:
+    from declora import lm
+
+    d = cfg.data
+    if d.label_words is not None and len(d.label_words) != len(names):
+        raise DataError(
+            f"data.label_words has {len(d.label_words)} words for {len(names)} classes {names}"
+        )
+    responses = [str(r[d.response_column] or "") for r in rows] if d.prompt_column else None
+    try:
+        prompts, targets = lm.prompts_and_targets(tokenizer, cfg, texts, labels, responses)
+        choices = None if responses else lm.word_ids(tokenizer, d.label_words)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    return Dataset(prompts, labels, names, targets, choices)
 
 
 def collate(ds: Dataset, idx, pad_id: int) -> dict[str, torch.Tensor]:
     """Pad a batch to its longest row (not max_length): short sentences train ~1.5x faster."""
+    if ds.targets is not None:  # causal LM: prompt + target, loss on the target
+        from declora.lm import pack
+
+        return pack([ds.input_ids[i] for i in idx], [ds.targets[i] for i in idx], pad_id)
     seqs = [ds.input_ids[i] for i in idx]
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (batch, width)
@@ -178,7 +216,19 @@ class Sampler:
 
 
 def eval_batches(ds: Dataset, pad_id: int, batch_size: int = 64, limit: int | None = None):
-    """Fixed eval batches sorted by length (less padding); ``limit`` keeps the first rows."""
+    """Fixed eval batches sorted by length (less padding); ``limit`` keeps the first rows.
+
+    Classification as generation puts each row once per label word in a batch, and a causal
+    LM's logits span its vocabulary, so those batches hold fewer rows."""
     n = len(ds) if limit is None else min(limit, len(ds))
-    order = sorted(range(n), key=lambda i: len(ds.input_ids[i]))
+    extra = [len(t) for t in ds.targets] if ds.targets is not None else [0] * len(ds)
+    order = sorted(range(n), key=lambda i: len(ds.input_ids[i]) + extra[i])
+    if ds.targets is not None:
+        batch_size = max(1, batch_size // 8 // len(ds.choices or [None]))
+    if ds.choices is not None:
+        from declora.lm import choice_batch
+
+        return [
+            choice_batch(ds, order[i : i + batch_size], pad_id) for i in range(0, n, batch_size)
+        ]
     return [collate(ds, order[i : i + batch_size], pad_id) for i in range(0, n, batch_size)]

@@ -35,7 +35,7 @@ def count_labels(cfg: Config) -> int:
 
 def message_sizes(cfg: Config, num_labels: int) -> tuple[list[int], list[int]]:
     """(adapter tensor sizes in message order, full-model tensor sizes), from shapes alone."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     path = resolve_model_path(cfg.model.name)
     try:
@@ -43,7 +43,10 @@ def message_sizes(cfg: Config, num_labels: int) -> tuple[list[int], list[int]]:
     except (OSError, ValueError) as err:
         raise ModelError(f"model.name={cfg.model.name}: cannot read its config ({err})") from None
     with torch.device("meta"):  # shapes only: no memory, no weights read
-        base = AutoModelForSequenceClassification.from_config(config)
+        auto = (
+            AutoModelForCausalLM if cfg.task == "causal_lm" else AutoModelForSequenceClassification
+        )
+        base = auto.from_config(config)
     full = [p.numel() for p in base.parameters()]  # shared (tied) tensors counted once
     model = attach_lora(base, cfg)
     adapter = [p.numel() for p in model.parameters() if p.requires_grad]
@@ -71,6 +74,8 @@ def estimate(cfg: Config, num_labels: int | None = None) -> dict:
     _, W = graph_for(cfg)
     n = cfg.nodes
     neighbours = ((W > 0) & ~np.eye(n, dtype=bool)).sum(1)  # (n,) messages each node sends
+    if cfg.task == "causal_lm":  # no task head: the label count does not matter
+        num_labels = num_labels or 2
     adapter, full = message_sizes(cfg, num_labels or count_labels(cfg))
     spec, T = cfg.compression, cfg.rounds
     lora_msg, full_msg = payload_size(adapter, spec), payload_size(full, spec)

@@ -27,7 +27,12 @@ def macro_f1(pred: np.ndarray, gold: np.ndarray, n_classes: int) -> float:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, params: State, batches: list[dict]) -> dict[str, float]:
-    """Accuracy, macro-F1 and mean cross-entropy of one adapter on fixed eval batches."""
+    """Accuracy, macro-F1 and mean cross-entropy of one adapter on fixed eval batches
+    (for a causal LM, :func:`declora.lm.evaluate_lm`)."""
+    if batches and (batches[0]["labels"].dim() == 2):
+        from declora.lm import evaluate_lm
+
+        return evaluate_lm(model, params, batches)
     model.eval()
     preds, golds, loss_sum = [], [], 0.0
     for batch in batches:
@@ -70,10 +75,10 @@ def results_table(summary: dict) -> str:
     head = f"{'method':<12} {'accuracy':>8} {'f1':>6} {'loss':>6} {'node min':>8} {'MB sent/node':>12} {'wall s':>7}"
     lines = [head, "-" * len(head)]
     for name, m in summary["methods"].items():
-        node_min = m.get("node_min_accuracy")
+        f1, node_min = m.get("f1"), m.get("node_min_accuracy")  # no F1 for instruction pairs
         lines.append(
-            f"{name:<12} {m['accuracy']:>8.4f} {m['f1']:>6.4f} {m['loss']:>6.4f} "
-            f"{'' if node_min is None else f'{node_min:.4f}':>8} "
+            f"{name:<12} {m['accuracy']:>8.4f} {'' if f1 is None else f'{f1:.4f}':>6} "
+            f"{m['loss']:>6.4f} {'' if node_min is None else f'{node_min:.4f}':>8} "
             f"{m['bytes_sent_per_node'] / 1e6:>12.2f} {m['wall_s']:>7.1f}"
         )
     lines.append(f"spectral gap of the mixing matrix: {summary['spectral_gap']:.4f}")

@@ -1,0 +1,137 @@
+"""Causal language models (``task: causal_lm``): rows, batches and evaluation.
+
+A row is a prompt and a target, as token ids; the model reads prompt + target and the loss
+counts the target's tokens only (prompt and padding are labelled -100). Two kinds of data:
+
+- instruction pairs (``data.prompt_column`` / ``data.response_column``): the target is the
+  response followed by the end-of-sequence token. Evaluation: mean loss per response token
+  and top-1 accuracy of the next response token.
+- classification as generation (``data.label_words``): the target is the row's label word.
+  Evaluation scores every label word after the prompt (sum of its tokens' log-probabilities)
+  and predicts the likeliest: accuracy, macro-F1, and the cross-entropy over the label words.
+
+Prompts go through the tokenizer's chat template when it has one (``data.chat_template``), so
+an instruction-tuned model such as SmolLM2-Instruct sees the format it was trained on.
+Batches are padded on the right: positions of real tokens are then those of an unpadded row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+
+IGNORE = -100
+META = ("gold", "n_choices")  # batch entries that are not model inputs
+
+
+def render(tok, content: str, cfg) -> list[int]:
+    """Token ids of one prompt: chat template (with the assistant's turn opened) if any."""
+    if cfg.data.chat_template and getattr(tok, "chat_template", None):
+        messages = [{"role": "user", "content": content}]
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tok(text, add_special_tokens=False)["input_ids"]
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    return bos + tok(content, add_special_tokens=False)["input_ids"]
+
+
+def clip(tok, text: str, max_tokens: int) -> str:
+    """``text`` cut to its first ``max_tokens`` tokens (before any template is added)."""
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= max_tokens else tok.decode(ids[:max_tokens])
+
+
+def word_ids(tok, words: list[str]) -> list[list[int]]:
+    """Token ids of each label word; they must differ, and none may be empty."""
+    ids = [tok(w, add_special_tokens=False)["input_ids"] for w in words]
+    if any(not x for x in ids) or len({tuple(x) for x in ids}) < len(ids):
+        raise ValueError(f"data.label_words={words}: each must be a distinct, non-empty word")
+    return ids
+
+
+def prompts_and_targets(tok, cfg, texts, labels=None, responses=None):
+    """(prompt ids, target ids) per row; ``labels`` (class ids) pick the label word."""
+    eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    prompts, targets = [], []
+    if responses is not None:  # instruction pairs
+        for prompt, response in zip(texts, responses):
+            prompts.append(render(tok, clip(tok, prompt, cfg.max_length), cfg))
+            target = tok(response, add_special_tokens=False)["input_ids"][: cfg.max_length]
+            targets.append(target + eos)
+        return prompts, targets
+    words = word_ids(tok, cfg.data.label_words)
+    for text, label in zip(texts, labels):
+        content = cfg.data.prompt_template.format(text=clip(tok, text, cfg.max_length))
+        prompts.append(render(tok, content, cfg))
+        targets.append(words[label])
+    return prompts, targets
+
+
+def pack(prompts: list[list[int]], targets: list[list[int]], pad_id: int) -> dict:
+    """Right-padded input_ids / attention_mask, and labels that are the targets' tokens only."""
+    seqs = [p + t for p, t in zip(prompts, targets)]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (batch, width)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
+    for row, (p, t) in enumerate(zip(prompts, targets)):
+        ids[row, : len(p) + len(t)] = torch.tensor(p + t)
+        mask[row, : len(p) + len(t)] = 1
+        labels[row, len(p) : len(p) + len(t)] = torch.tensor(t)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def choice_batch(ds, idx: list[int], pad_id: int) -> dict:
+    """Every row of ``idx`` followed by every label word (row-major), and the gold classes."""
+    n_choices = len(ds.choices)
+    prompts = [ds.input_ids[i] for i in idx for _ in range(n_choices)]
+    batch = pack(prompts, [c for _ in idx for c in ds.choices], pad_id)
+    batch["gold"] = torch.from_numpy(ds.labels[idx])
+    batch["n_choices"] = n_choices
+    return batch
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Log-probability of each labelled token given what precedes it, the mask of labelled
+    positions, and whether the model's top token was the labelled one; all (batch, width-1)."""
+    logits, target = logits[:, :-1].float(), labels[:, 1:]  # position t predicts token t+1
+    mask = target != IGNORE
+    picked = logits.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    logp = (picked - torch.logsumexp(logits, -1)) * mask
+    hit = (logits.argmax(-1) == target) & mask
+    return logp, mask, hit
+
+
+@torch.no_grad()
+def evaluate_lm(model: nn.Module, params, batches: list[dict]) -> dict[str, float]:
+    """Classification as generation (batches with ``gold``) or response-token metrics."""
+    from declora.metrics import macro_f1
+
+    model.eval()
+    preds, golds = [], []
+    loss_sum, count, hits = 0.0, 0, 0
+    for batch in batches:
+        inputs = {k: v for k, v in batch.items() if k not in (*META, "labels")}
+        logits = functional_call(model, params, args=(), kwargs=inputs).logits
+        logp, mask, hit = token_logprobs(logits, batch["labels"])
+        if "gold" in batch:
+            scores = logp.sum(1).view(-1, batch["n_choices"])  # (rows, classes)
+            gold = batch["gold"]
+            loss_sum += float(nn.functional.cross_entropy(scores, gold, reduction="sum"))
+            count += len(gold)
+            preds.append(scores.argmax(-1).numpy())
+            golds.append(gold.numpy())
+        else:
+            loss_sum -= float(logp.sum())
+            count += int(mask.sum())
+            hits += int(hit.sum())
+    if not preds:  # instruction pairs: per response token
+        return {"accuracy": hits / count, "f1": float("nan"), "loss": loss_sum / count}
+    pred, gold = np.concatenate(preds), np.concatenate(golds)
+    n_classes = int(batches[0]["n_choices"])
+    return {
+        "accuracy": float(np.mean(pred == gold)),
+        "f1": macro_f1(pred, gold, n_classes),
+        "loss": loss_sum / count,
+    }
