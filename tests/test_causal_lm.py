@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from declora import lm, sim
@@ -112,11 +113,16 @@ def test_instruction_targets_end_with_eos(tiny_llama_dir, pairs_csv, tmp_path):
     assert all(t[-1] == tok.eos_token_id and len(t) >= 2 for t in train.targets)
 
 
-def test_label_word_scores_equal_one_row_at_a_time(tiny_llama_dir, tiny_csv, tmp_path):
-    """Batched, right-padded scoring gives each row's own log-likelihoods of the label words."""
+@pytest.mark.parametrize("words", ["[negative,positive]", "['not good','very good']"])
+def test_label_word_scores_equal_one_row_at_a_time(tiny_llama_dir, tiny_csv, tmp_path, words):
+    """Batched, right-padded scoring gives each row's own log-likelihoods of the label words,
+    whether they are one token each (read off one forward pass) or several."""
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     cfg = llama_cfg(tiny_llama_dir, tiny_csv, tmp_path, "data.eval_size=24")
+    cfg.data.label_words = yaml.safe_load(words)
     _, held_out = load_dataset(cfg, tok)
+    single = all(len(c) == 1 for c in held_out.choices)
+    assert single == (words == "[negative,positive]")
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
     got = evaluate(model, {}, eval_batches(held_out, tok.pad_token_id))
     scores = []
@@ -150,7 +156,9 @@ def test_training_beats_the_untrained_model(llama_run, tiny_llama_dir):
     out, cfg = llama_run
     s = sim.prepare(cfg)
     untrained = evaluate(s.model, s.init, s.eval_full)
-    summary = json.loads((out / "summary.json").read_text())["methods"]
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["untrained"] == pytest.approx(untrained)
+    summary = saved["methods"]
     for method in ("dec-lora", "centralized"):
         assert summary[method]["accuracy"] >= untrained["accuracy"] + 0.2, (untrained, summary)
         assert summary[method]["loss"] < untrained["loss"] - 0.05
@@ -239,3 +247,22 @@ def test_estimate_matches_a_llama_run(llama_run):
     summary = json.loads((out / "summary.json").read_text())["methods"]["dec-lora"]
     assert est["dec-lora"]["bytes_per_message"] == summary["bytes_per_edge_round"]
     assert est["dec-lora"]["sent_per_node_run"] == pytest.approx(summary["bytes_sent_per_node"])
+
+
+def test_evaluating_a_4bit_base_does_not_change_training(tiny_llama_dir, tiny_csv, tmp_path):
+    """bitsandbytes would repack 4-bit weights for its CPU inference kernel on the first eval,
+    and train on the repacked bytes afterwards; declora keeps one layout."""
+    pytest.importorskip("bitsandbytes")
+    from declora.train import local_steps
+
+    cfg = llama_cfg(tiny_llama_dir, tiny_csv, tmp_path, "model.quantize=4bit")
+    trained = []
+    for evaluate_first in (False, True):
+        s = sim.prepare(cfg)
+        (node,), _, _ = sim.method_nodes(s, "centralized")
+        if evaluate_first:
+            evaluate(s.model, node.state(), s.eval_nodes)
+        local_steps(s.model, node, 2, s.pad_id)
+        trained.append(node.state())
+    for k in trained[0]:
+        torch.testing.assert_close(trained[0][k], trained[1][k])

@@ -25,7 +25,7 @@ from declora.config import load_config
 from declora.consensus import mix_row
 from declora.dist import Debug, check_out_dir, exchange_step
 from declora.gossip import Exchange
-from tests.conftest import tiny_args
+from tests.conftest import tiny_args, tiny_llama_args
 
 TIMEOUT_S = 150
 
@@ -367,3 +367,24 @@ def test_two_torchrun_launchers_like_two_machines(
         pytest.fail("two-launcher run timed out")
     assert [p.returncode for p in procs] == [0, 0], results[0][1][-3000:]
     assert_same_metrics(sim_reference, records(out))
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("extra", [[], ["model.quantize=4bit", "consensus=product"]])
+def test_dist_matches_simulator_on_a_tiny_llama(tiny_llama_dir, tiny_csv, tmp_path, extra):
+    """task causal_lm (classification as generation) in both runtimes: same metrics."""
+    if extra:
+        pytest.importorskip("bitsandbytes")
+    args = [*tiny_llama_args(tiny_llama_dir, tiny_csv, tmp_path / "x"), "rounds=3", "eval_every=2"]
+    args += ["methods=[dec-lora]", *extra]
+    sim_out, dist_out = tmp_path / "sim", tmp_path / "dist"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["run", *args, f"out={sim_out}"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    proc = launch([*args, f"out={dist_out}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_metrics(records(sim_out), records(dist_out))
+    assert (dist_out / "adapters" / "dec-lora" / "node_3" / "adapter_config.json").is_file()

@@ -184,6 +184,12 @@ def build_model(cfg, num_labels: int) -> nn.Module:
     """
     torch.manual_seed(cfg.seed)
     base = load_base(cfg, num_labels)
+    for module in base.modules():
+        # bitsandbytes repacks a 4-bit layer's weights for its faster CPU kernel the first time
+        # the layer runs in eval mode, and never unpacks them for training: after the first
+        # evaluation, training would read garbage. Keep the one layout for both.
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
     if base.config.pad_token_id is None:
         base.config.pad_token_id = base.config.eos_token_id
     if cfg.model.quantize == "int8":  # bitsandbytes says so on every matmul

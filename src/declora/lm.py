@@ -23,7 +23,7 @@ from torch import nn
 from torch.func import functional_call
 
 IGNORE = -100
-META = ("gold", "n_choices")  # batch entries that are not model inputs
+META = ("gold", "n_choices", "choice_ids")  # batch entries that are not model inputs
 
 
 def render(tok, content: str, cfg) -> list[int]:
@@ -83,12 +83,20 @@ def pack(prompts: list[list[int]], targets: list[list[int]], pad_id: int) -> dic
 
 
 def choice_batch(ds, idx: list[int], pad_id: int) -> dict:
-    """Every row of ``idx`` followed by every label word (row-major), and the gold classes."""
+    """Every row of ``idx`` followed by every label word (row-major), and the gold classes.
+
+    When every label word is one token, each row appears once (with the first word): the
+    logits after its prompt score all the words at once (``choice_ids``), half the work for
+    two classes."""
     n_choices = len(ds.choices)
-    prompts = [ds.input_ids[i] for i in idx for _ in range(n_choices)]
-    batch = pack(prompts, [c for _ in idx for c in ds.choices], pad_id)
+    single = all(len(c) == 1 for c in ds.choices)
+    copies = 1 if single else n_choices
+    prompts = [ds.input_ids[i] for i in idx for _ in range(copies)]
+    batch = pack(prompts, [c for _ in idx for c in ds.choices[:copies]], pad_id)
     batch["gold"] = torch.from_numpy(ds.labels[idx])
     batch["n_choices"] = n_choices
+    if single:
+        batch["choice_ids"] = torch.tensor([c[0] for c in ds.choices])
     return batch
 
 
@@ -114,9 +122,14 @@ def evaluate_lm(model: nn.Module, params, batches: list[dict]) -> dict[str, floa
     for batch in batches:
         inputs = {k: v for k, v in batch.items() if k not in (*META, "labels")}
         logits = functional_call(model, params, args=(), kwargs=inputs).logits
-        logp, mask, hit = token_logprobs(logits, batch["labels"])
-        if "gold" in batch:
-            scores = logp.sum(1).view(-1, batch["n_choices"])  # (rows, classes)
+        if "choice_ids" in batch:  # one-token label words: read them off the prompt's end
+            at = (batch["labels"] != IGNORE).float().argmax(1) - 1  # (rows,) last prompt token
+            last = logits[torch.arange(len(at)), at].float().log_softmax(-1)  # (rows, vocab)
+            scores = last[:, batch["choice_ids"]]  # (rows, classes)
+        else:
+            logp, mask, hit = token_logprobs(logits, batch["labels"])
+            scores = logp.sum(1).view(-1, batch["n_choices"]) if "gold" in batch else None
+        if "gold" in batch:  # scores: (rows, classes)
             gold = batch["gold"]
             loss_sum += float(nn.functional.cross_entropy(scores, gold, reduction="sum"))
             count += len(gold)

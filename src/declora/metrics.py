@@ -81,6 +81,11 @@ def results_table(summary: dict) -> str:
             f"{m['loss']:>6.4f} {'' if node_min is None else f'{node_min:.4f}':>8} "
             f"{m['bytes_sent_per_node'] / 1e6:>12.2f} {m['wall_s']:>7.1f}"
         )
+    if "untrained" in summary:
+        u = summary["untrained"]
+        lines.append(
+            f"untrained start (LoRA B = 0): accuracy {u['accuracy']:.4f}, loss {u['loss']:.4f}"
+        )
     lines.append(f"spectral gap of the mixing matrix: {summary['spectral_gap']:.4f}")
     return "\n".join(lines)
 

@@ -333,6 +333,8 @@ def run(cfg: Config, echo=print) -> tuple[Path, dict]:
         echo(line)
     log = RunLog(out)
     summary = {"methods": {}, "spectral_gap": topo.spectral_gap(s.W)}
+    # the starting point every method shares (LoRA B = 0: the base model, and a random head)
+    summary["untrained"] = evaluate(s.model, s.init, s.eval_full)
     for method in cfg.methods:
         last, nodes = run_method(s, method, log)
         finish_method(s, out, summary, method, last, [n.state() for n in nodes])
