@@ -2,7 +2,7 @@
 markdown table (results/reproduce.md by default).
 
 Groups of rows: the paper's Table-1 analogue (10 nodes, ring and Erdos-Renyi, (K=1, T=20) and
-(K=5, T=10), dec-lora beside centralized), LoRA ranks 2/4/8/16, 10 and 20 nodes, heterogeneity
+(K=5, T=10), dec-lora beside centralized), the ring rows again with 3x the rounds, LoRA ranks 2/4/8/16, 10 and 20 nodes, heterogeneity
 (iid, Dirichlet 1 / 0.3 / 0.1, the paper's 3-node label skew) and the consensus rules
 ab / frozen_a / product at Dirichlet 0.1. Every row is one ``declora.sim.run`` per seed; the
 table gives mean +- std over seeds, with the spectral gap of the row's mixing matrix beside it.
@@ -42,6 +42,11 @@ ROWS: dict[str, list[tuple[str, list[str]]]] = {
         (f"{g}, K={k}, T={t}", [*TABLE1, f"topology.kind={g}", f"local_steps={k}", f"rounds={t}"])
         for g in ("ring", "erdos_renyi")
         for k, t in ((1, 20), (5, 10))
+    ],
+    # the same rows with three times the rounds: how far the gap to centralized is a budget gap
+    "budget": [
+        (f"ring, K={k}, T={t}", [*TABLE1, "topology.kind=ring", f"local_steps={k}", f"rounds={t}"])
+        for k, t in ((1, 60), (5, 30))
     ],
     "ranks": [
         (f"rank {r}", [*STUDY_BASE, "partition.kind=iid", f"lora.rank={r}"]) for r in (2, 4, 8, 16)

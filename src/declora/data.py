@@ -223,8 +223,9 @@ def eval_batches(ds: Dataset, pad_id: int, batch_size: int = 64, limit: int | No
     n = len(ds) if limit is None else min(limit, len(ds))
     extra = [len(t) for t in ds.targets] if ds.targets is not None else [0] * len(ds)
     order = sorted(range(n), key=lambda i: len(ds.input_ids[i]) + extra[i])
-    if ds.targets is not None:
-        batch_size = max(1, batch_size // 8 // len(ds.choices or [None]))
+    if ds.targets is not None:  # 8 sequences a batch; several per row for long label words
+        copies = 1 if all(len(c) == 1 for c in ds.choices or [[0]]) else len(ds.choices)
+        batch_size = max(1, batch_size // 8 // copies)
     if ds.choices is not None:
         from declora.lm import choice_batch
 
