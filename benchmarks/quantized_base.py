@@ -2,7 +2,7 @@
 
 Each setting runs in its own process (peak RSS is per process): build the model as a node
 does (``declora.sim.prepare``), take ``--warmup`` steps, then time ``--steps`` optimizer steps on
-the node's own batches, then one evaluation of ``--eval-rows`` held-out rows. Prints a markdown
+the node's own batches; held-out accuracy (``--eval-rows`` rows) before and after. Prints a markdown
 table and writes it to ``--table``.
 
     .venv/bin/python benchmarks/quantized_base.py                      # SmolLM2-135M, batch 8
@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import torch
 
 SETTINGS = ("none", "int8", "4bit")
@@ -41,23 +42,28 @@ def measure(quantize: str, steps: int, warmup: int, eval_rows: int, overrides: l
     t0 = time.perf_counter()
     s = sim.prepare(cfg)
     load_s = time.perf_counter() - t0
+    loaded_rss = psutil.Process().memory_info().rss
     (node,), _, _ = sim.method_nodes(s, "centralized")
+    t0 = time.perf_counter()
+    before = evaluate(s.model, node.state(), s.eval_nodes)
+    eval_s = time.perf_counter() - t0
     local_steps(s.model, node, warmup, s.pad_id)
     t0 = time.perf_counter()
     local_steps(s.model, node, steps, s.pad_id)
     step_s = (time.perf_counter() - t0) / steps
-    t0 = time.perf_counter()
-    scores = evaluate(s.model, node.state(), s.eval_nodes)
-    eval_s = time.perf_counter() - t0
+    after = evaluate(s.model, node.state(), s.eval_nodes)
     return {
         "quantize": quantize,
         "weights_mb": s.model.get_memory_footprint() / 1e6,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "loaded_rss_mb": loaded_rss / 1e6,
+        "trained_rss_mb": psutil.Process().memory_info().rss / 1e6,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6,
         "load_s": load_s,
         "step_s": step_s,
         "samples_per_s": cfg.batch_size / step_s,
         "eval_rows_per_s": eval_rows / eval_s,
-        "accuracy_after": scores["accuracy"],
+        "accuracy_before": before["accuracy"],
+        "accuracy_after": after["accuracy"],
         "batch_size": cfg.batch_size,
     }
 
@@ -89,16 +95,16 @@ def main(argv: list[str]) -> int:
         print(f"{quantize}: {rows[-1]}", file=sys.stderr, flush=True)
     base = rows[0]
     lines = [
-        "| model.quantize | weights MB | peak RSS MB | load s | step s | samples/s "
-        "| step vs first | eval rows/s | accuracy after |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model.quantize | weights MB | RSS loaded MB | RSS trained MB | peak RSS MB | load s "
+        "| step s | samples/s | step vs first | eval rows/s | accuracy untrained | after |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['quantize']} | {r['weights_mb']:.0f} | {r['peak_rss_mb']:.0f} "
-            f"| {r['load_s']:.1f} | {r['step_s']:.2f} | {r['samples_per_s']:.2f} "
-            f"| {r['step_s'] / base['step_s']:.2f}x | {r['eval_rows_per_s']:.1f} "
-            f"| {r['accuracy_after']:.3f} |"
+            f"| {r['quantize']} | {r['weights_mb']:.0f} | {r['loaded_rss_mb']:.0f} "
+            f"| {r['trained_rss_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['load_s']:.1f} "
+            f"| {r['step_s']:.2f} | {r['samples_per_s']:.2f} | {r['step_s'] / base['step_s']:.2f}x "
+            f"| {r['eval_rows_per_s']:.1f} | {r['accuracy_before']:.3f} | {r['accuracy_after']:.3f} |"
         )
     command = " ".join(["python benchmarks/quantized_base.py", *argv])
     text = "\n".join(
@@ -109,8 +115,11 @@ def main(argv: list[str]) -> int:
             "",
             f"Batch {rows[0]['batch_size']}, {args.steps} timed steps after {args.warmup} warm-up; "
             f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads. "
-            "Weights: `get_memory_footprint()` of the model with LoRA; peak RSS: the whole "
-            f"process; accuracy after: the trained adapter on {args.eval_rows} held-out rows.",
+            "Weights: `get_memory_footprint()` of the model with LoRA; RSS: the whole process "
+            "(tokenized data included) after loading, after the timed steps, and its peak "
+            "(reached while loading, when transformers reads the float32 weights before "
+            f"quantizing them); accuracy on {args.eval_rows} held-out rows before training and "
+            f"after the {args.warmup + args.steps} steps.",
             "",
             *lines,
             "",
