@@ -75,16 +75,6 @@ ROWS: dict[str, list[tuple[str, list[str]]]] = {
         )
         for rule in ("ab", "frozen_a", "product")
     ],
-    # the same rules mixing after every step (K=1, T=50: the same samples), where K=5 leaves
-    # skewed nodes too far apart for any rule to help
-    "rules_k1": [
-        (
-            f"consensus={rule}, dirichlet 0.1, K=1, T=50",
-            [*STUDY_BASE, "partition.kind=dirichlet", "partition.alpha=0.1", f"consensus={rule}"]
-            + ["local_steps=1", "rounds=50"],
-        )
-        for rule in ("ab", "frozen_a", "product")
-    ],
 }
 # --quick: these rows, one seed, shrunk so that the bundled MiniLM takes a few minutes on 2 cores
 QUICK_ROWS = {"table1": [1], "rules": [0, 1, 2]}

@@ -266,15 +266,16 @@ def test_bad_rule_is_a_one_line_config_error():
         load_config(None, ["consensus=product", "compression.scheme=choco"])
 
 
-def test_product_rule_keeps_balanced_agreed_factors_and_stays_near_the_old_ones():
-    """At consensus with balanced factors the rule is the identity (the SVD alone would flip
-    signs and reorder); in general the factors move no further than the raw SVD's."""
+def test_product_rule_keeps_agreed_factors_and_stays_near_the_old_ones():
+    """At consensus, with A's rows orthogonal and of one norm (as LoRA's random A nearly is),
+    the rule is the identity: the SVD alone would flip signs, reorder and rescale. In general A
+    keeps the node's size and the factors move no further than the raw SVD's would."""
     g = torch.Generator().manual_seed(7)
     state = random_states(1, seed=6)[0]
-    for ka, kb in PAIRS:  # make each pair balanced: the SVD factors of its own product
-        state[kb], state[ka] = refactor(state[kb] @ state[ka], RANK)
-        Q, _ = torch.linalg.qr(torch.randn(RANK, RANK, generator=g, dtype=torch.float64))
-        state[kb], state[ka] = state[kb] @ Q, Q.T @ state[ka]  # same product, other gauge
+    for ka, _ in PAIRS:  # A = 0.3 x orthonormal rows
+        d_in = state[ka].shape[1]
+        Q, _ = torch.linalg.qr(torch.randn(d_in, RANK, generator=g, dtype=torch.float64))
+        state[ka] = 0.3 * Q.T
     mixed = mix_products([state] * 3, ring(3))
     for s in mixed:
         for ka, kb in PAIRS:
@@ -283,8 +284,20 @@ def test_product_rule_keeps_balanced_agreed_factors_and_stays_near_the_old_ones(
     states = random_states(3, seed=8)
     for i, s in enumerate(mix_products(states, ring(3))):
         for ka, kb in PAIRS:
-            P = s[kb] @ s[ka]
-            raw_B, raw_A = refactor(P, RANK)
-            moved = (s[kb] - states[i][kb]).norm() ** 2 + (s[ka] - states[i][ka]).norm() ** 2
-            raw = (raw_B - states[i][kb]).norm() ** 2 + (raw_A - states[i][ka]).norm() ** 2
+            old_a = states[i][ka]
+            assert float(s[ka].norm()) == pytest.approx(float(old_a.norm()), rel=1e-9)
+            scale = float(old_a.norm()) / RANK**0.5
+            raw_B, raw_A = refactor(s[kb] @ s[ka], RANK, scale)
+            moved = (s[kb] - states[i][kb]).norm() ** 2 + (s[ka] - old_a).norm() ** 2
+            raw = (raw_B - states[i][kb]).norm() ** 2 + (raw_A - old_a).norm() ** 2
             assert moved <= raw + 1e-12
+
+
+def test_product_rule_keeps_a_when_b_is_zero():
+    """LoRA's start (B = 0): the product is 0, and A must stay as it was, not collapse to 0."""
+    state = random_states(1, seed=9)[0]
+    for _, kb in PAIRS:
+        state[kb] = torch.zeros_like(state[kb])
+    for s in mix_products([state] * 3, ring(3)):
+        for ka, kb in PAIRS:
+            assert torch.equal(s[ka], state[ka]) and not torch.any(s[kb])

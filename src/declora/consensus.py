@@ -55,21 +55,32 @@ def exchanged_keys(state: State, rule: str) -> list[str]:
     return [k for k in state if not (rule == "frozen_a" and is_lora_a(k))]
 
 
-def refactor(P: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def refactor(
+    P: torch.Tensor, rank: int, a_scale: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rank-``rank`` factors of ``P`` (d_out, d_in) by a truncated SVD, in float64.
 
-    P = U S V^T; B = U_r sqrt(S_r) is (d_out, r) like PEFT's lora_B.weight and A = sqrt(S_r) V_r^T
-    is (r, d_in) like lora_A.weight, so B @ A is the best rank-r approximation of P
-    (Eckart-Young). Both factors get sqrt(S): balanced scales. Directions with a zero singular
-    value come back as zero rows of A / columns of B.
+    P = U S V^T; B is (d_out, r) like PEFT's lora_B.weight and A is (r, d_in) like
+    lora_A.weight, and B @ A is the best rank-r approximation of P (Eckart-Young).
+
+    Without ``a_scale`` both factors get sqrt(S) (balanced): B = U_r sqrt(S_r), A = sqrt(S_r)
+    V_r^T; directions with a zero singular value come back as zero rows of A / columns of B.
+    With ``a_scale`` = c, A = c V_r^T (orthogonal rows of norm c, as LoRA's random A nearly has)
+    and B = U_r S_r / c: the product's size goes to B. LoRA needs that asymmetry: its B starts
+    at 0, and balanced factors of a small product make A small too, where both gradients
+    (each proportional to the other factor) vanish.
     """
     U, S, Vh = torch.linalg.svd(P.double(), full_matrices=False)  # U (d_out, k), Vh (k, d_in)
     k = min(rank, S.numel())
-    root = S[:k].sqrt()
     B = torch.zeros(P.shape[0], rank, dtype=torch.float64)
     A = torch.zeros(rank, P.shape[1], dtype=torch.float64)
-    B[:, :k] = U[:, :k] * root
-    A[:k] = root[:, None] * Vh[:k]
+    if a_scale is None:
+        root = S[:k].sqrt()
+        B[:, :k] = U[:, :k] * root
+        A[:k] = root[:, None] * Vh[:k]
+    else:
+        B[:, :k] = U[:, :k] * (S[:k] / a_scale)
+        A[:k] = a_scale * Vh[:k]
     return B, A
 
 
@@ -90,15 +101,21 @@ def align(B: torch.Tensor, A: torch.Tensor, B_old: torch.Tensor, A_old: torch.Te
 def product_row(own: State, own_weight: float, received: dict[int, tuple[float, State]]) -> State:
     """``product`` rule for one node: every adapted module's B_i, A_i become rank-r factors of
     P_i = W_ii B_i A_i + sum_j W_ij B_j A_j (float64, self then neighbours by id): the truncated
-    SVD's, turned (:func:`align`) to lie nearest the node's own B_i, A_i. The head is mixed as
-    in :func:`mix_row`. Shapes and dtypes of A and B are kept."""
+    SVD's, with A of the node's own size (:func:`refactor` with ``a_scale``) and turned
+    (:func:`align`) to lie nearest the node's own B_i, A_i. The head is mixed as in
+    :func:`mix_row`. Shapes and dtypes of A and B are kept."""
     out = mix_row({k: v for k, v in own.items() if not is_lora(k)}, own_weight, received)
     for ka, kb in lora_pairs(own):
         P = own_weight * (own[kb].double() @ own[ka].double())  # (d_out, d_in)
         for j in sorted(received):
             weight, state = received[j]
             P = P + weight * (state[kb].double() @ state[ka].double())
-        B, A = align(*refactor(P, own[ka].shape[0]), own[kb].double(), own[ka].double())
+        rank, A_own = own[ka].shape[0], own[ka].double()
+        if not torch.any(P):  # every B is 0 (LoRA's start): nothing to mix, keep A
+            B, A = torch.zeros_like(own[kb], dtype=torch.float64), A_own
+        else:
+            scale = float(A_own.norm()) / rank**0.5  # keep the node's size of A
+            B, A = align(*refactor(P, rank, scale), own[kb].double(), A_own)
         out[ka], out[kb] = A.to(own[ka].dtype), B.to(own[kb].dtype)
     return {k: out[k] for k in own}  # the node's key order
 
