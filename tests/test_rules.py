@@ -18,6 +18,7 @@ from declora.consensus import (
     exchanged_keys,
     mix,
     mix_products,
+    network_average,
     product_row,
     refactor,
 )
@@ -301,3 +302,20 @@ def test_product_rule_keeps_a_when_b_is_zero():
     for s in mix_products([state] * 3, ring(3)):
         for ka, kb in PAIRS:
             assert torch.equal(s[ka], state[ka]) and not torch.any(s[kb])
+
+
+def test_network_average_under_product_is_the_mean_product():
+    """Nodes under ``product`` agree on B_i A_i, not on their factors: the network's adapter is
+    the rank-r SVD of the mean product, not the product of mean factors."""
+    states = random_states(4, seed=11)
+    avg = network_average(states, "product")
+    for ka, kb in PAIRS:
+        P = sum(s[kb].numpy() @ s[ka].numpy() for s in states) / 4
+        got = avg[kb].numpy() @ avg[ka].numpy()
+        np.testing.assert_allclose(got, numpy_rank_r(P, RANK), rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(
+        avg["head.w"].numpy(), np.mean([s["head.w"].numpy() for s in states], 0), rtol=1e-12
+    )
+    plain = network_average(states, "ab")
+    for k in states[0]:
+        torch.testing.assert_close(plain[k], torch.stack([s[k] for s in states]).mean(0))

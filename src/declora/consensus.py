@@ -134,6 +134,17 @@ def average(states: list[State]) -> State:
     return {k: torch.stack([s[k] for s in states]).mean(0) for k in states[0]}
 
 
+def network_average(states: list[State], rule: str = "ab") -> State:
+    """The adapter that stands for the whole network: the plain mean of every tensor, except
+    under ``product``, whose nodes agree on their products B_i A_i and not on the factors
+    (their A's may differ by any rotation): there it is the rank-r factors of the mean product,
+    as :func:`product_row` with equal weights would give node 0."""
+    if rule != "product" or len(states) == 1:
+        return average(states)
+    n = len(states)
+    return product_row(states[0], 1.0 / n, {j: (1.0 / n, states[j]) for j in range(1, n)})
+
+
 def _relative_spread(per_node: list[list[torch.Tensor]]) -> float:
     """mean_i ||x_i - mean_j x_j||_F / ||mean_j x_j||_F, the norm taken over all listed tensors."""
     n_parts = len(per_node[0])

@@ -28,7 +28,7 @@ from declora.adapters import (
 )
 from declora.compress import describe
 from declora.config import Config, ConfigError, dump_config
-from declora.consensus import average, consensus_distances
+from declora.consensus import consensus_distances, network_average
 from declora.data import Dataset, eval_batches, load_dataset
 from declora.gossip import Exchange, row_weights
 from declora.metrics import RunLog, evaluate, plot_curves, results_table
@@ -164,7 +164,7 @@ def exchange(
 
 def evaluate_round(s: Setup, states: list[State]) -> dict:
     """Network-average adapter on the eval set; each node's own on its first node_eval_size rows."""
-    rec = evaluate(s.model, average(states), s.eval_full)
+    rec = evaluate(s.model, network_average(states, s.cfg.consensus), s.eval_full)
     if len(states) > 1:
         batches = s.eval_nodes
         own = [evaluate(s.model, st, batches) for st in states]
@@ -344,7 +344,7 @@ def run(cfg: Config, echo=print) -> tuple[Path, dict]:
 
 def export_method(s: Setup, method: str, states: list[State], path: Path) -> None:
     """adapters/<method>/ holds the network average; node_<i>/ the nodes' own adapters."""
-    export_adapter(s.model, average(states), path)
+    export_adapter(s.model, network_average(states, s.cfg.consensus), path)
     if method in ("dec-lora", "local"):
         for i, st in enumerate(states):
             export_adapter(s.model, st, path / f"node_{i}")
