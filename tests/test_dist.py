@@ -88,16 +88,21 @@ def assert_same_metrics(sim: list[dict], dist: list[dict]) -> None:
                 assert a[key] == b[key], (a["round"], key)
 
 
-@pytest.fixture(scope="module")
-def sim_reference(tiny_model_dir, tiny_csv, tmp_path_factory):
-    out = tmp_path_factory.mktemp("sim") / "run"
-    args = base_args(tiny_model_dir, tiny_csv, out)
+def run_sim(args: list[str]) -> None:
+    """``declora run`` in this process on one thread, as each dist worker runs (same sums)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         assert main(["run", *args]) == 0
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def sim_reference(tiny_model_dir, tiny_csv, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim") / "run"
+    args = base_args(tiny_model_dir, tiny_csv, out)
+    run_sim(args)
     return records(out)
 
 
@@ -252,12 +257,7 @@ def test_dist_matches_simulator_with_faults_and_compression(tiny_model_dir, tiny
         "compression.bits=4",
     ]
     sim_out, dist_out = tmp_path / "sim", tmp_path / "dist"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["run", *base_args(tiny_model_dir, tiny_csv, sim_out), *extra]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    run_sim([*base_args(tiny_model_dir, tiny_csv, sim_out), *extra])
     proc = launch([*base_args(tiny_model_dir, tiny_csv, dist_out), *extra])
     assert proc.returncode == 0, proc.stderr[-3000:]
     sim = records(sim_out)
@@ -378,12 +378,7 @@ def test_dist_matches_simulator_on_a_tiny_llama(tiny_llama_dir, tiny_csv, tmp_pa
     args = [*tiny_llama_args(tiny_llama_dir, tiny_csv, tmp_path / "x"), "rounds=3", "eval_every=2"]
     args += ["methods=[dec-lora]", *extra]
     sim_out, dist_out = tmp_path / "sim", tmp_path / "dist"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["run", *args, f"out={sim_out}"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    run_sim([*args, f"out={sim_out}"])
     proc = launch([*args, f"out={dist_out}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_metrics(records(sim_out), records(dist_out))

