@@ -3,29 +3,19 @@ synthetic sentiment CSV with a learnable signal, so tests run in seconds on 2 co
 
 from __future__ import annotations
 
-import csv
-import random
 import warnings
 
 import pytest
 
+from tests.helpers import (
+    CHAT_TEMPLATE,
+    LLAMA_LABEL_WORDS,
+    synthetic_rows,
+    tiny_args,
+    write_csv,
+)
+
 warnings.filterwarnings("ignore", category=FutureWarning)
-
-POSITIVE = ["good", "great", "excellent", "superb", "lovely", "wonderful"]
-NEGATIVE = ["bad", "awful", "poor", "terrible", "dull", "boring"]
-FILLER = ["the", "movie", "plot", "actors", "was", "really", "quite", "film", "story", "and"]
-
-
-def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        label = rng.choice(["positive", "negative"])
-        words = rng.choices(FILLER, k=rng.randint(3, 8))
-        cue = POSITIVE if label == "positive" else NEGATIVE
-        words.insert(rng.randrange(len(words) + 1), rng.choice(cue))
-        rows.append({"text": " ".join(words), "label": label})
-    return rows
 
 
 @pytest.fixture(scope="session")
@@ -50,29 +40,6 @@ def tiny_model_dir(tmp_path_factory):
     )
     BertForSequenceClassification(config).save_pretrained(path)
     tok.save_pretrained(path)
-    return path
-
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {% endfor %}"
-    "{% if add_generation_prompt %}[assistant] {% endif %}"
-)
-
-
-def cue_pairs(n: int, seed: int = 0) -> list[dict]:
-    """Instruction pairs: a synthetic review as the prompt, its cue word as the response."""
-    cues = set(POSITIVE + NEGATIVE)
-    return [
-        {"prompt": r["text"], "response": next(w for w in r["text"].split() if w in cues)}
-        for r in synthetic_rows(n, seed)
-    ]
-
-
-def write_csv(path, rows: list[dict]):
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
     return path
 
 
@@ -128,48 +95,9 @@ def tiny_llama_dir(tmp_path_factory):
     return path
 
 
-LLAMA_LABEL_WORDS = [
-    "data.label_words=[negative,positive]",
-    "data.prompt_template=review: {text} sentiment:",
-]
-
-
-def tiny_llama_args(model_dir, csv_path, out) -> list[str]:
-    """tiny_args for the tiny LLaMA: classification as generation of the label words."""
-    args = [a for a in tiny_args(model_dir, csv_path, out) if not a.startswith("lora.rank")]
-    return [*args, "task=causal_lm", *LLAMA_LABEL_WORDS, "lr=0.05"]
-
-
 @pytest.fixture(scope="session")
 def tiny_csv(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "reviews.csv"
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["text", "label"])
-        writer.writeheader()
-        writer.writerows(synthetic_rows(480))
-    return path
-
-
-def tiny_args(model_dir, csv_path, out) -> list[str]:
-    """key=value overrides for a run of a few seconds in which pooled training clearly learns."""
-    return [
-        f"model.name={model_dir}",
-        f"data.path={csv_path}",
-        "data.eval_size=96",
-        "nodes=4",
-        "rounds=6",
-        "local_steps=4",
-        "batch_size=8",
-        "lr=0.01",
-        "method_lr={}",
-        "schedule=constant",
-        "warmup=0",
-        "eval_every=3",
-        "node_eval_size=48",
-        "lora.rank=4",
-        "partition.kind=iid",
-        f"out={out}",
-    ]
+    return write_csv(tmp_path_factory.mktemp("data") / "reviews.csv", synthetic_rows(480))
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from declora.config import ConfigError, load_config
 from declora.data import DataError, eval_batches, load_dataset
 from declora.estimate import estimate
 from declora.metrics import evaluate
-from tests.conftest import cue_pairs, tiny_llama_args, write_csv
+from tests.helpers import cue_pairs, tiny_llama_args, write_csv
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from declora import checkpoint
 from declora.config import load_config
 from declora.sim import prepare
 from declora.train import Node, local_steps
-from tests.conftest import tiny_args
+from tests.helpers import tiny_args
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from declora.cli import main
 from declora.config import load_config
 from declora.data import DataError, Sampler, collate, load_dataset, read_rows
-from tests.conftest import synthetic_rows
+from tests.helpers import synthetic_rows
 
 
 class FakeTokenizer:

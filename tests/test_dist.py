@@ -25,7 +25,7 @@ from declora.config import load_config
 from declora.consensus import mix_row
 from declora.dist import Debug, check_out_dir, exchange_step
 from declora.gossip import Exchange
-from tests.conftest import tiny_args, tiny_llama_args
+from tests.helpers import tiny_args, tiny_llama_args
 
 TIMEOUT_S = 150
 

@@ -14,7 +14,7 @@ import yaml
 
 from declora.cli import main
 from declora.config import load_config
-from tests.conftest import tiny_args
+from tests.helpers import tiny_args
 
 METHODS = ["dec-lora", "centralized", "local", "fedavg"]
 

@@ -13,7 +13,7 @@ from declora.cli import main
 from declora.compress import payload_size
 from declora.config import load_config
 from declora.estimate import estimate, message_sizes
-from tests.conftest import tiny_args
+from tests.helpers import tiny_args
 
 COMPRESSED = [
     "compression.kind=quantize",

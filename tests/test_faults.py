@@ -14,7 +14,7 @@ from declora import topology as topo
 from declora.cli import main
 from declora.gossip import Exchange
 from declora.sim import exchange
-from tests.conftest import tiny_args
+from tests.helpers import tiny_args
 
 
 def reference_metropolis(adj: np.ndarray, up: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from declora.consensus import (
 )
 from declora.gossip import Exchange, row_weights
 from declora.sim import run
-from tests.conftest import tiny_args
+from tests.helpers import tiny_args
 
 RANK = 3
 SHAPES = {  # PEFT orientation: lora_A (r, d_in), lora_B (d_out, r)

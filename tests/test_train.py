@@ -13,7 +13,7 @@ from declora.train import local_steps, make_schedule
 
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir, tiny_csv, tmp_path_factory):
-    from tests.conftest import tiny_args
+    from tests.helpers import tiny_args
 
     args = tiny_args(tiny_model_dir, tiny_csv, tmp_path_factory.mktemp("t") / "o")
     return sim.prepare(load_config(None, args))

@@ -1,0 +1,138 @@
+"""Helpers the tests import: synthetic data, the tiny configs' overrides, and running
+``declora run`` / ``declora launch`` with a hard timeout. Fixtures live in conftest.py."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+
+import pytest
+
+POSITIVE = ["good", "great", "excellent", "superb", "lovely", "wonderful"]
+NEGATIVE = ["bad", "awful", "poor", "terrible", "dull", "boring"]
+FILLER = ["the", "movie", "plot", "actors", "was", "really", "quite", "film", "story", "and"]
+TIMEOUT_S = 150
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}[assistant] {% endif %}"
+)
+LLAMA_LABEL_WORDS = [
+    "data.label_words=[negative,positive]",
+    "data.prompt_template=review: {text} sentiment:",
+]
+
+
+def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
+    """Reviews of filler words with one cue word that gives the label away."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.choice(["positive", "negative"])
+        words = rng.choices(FILLER, k=rng.randint(3, 8))
+        cue = POSITIVE if label == "positive" else NEGATIVE
+        words.insert(rng.randrange(len(words) + 1), rng.choice(cue))
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def cue_pairs(n: int, seed: int = 0) -> list[dict]:
+    """Instruction pairs: a synthetic review as the prompt, its cue word as the response."""
+    cues = set(POSITIVE + NEGATIVE)
+    return [
+        {"prompt": r["text"], "response": next(w for w in r["text"].split() if w in cues)}
+        for r in synthetic_rows(n, seed)
+    ]
+
+
+def write_csv(path, rows: list[dict]):
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def tiny_args(model_dir, csv_path, out) -> list[str]:
+    """key=value overrides for a run of a few seconds in which pooled training clearly learns."""
+    return [
+        f"model.name={model_dir}",
+        f"data.path={csv_path}",
+        "data.eval_size=96",
+        "nodes=4",
+        "rounds=6",
+        "local_steps=4",
+        "batch_size=8",
+        "lr=0.01",
+        "method_lr={}",
+        "schedule=constant",
+        "warmup=0",
+        "eval_every=3",
+        "node_eval_size=48",
+        "lora.rank=4",
+        "partition.kind=iid",
+        f"out={out}",
+    ]
+
+
+def tiny_llama_args(model_dir, csv_path, out) -> list[str]:
+    """tiny_args for the tiny LLaMA: classification as generation of the label words."""
+    args = [a for a in tiny_args(model_dir, csv_path, out) if not a.startswith("lora.rank")]
+    return [*args, "task=causal_lm", *LLAMA_LABEL_WORDS, "lr=0.05"]
+
+
+def records(out) -> list[dict]:
+    """The run's metrics.jsonl, one dict per line."""
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def run_sim(args: list[str]) -> None:
+    """``declora run`` in this process on one thread, as each dist worker runs (same sums)."""
+    import torch
+
+    from declora.cli import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["run", *args]) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
+def env(**extra) -> dict:
+    """This environment for a torchrun child: loopback, one thread, no leftover fault hooks."""
+    out = {k: v for k, v in os.environ.items() if k != "DECLORA_FAULTS"}
+    out.update(MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    out.update(extra)
+    return out
+
+
+def run_cmd(cmd: list[str], environ: dict) -> subprocess.CompletedProcess:
+    """Run with a hard timeout; on timeout kill the whole process group (torchrun + workers)."""
+    proc = subprocess.Popen(
+        cmd,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"timed out after {TIMEOUT_S} s:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def launch(args: list[str], *flags: str, **environ) -> subprocess.CompletedProcess:
+    """``declora launch`` in a subprocess (torchrun, 4 gloo processes on loopback)."""
+    cmd = [sys.executable, "-m", "declora.cli", "launch", *flags, *args]
+    return run_cmd(cmd, env(**environ))
