@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from declora import sim
+from declora import session, sim
 from declora.compress import payload_size
 from declora.config import load_config, parse_overrides
-from declora.metrics import RunLog
+from declora.report import RunLog
 
 # name -> (what the table calls it, compression overrides)
 VARIANTS = {
@@ -55,7 +55,7 @@ def split_args(argv: list[str]) -> tuple[dict, list[str]]:
     return own, config
 
 
-def run_variant(s: sim.Setup, name: str, folder: Path) -> dict:
+def run_variant(s: session.Session, name: str, folder: Path) -> dict:
     label, comp = VARIANTS[name]
     cfg = s.cfg.model_copy(update={"compression": s.cfg.compression.model_copy(update=comp)})
     cfg = type(cfg).model_validate(cfg.model_dump())  # re-check the combined settings
@@ -130,7 +130,7 @@ def main(argv: list[str]) -> None:
     runs = Path(own.get("runs") or "runs/compression")
     cfg = load_config(None, [*overrides, "methods=[dec-lora]", "export_adapters=false"])
     t0 = time.perf_counter()
-    s = sim.prepare(cfg)
+    s = session.prepare(cfg)
     rows = []
     for name in names:
         row = run_variant(s, name, runs / name)

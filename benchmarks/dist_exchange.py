@@ -45,29 +45,31 @@ def worker() -> None:
 
     from declora import wire
     from declora.config import load_config
-    from declora.dist import Link, backend_and_device, exchange_step
-    from declora.gossip import Exchange
-    from declora.sim import prepare
-    from declora.train import Node, local_steps
+    from declora.dist import backend_and_device
+    from declora.methods import METHODS
+    from declora.p2p import P2PTransport
+    from declora.rounds import communicate
+    from declora.session import party_for, prepare
+    from declora.train import train_steps
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     cfg = load_config(None, [*DEFAULTS, *sys.argv[1:]])
-    key = wire.read_key(cfg.security.key_file) if cfg.security.key_file else None
     backend, device = backend_and_device()
     s = prepare(cfg, node=rank)
     dist.init_process_group(backend)
-    node = Node.create(rank, s.train, s.init, cfg.for_method("dec-lora"), stream=rank)
-    ex = Exchange(rank, s.init, cfg.compression, seed=cfg.seed, consensus=cfg.consensus)
-    link = Link(device, cfg.peer_timeout, wire.max_frame_size([v.numel() for v in s.init.values()]))
-    local_steps(s.model, node, 1, s.pad_id)  # warm-up (allocator, kernels), not timed
+    party = party_for(s, METHODS["dec-lora"], held=[rank])
+    node, key = party.nodes[0], party.key
+    sizes = [v.numel() for v in party.exchanges[0].template.values()]
+    transport = P2PTransport(device, cfg.peer_timeout, wire.max_frame_size(sizes))
+    train_steps(s.model, node, 1, s.collate)  # warm-up (allocator, kernels), not timed
     rows = []
     for t in range(1, cfg.rounds + 1):
         t0 = time.perf_counter()
-        local_steps(s.model, node, cfg.local_steps, s.pad_id)
+        train_steps(s.model, node, cfg.local_steps, s.collate)
         t1 = time.perf_counter()
         dist.barrier()
         t2 = time.perf_counter()
-        exchange_step(node, ex, s.W, t, link, key)
+        communicate(party, s.W, t, transport)
         t3 = time.perf_counter()
         rows.append([t1 - t0, t2 - t1, t3 - t2])
     mine = torch.tensor(rows, dtype=torch.float64)  # (rounds, 3)
@@ -78,7 +80,7 @@ def worker() -> None:
         print(
             f"\nMiniLM-L6 LoRA r={cfg.lora.rank}, {world} processes ({backend}), ring; "
             f"{cfg.local_steps} local steps x batch {cfg.batch_size}; payload "
-            f"{ex.last_payload_size:,} bytes per neighbour; HMAC {'on' if key else 'off'}"
+            f"{party.counters.nodes[rank].payload:,} bytes per neighbour; HMAC {'on' if key else 'off'}"
         )
         print(f"{'round':>5} {'compute s':>10} {'wait s':>8} {'exchange s':>11} {'share':>7}")
         for t in range(cfg.rounds):

@@ -1,7 +1,7 @@
 """Peak memory and step time of LoRA training on a float32, an int8 and a 4-bit frozen base.
 
 Each setting runs in its own process (peak RSS is per process): build the model as a node
-does (``declora.sim.prepare``), take ``--warmup`` steps, then time ``--steps`` optimizer steps on
+does (``declora.session.prepare``), take ``--warmup`` steps, then time ``--steps`` optimizer steps on
 the node's own batches; held-out accuracy (``--eval-rows`` rows) before and after. Prints a markdown
 table and writes it to ``--table``.
 
@@ -30,28 +30,28 @@ SETTINGS = ("none", "int8", "4bit")
 
 def measure(quantize: str, steps: int, warmup: int, eval_rows: int, overrides: list[str]) -> dict:
     """One setting, in this process."""
-    from declora import sim
+    from declora import session
     from declora.config import load_config
-    from declora.metrics import evaluate
-    from declora.train import local_steps
+    from declora.methods import METHODS
+    from declora.train import train_steps
 
     cfg = load_config(
         "smollm2_sentiment",
         [*overrides, f"model.quantize={quantize}", f"node_eval_size={eval_rows}"],
     )
     t0 = time.perf_counter()
-    s = sim.prepare(cfg)
+    s = session.prepare(cfg)
     load_s = time.perf_counter() - t0
     loaded_rss = psutil.Process().memory_info().rss
-    (node,), _, _ = sim.method_nodes(s, "centralized")
+    (node,) = session.party_for(s, METHODS["centralized"]).nodes
     t0 = time.perf_counter()
-    before = evaluate(s.model, node.state(), s.eval_nodes)
+    before = s.task.evaluate(s.model, node.state(), s.eval_nodes)
     eval_s = time.perf_counter() - t0
-    local_steps(s.model, node, warmup, s.pad_id)
+    train_steps(s.model, node, warmup, s.collate)
     t0 = time.perf_counter()
-    local_steps(s.model, node, steps, s.pad_id)
+    train_steps(s.model, node, steps, s.collate)
     step_s = (time.perf_counter() - t0) / steps
-    after = evaluate(s.model, node.state(), s.eval_nodes)
+    after = s.task.evaluate(s.model, node.state(), s.eval_nodes)
     return {
         "quantize": quantize,
         "weights_mb": s.model.get_memory_footprint() / 1e6,

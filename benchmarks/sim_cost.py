@@ -17,20 +17,19 @@ import time
 CHILD = r"""
 import json, resource, sys, time
 from declora.config import load_config
-from declora import sim
-from declora.train import local_steps
-from declora.consensus import mix
+from declora import session
+from declora.faults import no_faults
+from declora.methods import METHODS
+from declora.rounds import play_round
+from declora.sim import MemoryTransport
+from declora.train import train_steps
 cfg = load_config(None, sys.argv[2:])
-s = sim.prepare(cfg)
-nodes, W, steps = sim.method_nodes(s, sys.argv[1])
-local_steps(s.model, nodes[0], 1, s.pad_id)  # warm-up step (allocator, kernels), not timed
+s = session.prepare(cfg)
+party = session.party_for(s, METHODS[sys.argv[1]])
+train_steps(s.model, party.nodes[0], 1, s.collate)  # warm-up step (allocator, kernels), not timed
 start = time.perf_counter()
-for _ in range(cfg.rounds):
-    for node in nodes:
-        local_steps(s.model, node, steps, s.pad_id)
-    if W is not None:
-        for node, m in zip(nodes, mix([n.state() for n in nodes], W)):
-            node.set_state(m)
+for t in range(1, cfg.rounds + 1):  # the simulator's round: steps, frames, mixing
+    play_round(party, t, no_faults(party.W, party.size), MemoryTransport())
 train_s = time.perf_counter() - start
 samples = cfg.rounds * cfg.nodes * cfg.local_steps * cfg.batch_size
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

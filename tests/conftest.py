@@ -55,7 +55,8 @@ def tiny_llama_dir(tmp_path_factory):
 
     from declora.adapters import resolve_model_path
     from declora.config import load_config
-    from declora.data import Sampler, collate, load_dataset
+    from declora.data import Sampler
+    from declora.tasks import TASKS, load_task_data
 
     path = tmp_path_factory.mktemp("tiny-llama")
     tok = AutoTokenizer.from_pretrained(resolve_model_path("bundled:minilm"))
@@ -82,11 +83,12 @@ def tiny_llama_dir(tmp_path_factory):
     for chat in ("true", "false"):
         keys = [*LLAMA_LABEL_WORDS, f"data.path={flipped_csv}", f"data.chat_template={chat}"]
         cfg = load_config(None, ["task=causal_lm", "data.eval_size=1", *keys])
-        sets.append(load_dataset(cfg, tok)[0])
+        sets.append(load_task_data(cfg, tok)[0])
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
     sampler = Sampler(len(sets[0]), 16, seed=0)
     for step in range(240):
-        loss = model(**collate(sets[step % 2], sampler.next(), tok.pad_token_id)).loss
+        batch = TASKS["causal_lm"].collate(sets[step % 2], sampler.next(), tok.pad_token_id)
+        loss = model(**batch).loss
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -106,18 +106,19 @@ def run_sim(args: list[str]) -> None:
 
 
 def env(**extra) -> dict:
-    """This environment for a torchrun child: loopback, one thread, no leftover fault hooks."""
-    out = {k: v for k, v in os.environ.items() if k != "DECLORA_FAULTS"}
+    """This environment for a torchrun child: loopback, one thread."""
+    out = dict(os.environ)
     out.update(MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
     out.update(extra)
     return out
 
 
-def run_cmd(cmd: list[str], environ: dict) -> subprocess.CompletedProcess:
+def run_cmd(cmd: list[str], environ: dict, cwd=None) -> subprocess.CompletedProcess:
     """Run with a hard timeout; on timeout kill the whole process group (torchrun + workers)."""
     proc = subprocess.Popen(
         cmd,
         env=environ,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

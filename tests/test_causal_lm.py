@@ -11,13 +11,16 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from declora import lm, sim
+from declora import lm, session, sim
 from declora.cli import main
 from declora.config import ConfigError, load_config
-from declora.data import DataError, eval_batches, load_dataset
+from declora.data import DataError
 from declora.estimate import estimate
-from declora.metrics import evaluate
+from declora.methods import METHODS
+from declora.tasks import TASKS, load_task_data
 from tests.helpers import cue_pairs, tiny_llama_args, write_csv
+
+LM = TASKS["causal_lm"]
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +69,10 @@ def test_bad_causal_config_is_one_line(overrides, words):
 def test_label_words_must_match_the_classes(tiny_llama_dir, tiny_csv, tmp_path):
     cfg = llama_cfg(tiny_llama_dir, tiny_csv, tmp_path, "data.label_words=[a,b,c]")
     with pytest.raises(DataError, match="3 words for 2 classes"):
-        load_dataset(cfg, AutoTokenizer.from_pretrained(tiny_llama_dir))
+        load_task_data(cfg, AutoTokenizer.from_pretrained(tiny_llama_dir))
     cfg = llama_cfg(tiny_llama_dir, tiny_csv, tmp_path, "data.label_words=[good,good]")
     with pytest.raises(DataError, match="distinct"):
-        load_dataset(cfg, AutoTokenizer.from_pretrained(tiny_llama_dir))
+        load_task_data(cfg, AutoTokenizer.from_pretrained(tiny_llama_dir))
 
 
 # --- prompts, targets, batches ---------------------------------------------------------------
@@ -86,7 +89,7 @@ def test_loss_counts_target_tokens_only():
 def test_prompts_use_the_chat_template_when_asked(tiny_llama_dir, tiny_csv, tmp_path, chat):
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     cfg = llama_cfg(tiny_llama_dir, tiny_csv, tmp_path, f"data.chat_template={chat}")
-    train, _ = load_dataset(cfg, tok)
+    train, _ = load_task_data(cfg, tok)
     text = tok.decode(train.input_ids[0])
     assert ("[ assistant ]" in text) == chat and "sentiment :" in text
     assert train.choices == [tok("negative", add_special_tokens=False)["input_ids"]] + [
@@ -108,7 +111,7 @@ def test_instruction_targets_end_with_eos(tiny_llama_dir, pairs_csv, tmp_path):
             "data.eval_size=40",
         ],
     )
-    train, held_out = load_dataset(cfg, tok)
+    train, held_out = load_task_data(cfg, tok)
     assert len(train) == 200 and len(held_out) == 40 and train.choices is None
     assert all(t[-1] == tok.eos_token_id and len(t) >= 2 for t in train.targets)
 
@@ -120,11 +123,11 @@ def test_label_word_scores_equal_one_row_at_a_time(tiny_llama_dir, tiny_csv, tmp
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     cfg = llama_cfg(tiny_llama_dir, tiny_csv, tmp_path, "data.eval_size=24")
     cfg.data.label_words = yaml.safe_load(words)
-    _, held_out = load_dataset(cfg, tok)
+    _, held_out = load_task_data(cfg, tok)
     single = all(len(c) == 1 for c in held_out.choices)
     assert single == (words == "[negative,positive]")
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
-    got = evaluate(model, {}, eval_batches(held_out, tok.pad_token_id))
+    got = LM.evaluate(model, {}, LM.eval_batches(held_out, tok.pad_token_id))
     scores = []
     with torch.no_grad():
         for prompt in held_out.input_ids:
@@ -154,8 +157,8 @@ def llama_run(tiny_llama_dir, tiny_csv, tmp_path_factory):
 
 def test_training_beats_the_untrained_model(llama_run, tiny_llama_dir):
     out, cfg = llama_run
-    s = sim.prepare(cfg)
-    untrained = evaluate(s.model, s.init, s.eval_full)
+    s = session.prepare(cfg)
+    untrained = LM.evaluate(s.model, s.init, s.eval_full)
     saved = json.loads((out / "summary.json").read_text())
     assert saved["untrained"] == pytest.approx(untrained)
     summary = saved["methods"]
@@ -174,8 +177,8 @@ def test_exported_llama_adapter_reproduces_accuracy(llama_run, tiny_llama_dir, m
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     model = PeftModel.from_pretrained(base, out / "adapters" / method).eval()
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    _, held_out = load_dataset(cfg, tok)
-    acc = evaluate(model, {}, eval_batches(held_out, tok.pad_token_id))["accuracy"]
+    _, held_out = load_task_data(cfg, tok)
+    acc = LM.evaluate(model, {}, LM.eval_batches(held_out, tok.pad_token_id))["accuracy"]
     summary = json.loads((out / "summary.json").read_text())["methods"][method]
     assert acc == pytest.approx(summary["average_adapter"]["accuracy"], abs=1e-9)
 
@@ -231,7 +234,7 @@ def test_quantized_base_trains_and_exports(tiny_llama_dir, tiny_csv, tmp_path, q
     cfg = llama_cfg(
         tiny_llama_dir, tiny_csv, tmp_path / "run", "rounds=2", f"model.quantize={quantize}"
     )
-    s = sim.prepare(cfg)
+    s = session.prepare(cfg)
     q_proj = s.model.base_model.model.model.layers[0].self_attn.q_proj
     assert type(q_proj.base_layer).__name__ == layer
     _, summary = sim.run(cfg, echo=lambda *_: None)
@@ -253,16 +256,16 @@ def test_evaluating_a_4bit_base_does_not_change_training(tiny_llama_dir, tiny_cs
     """bitsandbytes would repack 4-bit weights for its CPU inference kernel on the first eval,
     and train on the repacked bytes afterwards; declora keeps one layout."""
     pytest.importorskip("bitsandbytes")
-    from declora.train import local_steps
+    from declora.train import train_steps
 
     cfg = llama_cfg(tiny_llama_dir, tiny_csv, tmp_path, "model.quantize=4bit")
     trained = []
     for evaluate_first in (False, True):
-        s = sim.prepare(cfg)
-        (node,), _, _ = sim.method_nodes(s, "centralized")
+        s = session.prepare(cfg)
+        (node,) = session.party_for(s, METHODS["centralized"]).nodes
         if evaluate_first:
-            evaluate(s.model, node.state(), s.eval_nodes)
-        local_steps(s.model, node, 2, s.pad_id)
+            LM.evaluate(s.model, node.state(), s.eval_nodes)
+        train_steps(s.model, node, 2, s.collate)
         trained.append(node.state())
     for k in trained[0]:
         torch.testing.assert_close(trained[0][k], trained[1][k])

@@ -10,8 +10,8 @@ import torch
 
 from declora import checkpoint
 from declora.config import load_config
-from declora.sim import prepare
-from declora.train import Node, local_steps
+from declora.session import prepare
+from declora.train import Node, train_steps
 from tests.helpers import tiny_args
 
 
@@ -31,7 +31,7 @@ def test_restored_node_continues_exactly(setup, tmp_path, optimizer):
     cfg, s = setup
     cfg = cfg.model_copy(update={"optimizer": optimizer})
     a = fresh(cfg, s)
-    local_steps(s.model, a, 5, s.pad_id)  # mid-epoch, mid-schedule, dropout RNG advanced
+    train_steps(s.model, a, 5, s.collate)  # mid-epoch, mid-schedule, dropout RNG advanced
     extra = {"public.0": torch.arange(4.0), "public.2": torch.ones(3)}
     checkpoint.save(tmp_path, a, 3, {"sent": 123, "samples": 40}, extra)
     b = fresh(cfg, s)
@@ -39,8 +39,8 @@ def test_restored_node_continues_exactly(setup, tmp_path, optimizer):
     assert counters == {"sent": 123, "samples": 40}
     assert got.keys() == extra.keys() and all(torch.equal(got[k], extra[k]) for k in extra)
     assert b.last_loss == a.last_loss and b.last_grad_norm == a.last_grad_norm
-    local_steps(s.model, a, 7, s.pad_id)
-    local_steps(s.model, b, 7, s.pad_id)
+    train_steps(s.model, a, 7, s.collate)
+    train_steps(s.model, b, 7, s.collate)
     for k in a.params:
         assert torch.equal(a.params[k], b.params[k]), k
     assert a.scheduler.get_last_lr() == b.scheduler.get_last_lr()
@@ -63,7 +63,7 @@ def test_files_appear_whole_and_old_ones_are_pruned(setup, tmp_path):
 def test_checkpoint_is_safetensors_with_json_metadata(setup, tmp_path):
     cfg, s = setup
     node = fresh(cfg, s)
-    local_steps(s.model, node, 2, s.pad_id)
+    train_steps(s.model, node, 2, s.collate)
     path = checkpoint.save(tmp_path, node, 2, {"sent": 1})
     raw = path.read_bytes()
     n = int.from_bytes(raw[:8], "little")  # safetensors: u64 header length, then JSON

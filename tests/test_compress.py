@@ -21,8 +21,9 @@ from declora.compress import (
     topk_count,
 )
 from declora.config import CompressionConfig, ConfigError, load_config
-from declora.consensus import mix, mix_row
+from declora.consensus import mix_row
 from declora.gossip import Exchange, row_weights
+from tests.reference import mix
 
 
 def spec(**kw) -> CompressionConfig:

@@ -9,7 +9,8 @@ import pytest
 
 from declora.cli import main
 from declora.config import load_config
-from declora.data import DataError, Sampler, collate, load_dataset, read_rows
+from declora.data import DataError, Sampler, read_rows
+from declora.tasks import TASKS, load_task_data
 from tests.helpers import synthetic_rows
 
 
@@ -32,8 +33,8 @@ def test_csv_and_jsonl_give_the_same_dataset(tmp_path, tiny_csv):
     rows = read_rows(str(tiny_csv))
     jsonl = tmp_path / "d.jsonl"
     write_jsonl(jsonl, rows)
-    a_train, a_eval = load_dataset(cfg_for(tiny_csv), FakeTokenizer())
-    b_train, b_eval = load_dataset(cfg_for(jsonl), FakeTokenizer())
+    a_train, a_eval = load_task_data(cfg_for(tiny_csv), FakeTokenizer())
+    b_train, b_eval = load_task_data(cfg_for(jsonl), FakeTokenizer())
     assert a_train.input_ids == b_train.input_ids and a_eval.input_ids == b_eval.input_ids
     assert a_train.label_names == ["negative", "positive"]
 
@@ -42,17 +43,17 @@ def test_integer_labels_keep_numeric_order(tmp_path):
     rows = [{"text": f"w{i}", "label": i % 11} for i in range(200)]
     path = tmp_path / "d.jsonl"
     write_jsonl(path, rows)
-    train, _ = load_dataset(cfg_for(path), FakeTokenizer())
+    train, _ = load_task_data(cfg_for(path), FakeTokenizer())
     assert train.label_names == [str(i) for i in range(11)]
     assert set(train.labels.tolist()) == set(range(11))
 
 
 def test_eval_split_is_fixed_and_disjoint_from_training(tiny_csv):
-    train, held = load_dataset(cfg_for(tiny_csv, "seed=1"), FakeTokenizer())
-    train2, held2 = load_dataset(cfg_for(tiny_csv, "seed=2"), FakeTokenizer())
+    train, held = load_task_data(cfg_for(tiny_csv, "seed=1"), FakeTokenizer())
+    train2, held2 = load_task_data(cfg_for(tiny_csv, "seed=2"), FakeTokenizer())
     assert held.input_ids == held2.input_ids  # the run seed does not move the eval split
     assert len(train) + len(held) == 480 and len(held) == 20
-    limited, _ = load_dataset(cfg_for(tiny_csv, "data.train_size=50"), FakeTokenizer())
+    limited, _ = load_task_data(cfg_for(tiny_csv, "data.train_size=50"), FakeTokenizer())
     assert len(limited) == 50
 
 
@@ -70,8 +71,8 @@ def test_sampler_cycles_through_every_row_before_repeating():
 
 
 def test_collate_pads_to_the_longest_row(tiny_csv):
-    train, _ = load_dataset(cfg_for(tiny_csv), FakeTokenizer())
-    batch = collate(train, [0, 1, 2], pad_id=0)
+    train, _ = load_task_data(cfg_for(tiny_csv), FakeTokenizer())
+    batch = TASKS["classification"].collate(train, [0, 1, 2], pad_id=0)
     width = max(len(train.input_ids[i]) for i in range(3))
     assert batch["input_ids"].shape == (3, width)
     assert batch["attention_mask"].sum().item() == sum(len(train.input_ids[i]) for i in range(3))
@@ -137,7 +138,7 @@ def _small(tmp_path):
 def test_bad_data_is_one_clear_line(tmp_path, make, extra, message):
     path = make(tmp_path)
     with pytest.raises(DataError, match=message):
-        load_dataset(cfg_for(path, *extra), FakeTokenizer())
+        load_task_data(cfg_for(path, *extra), FakeTokenizer())
 
 
 def test_node_without_data_is_refused_before_anything_is_written(tmp_path, tiny_overrides, capsys):

@@ -24,10 +24,10 @@ def peft_accuracy(base_dir, adapter_dir, cfg) -> float:
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from declora.data import load_dataset
+    from declora.tasks import load_task_data
 
     tok = AutoTokenizer.from_pretrained(base_dir)
-    _, held_out = load_dataset(cfg, tok)
+    _, held_out = load_task_data(cfg, tok)
     base = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=2)
     model = PeftModel.from_pretrained(base, adapter_dir).eval()
     texts_ok = 0

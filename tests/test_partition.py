@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from declora.partition import PARTITIONS, label_counts, partition
+from declora.partition import PARTITIONS, partition
+from tests.reference import label_counts
 
 PAPER_PROPS = [[0.15, 0.85], [0.85, 0.15], [0.5, 0.5]]
 
@@ -96,15 +97,6 @@ def test_label_skew_size_capped_by_rows_per_node() -> None:
     parts = partition(y, 4, "label_skew", proportions=[[0.5, 0.5]] * 4)
     assert [len(p) for p in parts] == [250] * 4
     np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(1000))
-
-
-def test_label_counts() -> None:
-    y = np.array([0, 1, 1, 2, 2, 2])
-    counts = label_counts(y, [np.array([0, 1]), np.array([2, 3, 4, 5])])
-    np.testing.assert_array_equal(counts, [[1, 1, 0], [0, 1, 3]])
-    assert label_counts(y, [np.array([0])], n_classes=5).shape == (1, 5)
-    with pytest.raises(ValueError, match="n_classes=2"):
-        label_counts(y, [np.array([0])], n_classes=2)
 
 
 @pytest.mark.parametrize(

@@ -10,21 +10,20 @@ import pytest
 import torch
 
 from declora import topology as topo
-from declora.adapters import is_lora_a, numel
 from declora.compress import HEADER, payload_size
 from declora.config import CompressionConfig, ConfigError, load_config
 from declora.consensus import (
     consensus_distances,
     exchanged_keys,
-    mix,
-    mix_products,
     network_average,
     product_row,
     refactor,
 )
 from declora.gossip import Exchange, row_weights
 from declora.sim import run
+from declora.tensors import is_lora_a, numel
 from tests.helpers import tiny_args
+from tests.reference import mix, mix_products
 
 RANK = 3
 SHAPES = {  # PEFT orientation: lora_A (r, d_in), lora_B (d_out, r)
@@ -55,7 +54,7 @@ def numpy_rank_r(P: np.ndarray, r: int) -> np.ndarray:
 
 
 def exchange_round(exchanges, states, W, t=1):
-    """What sim.exchange does: every node sends, then every node mixes what it received."""
+    """A round's messages without frames: every node sends, then mixes what it received."""
     payloads = [ex.outgoing(s, t) for ex, s in zip(exchanges, states)]
     out = []
     for i, (ex, s) in enumerate(zip(exchanges, states)):
@@ -180,19 +179,18 @@ def test_frozen_a_mixing_is_exact_in_product_space(spec):
 
 
 def test_frozen_a_tiny_run_keeps_every_a_at_its_seed(tiny_model_dir, tiny_csv, tmp_path):
-    from declora import sim
-    from declora.train import local_steps
+    from declora import session
+    from declora.faults import no_faults
+    from declora.methods import METHODS
+    from declora.rounds import play_round
+    from declora.sim import MemoryTransport
 
     cfg = load_config(None, [*tiny_args(tiny_model_dir, tiny_csv, tmp_path), "consensus=frozen_a"])
-    s = sim.prepare(cfg)
-    nodes, W, steps = sim.method_nodes(s, "dec-lora")
-    exchanges = [
-        Exchange(n.node_id, s.init, cfg.compression, seed=0, consensus="frozen_a") for n in nodes
-    ]
+    s = session.prepare(cfg)
+    party = session.party_for(s, METHODS["dec-lora"])
     for t in (1, 2):
-        for node in nodes:
-            local_steps(s.model, node, 2, s.pad_id)
-        sim.exchange(exchanges, nodes, W, t, server=False)
+        play_round(party, t, no_faults(party.W, party.size), MemoryTransport())
+    nodes = party.nodes
     a_keys = [k for k in s.init if is_lora_a(k)]
     assert a_keys
     for node in nodes:
@@ -203,7 +201,7 @@ def test_frozen_a_tiny_run_keeps_every_a_at_its_seed(tiny_model_dir, tiny_csv, t
             node.params[k.replace("lora_A", "lora_B")], s.init[k.replace("lora_A", "lora_B")]
         )
     b_and_head = {k: v for k, v in s.init.items() if not is_lora_a(k)}
-    assert exchanges[0].last_payload_size == 4 * numel(b_and_head) + HEADER.size
+    assert party.counters.nodes[0].payload == 4 * numel(b_and_head) + HEADER.size
     assert numel(b_and_head) < numel(s.init)
     assert np.isfinite(consensus_distances([n.state() for n in nodes])["consensus_ab"])
 

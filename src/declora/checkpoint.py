@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from declora.adapters import State
+from declora.tensors import State
 from declora.train import Node
 
 KEEP = 3  # newest checkpoints kept per node (nodes may be a round or two apart when one dies)

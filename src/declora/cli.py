@@ -55,14 +55,21 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """One torchrun process (not for users: ``launch`` and the README's torchrun run it)."""
-    from declora.dist import PeerError, run_worker, say
+    return worker(args.items)
 
-    path, overrides = _split_args(args.items)
+
+def worker(items: list[str], wrap=None) -> int:
+    """The worker's body; ``wrap(transport, cfg)`` (tests) puts a transport around the real one."""
+    from declora.dist import run_worker
+    from declora.p2p import PeerError
+    from declora.rounds import say
+
+    path, overrides = _split_args(items)
+    cfg = load_config(path, overrides)
     try:
-        run_worker(load_config(path, overrides))
+        run_worker(cfg, wrap=None if wrap is None else lambda t: wrap(t, cfg))
     except PeerError as err:
-        rank = os.environ.get("RANK", "?")
-        say(f"declora: node {rank}: {err}")
+        say(f"declora: node {os.environ.get('RANK', '?')}: {err}")
         return 1
     return 0
 
@@ -133,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="restart the processes up to R times after a crash; they resume from checkpoints",
     )
     launch.set_defaults(func=cmd_launch)
+    _add_small_commands(sub)
+    return parser
+
+
+def _add_small_commands(sub) -> None:
+    """The hidden worker and ``configs``."""
     worker = sub.add_parser("worker")  # hidden: the body of one torchrun process
     worker.add_argument("items", nargs="*")
     worker.set_defaults(func=cmd_worker)
@@ -140,7 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
     configs.add_argument("--fields", action="store_true", help="list every config key instead")
     configs.set_defaults(func=cmd_configs)
     sub.metavar = "{" + ",".join(c for c in sub.choices if c != "worker") + "}"
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

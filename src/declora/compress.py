@@ -52,6 +52,10 @@ MAGIC = b"DLRM"
 VERSION = 1
 HEADER = struct.Struct("<4sBBBBII")  # magic, version, kind, bits, reserved, n, block|k
 KINDS = {"none": 0, "quantize": 1, "topk": 2}
+SCHEMES = (
+    "direct",
+    "choco",
+)  # what a node compresses: its adapter, or the change to its copy (gossip)
 KIND_NAMES = {v: k for k, v in KINDS.items()}
 
 
@@ -180,12 +184,11 @@ def compress(
 ) -> bytes:
     """Encode a 1-D message as a payload (see the module docstring for the format).
 
-    Args:
-        flat: ``(n,)`` values, cast to float32.
-        spec: kind, bits, block, ratio.
-        generator: rounding noise for ``quantize`` (:func:`message_generator`); required there.
-        sizes: tensor lengths in message order, summing to n (default: one tensor).
-        refit: quantize only: least-squares block scales (contractive, biased); see above.
+    ``flat`` holds the ``(n,)`` values, cast to float32; ``spec`` gives kind, bits, block and
+    ratio. ``generator`` is the rounding noise for ``quantize`` (:func:`message_generator`),
+    required there. ``sizes`` are the tensor lengths in message order, summing to n (default:
+    one tensor). ``refit`` (quantize only) fits least-squares block scales (contractive,
+    biased; see the module docstring).
     """
     flat = flat.detach().reshape(-1).to(torch.float32)
     n = flat.numel()

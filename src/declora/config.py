@@ -19,7 +19,16 @@ from pydantic import (
     model_validator,
 )
 
-METHODS = ("dec-lora", "centralized", "local", "fedavg")
+from declora.compress import KINDS, SCHEMES
+from declora.consensus import RULES
+from declora.methods import METHODS
+from declora.partition import PARTITIONS
+from declora.topology import MIXING_RULES, TOPOLOGIES
+
+# Each set of choices is written once, in the module that acts on it; the config reads it there.
+MethodName = Literal[tuple(METHODS)]
+Rule = Literal[RULES]
+TaskName = Literal["classification", "causal_lm"]  # declora.tasks.TASKS
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
@@ -32,9 +41,7 @@ class _Section(BaseModel):
 
 
 class TopologyConfig(_Section):
-    kind: Literal["ring", "complete", "star", "grid", "erdos_renyi", "exponential", "custom"] = (
-        Field("ring", description="communication graph between nodes")
-    )
+    kind: Literal[TOPOLOGIES] = Field("ring", description="communication graph between nodes")
     p: float = Field(0.3, gt=0, le=1, description="edge probability for erdos_renyi")
     edges: list[tuple[int, int]] | None = Field(
         None, description="0-based node pairs, for kind=custom"
@@ -42,7 +49,7 @@ class TopologyConfig(_Section):
 
 
 class PartitionConfig(_Section):
-    kind: Literal["iid", "dirichlet", "label_skew", "quantity_skew"] = Field(
+    kind: Literal[PARTITIONS] = Field(
         "dirichlet", description="how training rows are split over nodes"
     )
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (smaller = more skew)")
@@ -52,7 +59,7 @@ class PartitionConfig(_Section):
 
 
 class CompressionConfig(_Section):
-    kind: Literal["none", "quantize", "topk"] = Field(
+    kind: Literal[tuple(KINDS)] = Field(
         "none", description="what nodes send: float32 (none), b-bit quantize, or topk entries"
     )
     bits: int = Field(4, ge=1, le=16, description="bits per value for kind=quantize")
@@ -62,7 +69,7 @@ class CompressionConfig(_Section):
         description="values per float32 scale for quantize (0 = one per tensor; never crosses one)",
     )
     ratio: float = Field(0.1, gt=0, le=1, description="fraction of entries kept for kind=topk")
-    scheme: Literal["direct", "choco"] = Field(
+    scheme: Literal[SCHEMES] = Field(
         "direct",
         description="direct: send the adapter; choco: send the difference to its public copy",
     )
@@ -144,7 +151,7 @@ class DataConfig(_Section):
 
 
 class Config(_Section):
-    task: Literal["classification", "causal_lm"] = Field(
+    task: TaskName = Field(
         "classification",
         description="classification (encoder + head) or causal_lm (instruction pairs, or "
         "classification as generation with data.label_words)",
@@ -154,7 +161,7 @@ class Config(_Section):
     local_steps: int = Field(1, ge=1, description="optimizer steps per node per round K")
     batch_size: int = Field(16, ge=1, description="training batch size on every node")
     lr: float = Field(1e-2, gt=0, description="learning rate")
-    method_lr: dict[Literal["dec-lora", "centralized", "local", "fedavg"], float] = Field(
+    method_lr: dict[MethodName, float] = Field(
         {"centralized": 2e-3},
         description="per-method learning rate, e.g. {centralized: 0.002} (others use lr)",
     )
@@ -174,20 +181,18 @@ class Config(_Section):
     node_eval_size: int = Field(
         128, ge=1, description="eval rows used to score each node's own adapter"
     )
-    methods: list[Literal["dec-lora", "centralized", "local", "fedavg"]] = Field(
+    methods: list[MethodName] = Field(
         ["dec-lora", "centralized", "local"], min_length=1, description="what to run and compare"
     )
     topology: TopologyConfig = Field(default_factory=TopologyConfig)
-    mixing: Literal["metropolis", "laplacian", "uniform"] = Field(
-        "metropolis", description="mixing weights on the graph"
-    )
+    mixing: Literal[MIXING_RULES] = Field("metropolis", description="mixing weights on the graph")
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     compression: CompressionConfig = Field(default_factory=CompressionConfig)
-    consensus: Literal["ab", "frozen_a", "product"] = Field(
+    consensus: Rule = Field(
         "ab",
         description="mixing rule: ab (A and B apart, the paper), frozen_a (seeded A never trained, "
-        "B and head exchanged), product (mix B A, refactor to rank r by SVD)",
+        "B and head exchanged), product (mix B A, refactor to rank r by SVD); see consensus.py",
     )
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)

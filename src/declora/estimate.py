@@ -15,11 +15,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from declora.adapters import ModelError, attach_lora, is_lora, resolve_model_path
+from declora.adapters import ModelError, attach_lora, resolve_model_path
 from declora.compress import describe, payload_size
 from declora.config import Config, ConfigError
 from declora.data import DataError, label_ids, read_rows
-from declora.sim import graph_for
+from declora.session import graph_for
+from declora.tensors import is_lora
 
 
 def count_labels(cfg: Config) -> int:

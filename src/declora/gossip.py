@@ -14,12 +14,8 @@ CHOCO quantizes with least-squares block scales (``refit`` in :mod:`declora.comp
 copies need a contraction. It assumes every payload arrives: a missed or refused one leaves
 that copy behind for good, so the config refuses choco together with ``faults``.
 
-Consensus rules (``consensus``, maths in :mod:`declora.consensus`): ``ab`` sends and mixes every
-adapter tensor; ``frozen_a`` sends B and the head only (A is the same seeded, untrained tensor
-on every node and stays the node's own), so the message and ``template`` cover those keys;
-``product`` sends A, B and head and mixes the products B_j A_j, refactored to rank r and
-turned to the factors nearest the node's own, so that the optimizer's moments (which, as for
-the other rules, never leave the node) keep pointing along roughly the same basis.
+The consensus rule (``consensus``, explained in :mod:`declora.consensus`) decides which keys
+the message and ``template`` cover, and how :meth:`Exchange.incoming` mixes them.
 """
 
 from __future__ import annotations
@@ -27,21 +23,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from declora.adapters import State, flatten, unflatten
 from declora.compress import compress, decompress, message_generator
-from declora.config import CompressionConfig
+from declora.config import CompressionConfig, Rule
 from declora.consensus import exchanged_keys, mix_row, product_row
-
-
-def encode(state: State) -> bytes:
-    """float32 little-endian bytes of the flattened adapter."""
-    return flatten(state).numpy().astype("<f4", copy=False).tobytes()
-
-
-def decode(payload: bytes, template: State) -> State:
-    """Inverse of :func:`encode`; refuses a payload of the wrong size."""
-    flat = torch.from_numpy(np.frombuffer(payload, dtype="<f4").copy())
-    return unflatten(flat, template)
+from declora.tensors import State, flatten, unflatten
 
 
 class Exchange:
@@ -59,7 +44,7 @@ class Exchange:
         template: State,
         compression: CompressionConfig | None = None,
         seed: int = 0,
-        consensus: str = "ab",
+        consensus: Rule = "ab",
     ):
         self.node_id = node_id
         self.consensus = consensus
@@ -72,7 +57,13 @@ class Exchange:
         self.sizes = [v.numel() for v in self.template.values()]  # tensor boundaries for scales
         self.public: dict[int, torch.Tensor] = {}  # choco: node -> x_hat, flat float32 (n,)
         self._sent: torch.Tensor | None = None  # choco: this round's decoded q_i
-        self.last_payload_size = 0  # bytes of the latest payload (one edge, one round)
+
+    def state_dict(self) -> State:
+        """What a checkpoint keeps: CHOCO's public copies (none for direct exchange)."""
+        return {f"public.{j}": v.clone() for j, v in self.public.items()}
+
+    def load_state_dict(self, state: State) -> None:
+        self.public = {int(k.split(".", 1)[1]): v.clone() for k, v in state.items()}
 
     def _copy(self, j: int) -> torch.Tensor:
         if j not in self.public:
@@ -89,7 +80,6 @@ class Exchange:
         payload = compress(flat, self.spec, gen, self.sizes, refit=choco)
         if choco:  # decode our own payload: exactly what every neighbour adds to its copy
             self._sent = decompress(payload, self.sizes)
-        self.last_payload_size = len(payload)
         return payload
 
     def incoming(

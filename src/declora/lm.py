@@ -22,14 +22,16 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from declora.data import pad_right
-from declora.metrics import macro_f1
+from declora.config import Config
+from declora.data import DataError, Dataset, pad_right
+from declora.scores import macro_f1
+from declora.tensors import State
 
 IGNORE = -100
 META = ("gold", "n_choices", "choice_ids")  # batch entries that are not model inputs
 
 
-def render(tok, content: str, cfg) -> list[int]:
+def render(tok, content: str, cfg: Config) -> list[int]:
     """Token ids of one prompt: chat template (with the assistant's turn opened) if any."""
     if cfg.data.chat_template and getattr(tok, "chat_template", None):
         messages = [{"role": "user", "content": content}]
@@ -53,7 +55,7 @@ def word_ids(tok, words: list[str]) -> list[list[int]]:
     return ids
 
 
-def prompts_and_targets(tok, cfg, texts, labels=None, responses=None):
+def prompts_and_targets(tok, cfg: Config, texts, labels=None, responses=None):
     """(prompt ids, target ids) per row; ``labels`` (class ids) pick the label word."""
     eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
     prompts, targets = [], []
@@ -71,6 +73,42 @@ def prompts_and_targets(tok, cfg, texts, labels=None, responses=None):
     return prompts, targets
 
 
+def dataset(cfg: Config, tok, rows, texts, labels, names) -> Dataset:
+    """Prompts and targets of every row: label words, or the responses of instruction pairs."""
+    d = cfg.data
+    if d.label_words is not None and len(d.label_words) != len(names):
+        raise DataError(
+            f"data.label_words has {len(d.label_words)} words for {len(names)} classes {names}"
+        )
+    responses = [str(r[d.response_column] or "") for r in rows] if d.prompt_column else None
+    try:
+        prompts, targets = prompts_and_targets(tok, cfg, texts, labels, responses)
+        choices = None if responses else word_ids(tok, d.label_words)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    return Dataset(prompts, labels, names, targets, choices)
+
+
+def collate(ds: Dataset, idx, pad_id: int) -> dict:
+    """A training batch: prompt + target, the loss on the target's tokens."""
+    return pack([ds.input_ids[i] for i in idx], [ds.targets[i] for i in idx], pad_id)
+
+
+def eval_batches(ds: Dataset, pad_id: int, limit: int | None = None) -> list[dict]:
+    """Fixed eval batches of the first ``limit`` rows, sorted by length (less padding).
+
+    8 sequences a batch (a causal LM's logits span its vocabulary); classification as
+    generation puts each row once per label word in a batch unless every word is one token."""
+    n = len(ds) if limit is None else min(limit, len(ds))
+    order = sorted(range(n), key=lambda i: len(ds.input_ids[i]) + len(ds.targets[i]))
+    copies = 1 if all(len(c) == 1 for c in ds.choices or [[0]]) else len(ds.choices)
+    size = max(1, 64 // 8 // copies)
+    chunks = [order[i : i + size] for i in range(0, n, size)]
+    if ds.choices is not None:
+        return [choice_batch(ds, c, pad_id) for c in chunks]
+    return [collate(ds, c, pad_id) for c in chunks]
+
+
 def pack(prompts: list[list[int]], targets: list[list[int]], pad_id: int) -> dict:
     """Right-padded input_ids / attention_mask, and labels that are the targets' tokens only."""
     ids, mask = pad_right([p + t for p, t in zip(prompts, targets)], pad_id)
@@ -80,7 +118,7 @@ def pack(prompts: list[list[int]], targets: list[list[int]], pad_id: int) -> dic
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def choice_batch(ds, idx: list[int], pad_id: int) -> dict:
+def choice_batch(ds: Dataset, idx: list[int], pad_id: int) -> dict:
     """Every row of ``idx`` followed by every label word (row-major), and the gold classes.
 
     When every label word is one token, each row appears once (with the first word): the
@@ -110,7 +148,7 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 
 
 @torch.no_grad()
-def evaluate_lm(model: nn.Module, params, batches: list[dict]) -> dict[str, float]:
+def evaluate_lm(model: nn.Module, params: State, batches: list[dict]) -> dict[str, float]:
     """Classification as generation (batches with ``gold``) or response-token metrics."""
     model.eval()
     preds, golds = [], []

@@ -25,44 +25,24 @@ def partition(
     seed: int = 0,
     min_size: int = 1,
 ) -> list[np.ndarray]:
-    """Split row indices ``0..len(labels)-1`` over nodes.
+    """Split row indices ``0..len(labels)-1`` over ``n_nodes`` nodes (at least 1).
 
-    Args:
-        labels: Integer class ids ``0..C-1``, shape ``(N,)``.
-        n_nodes: Number of nodes, at least 1.
-        kind: One of ``PARTITIONS``. ``iid`` shuffles and splits evenly; ``dirichlet`` splits
-            each class by ``Dir(alpha)`` shares (Hsu et al. 2019); ``label_skew`` gives every
-            node the same size with class mix ``proportions[i]``; ``quantity_skew`` draws node
-            sizes from ``Dir(alpha)`` with IID labels.
-        alpha: Dirichlet concentration, > 0; smaller means more skew.
-        proportions: For ``label_skew``: one length-C vector per node, each summing to 1.
-        seed: Seed for ``np.random.default_rng``.
-        min_size: Fewest rows any node may hold, at least 1.
-
-    Returns:
-        One sorted int64 index array per node; disjoint. ``iid``, ``dirichlet`` and
-        ``quantity_skew`` cover every row; ``label_skew`` may leave rows unused.
-
-    Raises:
-        ValueError: On bad arguments, or if some node would hold fewer than ``min_size`` rows.
+    ``labels`` are integer class ids ``0..C-1``, shape ``(N,)``. ``kind`` is one of
+    ``PARTITIONS``: ``iid`` shuffles and splits evenly; ``dirichlet`` splits each class by
+    ``Dir(alpha)`` shares (Hsu et al. 2019); ``label_skew`` gives every node the same size with
+    class mix ``proportions[i]`` (one length-C vector per node, each summing to 1);
+    ``quantity_skew`` draws node sizes from ``Dir(alpha)`` with IID labels. ``alpha`` is the
+    Dirichlet concentration, > 0 (smaller means more skew), ``seed`` seeds
+    ``np.random.default_rng``, and ``min_size`` (at least 1) is the fewest rows any node may
+    hold. Returns one sorted int64 index array per node, disjoint; ``iid``, ``dirichlet`` and
+    ``quantity_skew`` cover every row, ``label_skew`` may leave rows unused. Raises ValueError
+    on bad arguments, or when some node would hold fewer than ``min_size`` rows.
     """
     if kind not in PARTITIONS:
         raise ValueError(f"partition.kind must be one of {', '.join(PARTITIONS)}; got {kind!r}")
     y = _as_labels(labels)  # (N,)
-    if isinstance(n_nodes, bool) or not isinstance(n_nodes, (int, np.integer)) or n_nodes < 1:
-        raise ValueError(f"partition needs an integer node count >= 1; got n_nodes={n_nodes!r}")
-    if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 1:
-        raise ValueError(f"partition.min_size must be an integer >= 1; got {min_size!r}")
-    if not (isinstance(alpha, (int, float, np.integer, np.floating)) and 0 < alpha < np.inf):
-        raise ValueError(
-            f"partition.alpha must be a finite number > 0 (smaller = more skew); got {alpha!r}"
-        )
+    _check_sizes(len(y), n_nodes, min_size, alpha)
     n_nodes, min_size = int(n_nodes), int(min_size)
-    if len(y) < n_nodes * min_size:
-        raise ValueError(
-            f"partition needs at least n_nodes * min_size = {n_nodes * min_size} rows; got "
-            f"{len(y)} rows for {n_nodes} nodes; use fewer nodes or more training data"
-        )
     rng = np.random.default_rng(seed)
 
     if kind == "iid":
@@ -74,31 +54,21 @@ def partition(
     return [np.sort(p).astype(np.int64) for p in parts]
 
 
-def label_counts(
-    labels: np.ndarray, parts: Sequence[np.ndarray], n_classes: int | None = None
-) -> np.ndarray:
-    """Count the classes each node holds.
-
-    Args:
-        labels: Integer class ids ``(N,)``.
-        parts: Row-index arrays, one per node.
-        n_classes: Number of classes; defaults to ``max(labels) + 1``.
-
-    Returns:
-        Counts ``(n_nodes, n_classes)`` int64.
-
-    Raises:
-        ValueError: If labels are not non-negative integers or exceed ``n_classes``.
-    """
-    y = _as_labels(labels)
-    inferred = int(y.max()) + 1 if len(y) else 0
-    c = inferred if n_classes is None else int(n_classes)
-    if len(y) and y.max() >= c:
-        raise ValueError(f"labels go up to {int(y.max())} but n_classes={c}")
-    counts = np.zeros((len(parts), c), dtype=np.int64)  # (n_nodes, C)
-    for i, part in enumerate(parts):
-        counts[i] = np.bincount(y[np.asarray(part, dtype=np.int64)], minlength=c)
-    return counts
+def _check_sizes(rows: int, n_nodes, min_size, alpha) -> None:
+    """The node count, minimum size and concentration are valid and the rows suffice."""
+    if isinstance(n_nodes, bool) or not isinstance(n_nodes, (int, np.integer)) or n_nodes < 1:
+        raise ValueError(f"partition needs an integer node count >= 1; got n_nodes={n_nodes!r}")
+    if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 1:
+        raise ValueError(f"partition.min_size must be an integer >= 1; got {min_size!r}")
+    if not (isinstance(alpha, (int, float, np.integer, np.floating)) and 0 < alpha < np.inf):
+        raise ValueError(
+            f"partition.alpha must be a finite number > 0 (smaller = more skew); got {alpha!r}"
+        )
+    if rows < n_nodes * min_size:
+        raise ValueError(
+            f"partition needs at least n_nodes * min_size = {n_nodes * min_size} rows; got "
+            f"{rows} rows for {n_nodes} nodes; use fewer nodes or more training data"
+        )
 
 
 def _as_labels(labels: np.ndarray) -> np.ndarray:

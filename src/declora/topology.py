@@ -28,58 +28,25 @@ def build_graph(
     edges: Sequence[Sequence[int]] | None = None,
     seed: int = 0,
 ) -> np.ndarray:
-    """Build the adjacency matrix of a named topology.
+    """Build the connected, symmetric boolean ``(n, n)`` adjacency of a named topology.
 
-    Args:
-        kind: One of ``TOPOLOGIES``.
-        n: Number of nodes, at least 1.
-        p: Edge probability for ``erdos_renyi``, in (0, 1]; ignored by the other kinds.
-        edges: 0-based node pairs for ``custom``; ignored by the other kinds.
-        seed: Seed for ``erdos_renyi``; ignored by the other kinds.
-
-    Returns:
-        Symmetric boolean adjacency ``(n, n)`` with no self loops, connected.
-
-    Raises:
-        ValueError: If the kind is unknown, ``n < 1``, ``p`` is out of range, the edge list is
-            invalid, or the graph cannot be made connected.
+    ``kind`` is one of ``TOPOLOGIES`` and ``n`` (at least 1) is the node count; the result has
+    no self loops. ``p`` (edge probability, in (0, 1]) and ``seed`` are used only by
+    ``erdos_renyi``, and ``edges`` (0-based node pairs) only by ``custom``. Raises ValueError
+    when the kind is unknown, ``n < 1``, ``p`` is out of range, the edge list is invalid, or
+    the graph cannot be made connected.
     """
     if kind not in TOPOLOGIES:
         raise ValueError(f"topology.kind must be one of {', '.join(TOPOLOGIES)}; got {kind!r}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"topology needs an integer node count >= 1; got nodes={n!r}")
     n = int(n)
-    adj = np.zeros((n, n), dtype=bool)  # (n, n)
-    idx = np.arange(n)
-
-    if kind == "ring":
-        if n >= 2:
-            adj[idx, (idx + 1) % n] = True
-    elif kind == "complete":
-        adj[:] = True
-    elif kind == "star":
-        adj[0, 1:] = True
-    elif kind == "grid":
-        r = _grid_rows(n)
-        if r == 1 and n > 3:
-            raise ValueError(
-                f"topology.kind=grid needs a node count with a factorisation r x c, r>=2; "
-                f"got nodes={n} (prime); use topology.kind=ring or a composite node count"
-            )
-        c = n // r
-        cell = idx.reshape(r, c)  # (r, c) node ids, row-major
-        adj[cell[:, :-1].ravel(), cell[:, 1:].ravel()] = True  # horizontal links
-        adj[cell[:-1, :].ravel(), cell[1:, :].ravel()] = True  # vertical links
-    elif kind == "exponential":
-        hop = 1
-        while hop < n:
-            adj[idx, (idx + hop) % n] = True
-            hop *= 2
-    elif kind == "erdos_renyi":
+    if kind == "erdos_renyi":
         adj = _erdos_renyi(n, p, seed)
-    else:  # custom
+    elif kind == "custom":
         adj = _custom(n, edges)
-
+    else:
+        adj = _structured(kind, n)
     adj |= adj.T  # symmetrise the one-directional links set above
     np.fill_diagonal(adj, False)
     if not is_connected(adj):
@@ -93,20 +60,14 @@ def build_graph(
 
 
 def mixing_matrix(adj: np.ndarray, rule: str = "metropolis") -> np.ndarray:
-    """Compute gossip weights for a graph.
+    """Compute gossip weights for a graph: a symmetric doubly stochastic ``(n, n)`` float64 W.
 
-    Args:
-        adj: Symmetric boolean adjacency ``(n, n)`` without self loops. It need not be
-            connected.
-        rule: One of ``MIXING_RULES``. ``metropolis`` uses ``1 / (1 + max(deg_i, deg_j))`` on
-            edges; ``laplacian`` uses ``I - 2 L / (3 lambda_max(L))`` as in the Dec-LoRA paper;
-            ``uniform`` uses ``1 / (1 + d_max)`` on every edge (1/3 everywhere on a ring).
-
-    Returns:
-        Symmetric doubly stochastic ``W`` ``(n, n)`` float64, zero off the edges and diagonal.
-
-    Raises:
-        ValueError: If the rule is unknown or ``adj`` is not a valid adjacency matrix.
+    ``adj`` is a symmetric boolean ``(n, n)`` adjacency without self loops; it need not be
+    connected. W is zero off the edges and the diagonal. ``rule`` is one of ``MIXING_RULES``:
+    ``metropolis`` uses ``1 / (1 + max(deg_i, deg_j))`` on edges; ``laplacian`` uses
+    ``I - 2 L / (3 lambda_max(L))`` as in the Dec-LoRA paper; ``uniform`` uses
+    ``1 / (1 + d_max)`` on every edge (1/3 everywhere on a ring). Raises ValueError when the
+    rule is unknown or ``adj`` is not a valid adjacency matrix.
     """
     if rule not in MIXING_RULES:
         raise ValueError(f"topology.mixing must be one of {', '.join(MIXING_RULES)}; got {rule!r}")
@@ -134,16 +95,11 @@ def mixing_matrix(adj: np.ndarray, rule: str = "metropolis") -> np.ndarray:
 
 
 def check_mixing(W: np.ndarray, adj: np.ndarray, atol: float = 1e-9) -> None:
-    """Validate a mixing matrix against a graph.
+    """Validate a candidate mixing matrix ``W`` ``(n, n)`` against the adjacency ``adj``.
 
-    Args:
-        W: Candidate mixing matrix ``(n, n)``.
-        adj: Adjacency ``(n, n)``; ``W`` may only be non-zero on its edges and the diagonal.
-        atol: Absolute tolerance for every check.
-
-    Raises:
-        ValueError: Unless ``W`` is square, finite, symmetric, non-negative, has rows and
-            columns summing to 1, and is zero off the edges.
+    ``W`` may only be non-zero on the edges of ``adj`` ``(n, n)`` and on the diagonal. Raises
+    ValueError unless ``W`` is square, finite, symmetric, non-negative, has rows and columns
+    summing to 1, and is zero off the edges. ``atol`` is the absolute tolerance for every check.
     """
     W = np.asarray(W, dtype=np.float64)
     adj = np.asarray(adj)
@@ -185,15 +141,9 @@ def check_mixing(W: np.ndarray, adj: np.ndarray, atol: float = 1e-9) -> None:
 def spectral_gap(W: np.ndarray) -> float:
     """Return the spectral gap ``1 - |lambda_2(W)|`` of a symmetric mixing matrix.
 
-    Args:
-        W: Symmetric mixing matrix ``(n, n)``.
-
-    Returns:
-        ``1 - |lambda_2|`` where ``lambda_2`` is the second-largest eigenvalue in absolute
-        value; 1.0 for a single node. Larger means faster consensus.
-
-    Raises:
-        ValueError: If ``W`` is not a non-empty square matrix.
+    ``W`` is ``(n, n)`` and ``lambda_2`` its second-largest eigenvalue in absolute value; the
+    gap is 1.0 for a single node, and larger means faster consensus. Raises ValueError when
+    ``W`` is not a non-empty square matrix.
     """
     W = np.asarray(W, dtype=np.float64)
     if W.ndim != 2 or W.shape[0] != W.shape[1] or W.shape[0] == 0:
@@ -204,36 +154,11 @@ def spectral_gap(W: np.ndarray) -> float:
     return float(1.0 - mags[1])
 
 
-def neighbours(adj: np.ndarray, i: int) -> list[int]:
-    """List the neighbours of a node.
-
-    Args:
-        adj: Adjacency ``(n, n)``.
-        i: Node id in ``0..n-1``.
-
-    Returns:
-        Sorted neighbour ids of node ``i`` (excluding ``i`` itself).
-
-    Raises:
-        ValueError: If ``i`` is out of range.
-    """
-    a = np.asarray(adj) != 0
-    n = a.shape[0]
-    if not 0 <= i < n:
-        raise ValueError(f"node id {i} is out of range for a graph with {n} nodes")
-    row = a[i].copy()
-    row[i] = False
-    return [int(j) for j in np.flatnonzero(row)]
-
-
 def is_connected(adj: np.ndarray) -> bool:
     """Tell whether every node can reach every other node.
 
-    Args:
-        adj: Symmetric adjacency ``(n, n)``.
-
-    Returns:
-        True if the graph has one connected component; False for an empty graph.
+    ``adj`` is a symmetric ``(n, n)`` adjacency. True when the graph has one connected
+    component; False for an empty graph.
     """
     a = np.asarray(adj) != 0
     if a.shape[0] == 0:
@@ -244,18 +169,11 @@ def is_connected(adj: np.ndarray) -> bool:
 def surviving_mixing(adj: np.ndarray, up: np.ndarray) -> np.ndarray:
     """Metropolis weights on the edges that are still up.
 
-    Used for link and node drops: nodes that lose all links keep ``W_ii = 1``.
-
-    Args:
-        adj: Symmetric boolean adjacency ``(n, n)`` of the full graph.
-        up: Symmetric boolean mask ``(n, n)`` of live edges; entries off ``adj`` are ignored.
-
-    Returns:
-        Symmetric doubly stochastic ``W`` ``(n, n)`` supported on ``adj & up`` plus the
-        diagonal. The surviving graph may be disconnected.
-
-    Raises:
-        ValueError: If the shapes differ or ``up`` is not symmetric.
+    Used for link and node drops: nodes that lose all links keep ``W_ii = 1``. ``adj`` is the
+    symmetric boolean ``(n, n)`` adjacency of the full graph and ``up`` a symmetric boolean
+    ``(n, n)`` mask of live edges (entries off ``adj`` are ignored). Returns a symmetric doubly
+    stochastic ``(n, n)`` W supported on ``adj & up`` plus the diagonal; the surviving graph
+    may be disconnected. Raises ValueError when the shapes differ or ``up`` is not symmetric.
     """
     a = _as_adj(adj)
     u = np.asarray(up) != 0
@@ -264,6 +182,35 @@ def surviving_mixing(adj: np.ndarray, up: np.ndarray) -> np.ndarray:
     if not np.array_equal(u, u.T):
         raise ValueError("live-edge mask must be symmetric (a link is up in both directions)")
     return mixing_matrix(a & u, "metropolis")
+
+
+def _structured(kind: str, n: int) -> np.ndarray:
+    """One-directional links of a ring, complete, star, grid or exponential graph."""
+    adj = np.zeros((n, n), dtype=bool)  # (n, n)
+    idx = np.arange(n)
+    if kind == "ring":
+        if n >= 2:
+            adj[idx, (idx + 1) % n] = True
+    elif kind == "complete":
+        adj[:] = True
+    elif kind == "star":
+        adj[0, 1:] = True
+    elif kind == "grid":
+        r = _grid_rows(n)
+        if r == 1 and n > 3:
+            raise ValueError(
+                f"topology.kind=grid needs a node count with a factorisation r x c, r>=2; "
+                f"got nodes={n} (prime); use topology.kind=ring or a composite node count"
+            )
+        cell = idx.reshape(r, n // r)  # (r, c) node ids, row-major
+        adj[cell[:, :-1].ravel(), cell[:, 1:].ravel()] = True  # horizontal links
+        adj[cell[:-1, :].ravel(), cell[1:, :].ravel()] = True  # vertical links
+    else:  # exponential
+        hop = 1
+        while hop < n:
+            adj[idx, (idx + hop) % n] = True
+            hop *= 2
+    return adj
 
 
 def _grid_rows(n: int) -> int:

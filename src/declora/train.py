@@ -8,17 +8,22 @@ runs the shared module with the node's tensors in place of the model's own.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from declora.adapters import State, is_lora, is_lora_a
-from declora.data import Dataset, Sampler, collate
+from declora.config import Config
+from declora.data import Dataset, Sampler
+from declora.tensors import State, is_lora, is_lora_a
+
+Collate = Callable[[Dataset, np.ndarray], dict[str, torch.Tensor]]  # the task's, pad id bound
 
 
-def make_optimizer(params: State, cfg) -> torch.optim.Optimizer:
+def make_optimizer(params: State, cfg: Config) -> torch.optim.Optimizer:
     """SGD or AdamW; the task head (randomly initialised, unlike LoRA's pretrained base) may
     learn faster: ``lr x head_lr_scale``. Frozen tensors (no grad) are left out."""
     head = [v for k, v in params.items() if not is_lora(k) and v.requires_grad]
@@ -47,7 +52,7 @@ def allocate_state(params: State, optimizer: torch.optim.Optimizer) -> None:
                 }
 
 
-def make_schedule(optimizer: torch.optim.Optimizer, cfg, total_steps: int):
+def make_schedule(optimizer: torch.optim.Optimizer, cfg: Config, total_steps: int):
     """Linear warm-up over ``warmup`` of the steps, then constant, linear or cosine decay."""
     warm = int(cfg.warmup * total_steps)
 
@@ -84,7 +89,7 @@ class Node:
         node_id: int,
         data: Dataset,
         init: State,
-        cfg,
+        cfg: Config,
         stream: int,
         total_steps: int | None = None,
     ) -> Node:
@@ -94,7 +99,7 @@ class Node:
         centralized baseline is the same frozen-A LoRA)."""
         if len(data) == 0:
             raise ValueError(f"node {node_id} holds no training rows")
-        frozen_a = getattr(cfg, "consensus", "ab") == "frozen_a"
+        frozen_a = cfg.consensus == "frozen_a"
         params = {
             k: v.clone().requires_grad_(not (frozen_a and is_lora_a(k))) for k, v in init.items()
         }
@@ -123,14 +128,14 @@ class Node:
             v.copy_(state[k])
 
 
-def local_steps(model: nn.Module, node: Node, steps: int, pad_id: int) -> float:
+def train_steps(model: nn.Module, node: Node, steps: int, collate: Collate) -> float:
     """Run ``steps`` optimizer steps on the node's own data; returns the mean training loss."""
     model.train()
     saved_rng = torch.get_rng_state()
     torch.set_rng_state(node.rng_state)
     losses = []
     for _ in range(steps):
-        batch = collate(node.data, node.sampler.next(), pad_id)
+        batch = collate(node.data, node.sampler.next())
         out = functional_call(model, node.params, args=(), kwargs=batch)
         node.optimizer.zero_grad(set_to_none=False)  # keep the buffers allocate_state made
         out.loss.backward()

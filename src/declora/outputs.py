@@ -1,0 +1,113 @@
+"""A run's folder: config.yaml and labels.json at the start, then adapters, summary.json,
+curves.png and the results table at the end. The opening lines a run prints."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+from declora import topology as topo
+from declora.adapters import export_adapter
+from declora.compress import describe
+from declora.config import Config, ConfigError, dump_config
+from declora.consensus import network_average
+from declora.methods import METHODS
+from declora.report import RunLog, method_summary, results_table
+from declora.session import Session
+from declora.tensors import State, numel
+
+
+def make_out_dir(cfg: Config) -> Path:
+    """A new or empty output folder (never one that holds another run's files)."""
+    out = Path(cfg.out or f"runs/{datetime.now():%Y%m%d-%H%M%S}")
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"out={out} already holds files; choose an empty or new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_run_files(s: Session, out: Path) -> None:
+    """config.yaml and labels.json, written when a run starts."""
+    (out / "config.yaml").write_text(dump_config(s.cfg))
+    (out / "labels.json").write_text(json.dumps(dict(enumerate(s.train.label_names)), indent=1))
+
+
+def describe_run(s: Session, out: Path) -> list[str]:
+    """The lines a run opens with: graph, data, adapter, messages, faults."""
+    cfg = s.cfg
+    gap = topo.spectral_gap(s.W)
+    comp = cfg.compression
+    scheme = f"choco, gamma {comp.gamma:g}" if comp.scheme == "choco" else "direct"
+    lines = [
+        f"{cfg.nodes} nodes on a {cfg.topology.kind} ({cfg.mixing} weights, spectral gap {gap:.4f}); "
+        f"{sum(s.sizes)} training rows, sizes {min(s.sizes)}-{max(s.sizes)}; "
+        f"adapter {numel(s.init):,} values; output in {out}",
+        f"messages: {describe(comp)}; scheme {scheme}",
+    ]
+    f = cfg.faults
+    if f.link_drop or f.node_drop:
+        lines.append(
+            f"faults (dec-lora): each link down with p={f.link_drop:g}, each node out with "
+            f"p={f.node_drop:g} per round; Metropolis weights on the surviving graph"
+        )
+    return lines
+
+
+def finish_method(
+    s: Session, out: Path, summary: dict, method: str, last: dict, states: list[State]
+) -> None:
+    """Add a finished method (its last record) to the summary and export its adapters."""
+    summary["methods"][method] = method_summary(method, last)
+    if s.cfg.export_adapters:
+        export_method(s, method, states, out / "adapters" / method)
+
+
+def export_method(s: Session, method: str, states: list[State], path: Path) -> None:
+    """adapters/<method>/ holds the network's adapter; node_<i>/ the nodes' own adapters."""
+    export_adapter(s.model, network_average(states, s.cfg.consensus), path)
+    if METHODS[method].export_nodes:
+        for i, st in enumerate(states):
+            export_adapter(s.model, st, path / f"node_{i}")
+
+
+def write_summary(out: Path, log: RunLog, summary: dict, echo=print) -> None:
+    """summary.json and curves.png, then the results table."""
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot_curves(log.records, out / "curves.png")
+    echo(results_table(summary))
+
+
+def plot_curves(records: list[dict], path: Path) -> None:
+    """curves.png: accuracy and loss against round for each method, and consensus distances."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for name in dict.fromkeys(r["method"] for r in records):
+        method = METHODS[name]
+        rows = [r for r in records if r["method"] == name]
+        rounds = [r["round"] for r in rows]
+        # what the headline reports: the nodes' own adapters where no node holds the average
+        nodes = method.headline == "nodes"
+        acc, loss = ("node_accuracy_mean", "node_loss_mean") if nodes else ("accuracy", "loss")
+        label = f"{name} (mean of nodes)" if nodes else name
+        axes[0].plot(rounds, [r.get(acc, r["accuracy"]) for r in rows], marker="o", label=label)
+        axes[1].plot(rounds, [r.get(loss, r["loss"]) for r in rows], marker="o", label=label)
+        if method.spread:
+            for key, style in (("consensus_ab", "-"), ("consensus_a", ":"), ("consensus_b", "--")):
+                pts = [(r["round"], r[key]) for r in rows if r.get(key)]
+                if pts:
+                    axes[2].plot(*zip(*pts), style, marker=".", label=f"{name} {key[10:]}")
+    axes[0].set(title="held-out accuracy", xlabel="round", ylabel="accuracy")
+    axes[1].set(title="held-out loss", xlabel="round", ylabel="cross-entropy")
+    axes[2].set(title="consensus distance (relative)", xlabel="round", yscale="log")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,115 @@
+"""Records and summaries: one metrics.jsonl record per evaluated round, the summary.json entry
+of a finished method, and the results table. Both runtimes write exactly these."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from declora import topology as topo
+from declora.evaluation import evaluate_round, evaluate_untrained
+from declora.methods import HEADLINES, METHODS
+from declora.rounds import Counters, NodeCounters
+from declora.scores import mean_finite
+from declora.session import Session
+from declora.tensors import State
+
+
+class RunLog:
+    """Appends one JSON object per method and evaluated round to ``metrics.jsonl``."""
+
+    def __init__(self, out: Path):
+        self.path = out / "metrics.jsonl"
+        self.records: list[dict] = []
+
+    def write(self, record: dict) -> None:
+        record = {k: _clean(v) for k, v in record.items()}
+        self.records.append(record)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _clean(value):
+    """JSON has no NaN: write null instead."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def round_record(
+    s: Session, method: str, t: int, states: list[State], per_node: list[NodeCounters], c: Counters
+) -> dict:
+    """One metrics.jsonl record: the evaluation of ``states``, then the round's counters."""
+    rec = evaluate_round(s, states)
+    sent = np.array([n.sent for n in per_node])
+    rec.update(
+        method=method,
+        round=t,
+        samples_seen=c.samples,
+        train_loss=mean_finite(n.loss for n in per_node),
+        grad_norm=mean_finite(n.grad_norm for n in per_node),
+        bytes_sent=int(sent.mean()),
+        bytes_sent_total=int(sent.sum()),
+        bytes_per_edge_round=max(n.payload for n in per_node),
+        messages_refused=sum(n.refused for n in per_node),
+        wall_s=c.wall_s,
+    )
+    return rec
+
+
+def start_summary(s: Session) -> dict:
+    """summary.json before any method: the spectral gap and the untrained start."""
+    return {
+        "methods": {},
+        "spectral_gap": topo.spectral_gap(s.W),
+        "untrained": evaluate_untrained(s),
+    }
+
+
+def method_summary(method: str, last: dict) -> dict:
+    """summary.json entry of a finished method from its last record; the headline is what the
+    method's nodes hold (:data:`declora.methods.HEADLINES`)."""
+    keys = ("accuracy", "f1", "loss")
+    how = METHODS[method].headline
+    # one node holds the network's adapter: its own figures are the network's
+    nodes = {k: last.get(f"node_{k}_mean", last[k]) for k in keys}
+    source = nodes if how == "nodes" else last
+    out = {
+        **{k: source[k] for k in keys},
+        "evaluated": HEADLINES[how],
+        "average_adapter": {k: last[k] for k in keys},
+        "bytes_sent_per_node": last["bytes_sent"],
+        "bytes_sent_total": last["bytes_sent_total"],
+        "bytes_per_edge_round": last["bytes_per_edge_round"],
+        "messages_refused": last["messages_refused"],
+        "wall_s": round(last["wall_s"], 2),
+        "rounds": last["round"],
+        "samples_seen": last["samples_seen"],
+    }
+    renamed = {"node_accuracy_mean": "node_mean_accuracy", "node_accuracy_min": "node_min_accuracy"}
+    out.update({new: last[old] for old, new in renamed.items() if old in last})
+    if "consensus_ab" in last:
+        out["consensus_ab"] = last["consensus_ab"]
+    return out
+
+
+def results_table(summary: dict) -> str:
+    """Plain-text table of the final figures, one row per method."""
+    head = f"{'method':<12} {'accuracy':>8} {'f1':>6} {'loss':>6} {'node min':>8} {'MB sent/node':>12} {'wall s':>7}"
+    lines = [head, "-" * len(head)]
+    for name, m in summary["methods"].items():
+        f1, node_min = m.get("f1"), m.get("node_min_accuracy")  # no F1 for instruction pairs
+        lines.append(
+            f"{name:<12} {m['accuracy']:>8.4f} {'' if f1 is None else f'{f1:.4f}':>6} "
+            f"{m['loss']:>6.4f} {'' if node_min is None else f'{node_min:.4f}':>8} "
+            f"{m['bytes_sent_per_node'] / 1e6:>12.2f} {m['wall_s']:>7.1f}"
+        )
+    u = summary["untrained"]
+    lines.append(
+        f"untrained start (LoRA B = 0): accuracy {u['accuracy']:.4f}, loss {u['loss']:.4f}"
+    )
+    lines.append(f"spectral gap of the mixing matrix: {summary['spectral_gap']:.4f}")
+    return "\n".join(lines)

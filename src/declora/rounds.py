@@ -1,0 +1,199 @@
+"""One round for the nodes a process holds, over a transport: the round is written once, here.
+
+The runtimes differ only in their transport: the simulator holds every node and moves frames
+in memory (:class:`declora.sim.MemoryTransport`); a distributed process holds one node and
+moves frames with point-to-point torch.distributed (:class:`declora.p2p.P2PTransport`); the
+tests wrap either in one that drops, corrupts, forges, delays or crashes.
+
+Round t, for every node i the process holds (:func:`play_round`):
+
+1. local steps: ``steps`` optimizer steps on its own rows, unless the round's plan
+   (:mod:`declora.faults`) sits it out;
+2. message: if it has a live neighbour in the round's W, its :class:`~declora.gossip.Exchange`
+   payload, sealed in a frame (:mod:`declora.wire`: sender, round, checksum, optional HMAC);
+3. transport: the frame to each live neighbour, and theirs back;
+4. mixing: each received frame is opened and checked; a refused one is logged and its weight
+   goes to the node itself; then :meth:`Exchange.incoming` mixes;
+5. counters: samples, bytes, refusals (:class:`Counters`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from torch import nn
+
+from declora import wire
+from declora.faults import RoundPlan
+from declora.gossip import Exchange, row_weights
+from declora.methods import Method
+from declora.tensors import State
+from declora.train import Collate, Node, train_steps
+
+
+def say(line: str) -> None:
+    """One line to stderr in a single write, so that lines from several processes never interleave."""
+    os.write(2, (line + "\n").encode())
+
+
+@dataclass
+class NodeCounters:
+    """What one node alone knows about its run so far."""
+
+    loss: float = math.nan  # mean training loss of its latest round (NaN: it sat the round out)
+    grad_norm: float = math.nan  # gradient norm of its latest step
+    sent: int = 0  # payload bytes sent so far, once per receiving neighbour (or server)
+    payload: int = 0  # bytes of its latest payload (one edge, one round)
+    refused: int = 0  # messages it refused so far
+
+    def to_vector(self) -> list[float]:
+        """The fields in order, as floats (float64 holds byte counts exactly)."""
+        return [float(v) for v in dataclasses.astuple(self)]
+
+    @classmethod
+    def from_vector(cls, values) -> NodeCounters:
+        loss, grad, sent, payload, refused = (float(v) for v in values)
+        return cls(loss, grad, int(sent), int(payload), int(refused))
+
+
+@dataclass
+class Counters:
+    """A process's counters: network-wide samples and wall time, and its nodes' own."""
+
+    samples: int = 0  # training samples of every node so far (each process knows it from the plan)
+    wall_s: float = 0.0
+    nodes: dict[int, NodeCounters] = field(default_factory=dict)
+
+    def state_dict(self, node_id: int) -> dict:
+        """What node ``node_id``'s checkpoint keeps (JSON-ready)."""
+        return {"samples": self.samples, "wall_s": self.wall_s, **asdict(self.nodes[node_id])}
+
+    def load_state_dict(self, node_id: int, state: dict) -> None:
+        self.samples, self.wall_s = int(state["samples"]), float(state["wall_s"])
+        own = {f.name: state[f.name] for f in dataclasses.fields(NodeCounters)}
+        self.nodes[node_id] = NodeCounters(**{k: _nan(v) for k, v in own.items()})
+
+
+def asdict(c: NodeCounters) -> dict:
+    """JSON has no NaN: a missing value is written as None."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in vars(c).items()}
+
+
+def _nan(value):
+    return math.nan if value is None else value
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One node's frame for this round and the live neighbours it goes to."""
+
+    peers: list[int]
+    frame: bytes
+
+
+# receiver -> sender -> the frame, or why it was refused before it arrived
+Inbox = dict[int, dict[int, bytes | str]]
+
+
+class Transport(Protocol):
+    """How frames and evaluation data move between the nodes of a run."""
+
+    def swap(self, outbox: dict[int, Outgoing], round_: int) -> Inbox:
+        """Deliver each held node's frame to its peers; return what each held node received."""
+        ...
+
+    def gather(
+        self, held: dict[int, tuple[State, NodeCounters]], round_: int
+    ) -> list[tuple[State, NodeCounters]] | None:
+        """Every node's adapter and counters, in node order, on the process that evaluates
+        (evaluation and outputs only: training never goes through it); None elsewhere."""
+        ...
+
+
+@dataclass
+class Party:
+    """The nodes one process holds for one method, and what playing a round needs."""
+
+    method: Method
+    model: nn.Module  # the frozen base with LoRA; nodes own the trainable tensors
+    collate: Collate
+    nodes: list[Node]
+    exchanges: list[Exchange]  # one per held node
+    steps: int  # optimizer steps per node per round
+    batch_size: int
+    size: int  # nodes in the method's network (1 when pooled), held or not
+    W: np.ndarray | None  # configured mixing matrix; None = no messages
+    key: bytes | None = None  # HMAC key of security.key_file
+    counters: Counters = field(default_factory=Counters)
+    warn: Callable[[str], None] = say
+
+    def __post_init__(self) -> None:
+        for node in self.nodes:
+            self.counters.nodes.setdefault(node.node_id, NodeCounters())
+
+
+def play_round(party: Party, t: int, plan: RoundPlan, transport: Transport) -> None:
+    """Round ``t`` for the party's nodes: local steps, then messages and mixing."""
+    for node in party.nodes:
+        c = party.counters.nodes[node.node_id]
+        active = bool(plan.active[node.node_id])
+        c.loss = train_steps(party.model, node, party.steps, party.collate) if active else math.nan
+        c.grad_norm = node.last_grad_norm
+    party.counters.samples += int(plan.active.sum()) * party.steps * party.batch_size
+    if plan.W is not None:
+        communicate(party, plan.W, t, transport)
+
+
+def communicate(party: Party, W: np.ndarray, t: int, transport: Transport) -> None:
+    """Every held node with a live edge sends its frame, then mixes what it accepts.
+
+    A node with no live edge this round (faults) neither sends nor mixes. Bytes count each
+    payload once per neighbour, or once for a server (fedavg); the frame's header is not
+    counted (``wire.HEADER.size``, + ``wire.TAG_SIZE`` with a key, per message).
+    """
+    outbox, weights = {}, {}
+    for node, ex in zip(party.nodes, party.exchanges):
+        i = node.node_id
+        weights[i] = row_weights(W, i)
+        peers = sorted(j for j in weights[i] if j != i)
+        if not peers:
+            continue
+        payload = ex.outgoing(node.state(), t)
+        c = party.counters.nodes[i]
+        c.payload = len(payload)
+        c.sent += len(payload) * (1 if party.method.server else len(peers))
+        outbox[i] = Outgoing(peers, wire.seal(payload, i, t, _dtype(ex), party.key))
+    inbox = transport.swap(outbox, t)
+    for node, ex in zip(party.nodes, party.exchanges):
+        i = node.node_id
+        if i in outbox:
+            received = accept(party, ex, i, inbox.get(i, {}), outbox[i].peers, weights[i], t)
+            node.set_state(ex.incoming(node.state(), received, weights[i]))
+
+
+def accept(party: Party, ex: Exchange, i: int, got: dict, peers, weights, t: int) -> dict:
+    """The payloads node i accepts from its peers; a refused peer's weight goes to i itself."""
+    received = {}
+    for j in peers:
+        try:
+            frame = got.get(j, "no message arrived")
+            if isinstance(frame, str):
+                raise wire.Refused(frame)
+            body = wire.open_frame(frame, j, t, _dtype(ex), party.key)
+            wire.check_payload(body, ex.sizes)
+            received[j] = body
+        except wire.Refused as why:
+            party.warn(f"declora: node {i} refused the message from node {j} at round {t}: {why}")
+            weights[i] += weights.pop(j)
+            party.counters.nodes[i].refused += 1
+    return received
+
+
+def _dtype(ex: Exchange):
+    return next(iter(ex.template.values())).dtype

@@ -1,0 +1,110 @@
+"""A method's rounds, start to end, for the nodes a process holds: play each round over the
+transport, evaluate and log on evaluation rounds, checkpoint when due. Both runtimes call
+:func:`play_rounds`; they differ in the transport, the progress display and where files go."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Protocol
+
+from declora import checkpoint, faults
+from declora.config import Config
+from declora.report import RunLog, round_record
+from declora.rounds import Party, Transport, play_round
+from declora.session import Session
+from declora.tensors import State
+
+
+class Progress(Protocol):
+    """What a runtime shows while rounds run."""
+
+    def round_done(self, t: int) -> None: ...
+
+    def evaluated(self, record: dict) -> None: ...
+
+
+class Quiet:
+    """Shows nothing (the processes that do not evaluate)."""
+
+    def round_done(self, t: int) -> None:
+        pass
+
+    def evaluated(self, record: dict) -> None:
+        pass
+
+
+def is_eval_round(cfg: Config, t: int) -> bool:
+    return t % cfg.eval_every == 0 or t == cfg.rounds
+
+
+def plan_of_round(s: Session, party: Party, t: int) -> faults.RoundPlan:
+    """Round t's W and active nodes: the config's faults apply to methods that take them."""
+    if party.method.faults:
+        return faults.plan_for(s.cfg, s.adj, party.W, t)
+    return faults.no_faults(party.W, party.size)
+
+
+def play_rounds(
+    s: Session,
+    party: Party,
+    transport: Transport,
+    log: RunLog | None,
+    progress: Progress,
+    start: int = 0,
+    checkpoints: Path | None = None,
+) -> list[State] | None:
+    """Rounds ``start + 1 .. rounds``; returns every node's final adapter on the process that
+    evaluates (None elsewhere). ``checkpoints``: the folder of per-node checkpoints, written
+    every ``checkpoint_every`` rounds."""
+    cfg = s.cfg
+    began, wall0 = time.perf_counter(), party.counters.wall_s
+    states = None
+    for t in range(start + 1, cfg.rounds + 1):
+        play_round(party, t, plan_of_round(s, party, t), transport)
+        party.counters.wall_s = wall0 + time.perf_counter() - began
+        if is_eval_round(cfg, t):
+            states = evaluate_and_log(s, party, transport, t, log, progress)
+        if checkpoints is not None and cfg.checkpoint_every and t % cfg.checkpoint_every == 0:
+            save_checkpoints(party, checkpoints, t)
+        progress.round_done(t)
+    if start == cfg.rounds:  # resumed after the last round: gather the final states again
+        states = gather(party, transport, start)[0]
+    return states
+
+
+def gather(party: Party, transport: Transport, t: int):
+    """(states, counters) of every node on the evaluating process; (None, None) elsewhere."""
+    held = {n.node_id: (n.state(), party.counters.nodes[n.node_id]) for n in party.nodes}
+    got = transport.gather(held, t)
+    if got is None:
+        return None, None
+    return [st for st, _ in got], [c for _, c in got]
+
+
+def evaluate_and_log(
+    s: Session, party: Party, transport: Transport, t: int, log: RunLog | None, progress: Progress
+) -> list[State] | None:
+    """Round t's record, written by the process that evaluates; returns the gathered states."""
+    states, per_node = gather(party, transport, t)
+    if states is None:
+        return None
+    rec = round_record(s, party.method.name, t, states, per_node, party.counters)
+    if log is not None:
+        log.write(rec)
+    progress.evaluated(rec)
+    return states
+
+
+def save_checkpoints(party: Party, root: Path, t: int) -> None:
+    for node, ex in zip(party.nodes, party.exchanges):
+        counters = party.counters.state_dict(node.node_id)
+        checkpoint.save(root, node, t, counters, ex.state_dict())
+
+
+def resume(party: Party, root: Path, t: int) -> None:
+    """Every held node, its exchange and its counters as they were after round t."""
+    for node, ex in zip(party.nodes, party.exchanges):
+        counters, extra = checkpoint.load(root, node, t)
+        ex.load_state_dict(extra)
+        party.counters.load_state_dict(node.node_id, counters)

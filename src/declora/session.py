@@ -1,0 +1,141 @@
+"""What a run builds once and every method shares: graph, data, model and starting adapter;
+and the party of nodes a process plays for each method. Both runtimes start here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+from declora import partition as part
+from declora import topology as topo
+from declora import wire
+from declora.adapters import build_model, load_tokenizer, trainable_state
+from declora.config import Config, ConfigError
+from declora.data import Dataset
+from declora.gossip import Exchange
+from declora.methods import Method
+from declora.rounds import Party
+from declora.tasks import Task, load_task_data, task_for
+from declora.tensors import State
+from declora.train import Node
+
+POOLED_STREAM = 10**6  # RNG stream of the pooled model, apart from every node's
+
+
+@dataclass
+class Session:
+    """Everything built once per run and shared by all methods."""
+
+    cfg: Config
+    task: Task
+    model: nn.Module  # the frozen base with LoRA, once in memory
+    pad_id: int
+    train: Dataset
+    parts: list[np.ndarray]  # row ids of each node, into train
+    sizes: list[int]  # training rows of each node (also where train holds one node's only)
+    adj: np.ndarray  # (n, n) bool
+    W: np.ndarray  # (n, n) mixing matrix
+    init: State  # identical starting adapter for every node
+    eval_full: list[dict]
+    eval_nodes: list[dict]
+    key: bytes | None  # HMAC key (security.key_file)
+
+    def collate(self, ds: Dataset, idx) -> dict:
+        """A training batch of rows ``idx`` of ``ds``, as the task builds it."""
+        return self.task.collate(ds, idx, self.pad_id)
+
+
+def graph_for(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """The config's graph (adjacency) and checked mixing matrix; bad settings -> ConfigError."""
+    try:
+        adj = topo.build_graph(
+            cfg.topology.kind, cfg.nodes, p=cfg.topology.p, edges=cfg.topology.edges, seed=cfg.seed
+        )
+        return adj, topo.mixing_matrix(adj, cfg.mixing)
+    except ValueError as err:
+        raise ConfigError(f"topology: {err}") from None
+
+
+def split(cfg: Config, train: Dataset) -> list[np.ndarray]:
+    """Row ids of each node's share of ``train`` (config ``partition``)."""
+    p = cfg.partition
+    try:
+        return part.partition(
+            train.labels, cfg.nodes, p.kind, alpha=p.alpha, proportions=p.proportions, seed=cfg.seed
+        )
+    except ValueError as err:
+        raise ConfigError(f"partition: {err}") from None
+
+
+def prepare(cfg: Config, node: int | None = None) -> Session:
+    """Validate the graph and data against the config and load the model (writes nothing).
+
+    With ``node`` (a distributed process), ``train`` keeps only that node's rows: the others
+    are dropped right after the partition, and every other node's ``parts`` entry is empty.
+    """
+    adj, W = graph_for(cfg)
+    key = wire.read_key(cfg.security.key_file) if cfg.security.key_file else None
+    task, tok = task_for(cfg), load_tokenizer(cfg)
+    train, held_out = load_task_data(cfg, tok)
+    parts = split(cfg, train)
+    sizes = [len(ix) for ix in parts]
+    if node is not None:
+        train = train.subset(parts[node])
+        parts = [np.arange(len(train)) if i == node else ix[:0] for i, ix in enumerate(parts)]
+    model = build_model(cfg, num_labels=len(train.label_names))
+    init = trainable_state(model)
+    if not init:
+        raise ConfigError("lora.targets matched no trainable tensors")
+    for p in model.parameters():  # nodes own the trainable tensors; the module stays frozen
+        p.requires_grad_(False)
+    pad = tok.pad_token_id
+    return Session(
+        cfg=cfg,
+        task=task,
+        model=model,
+        pad_id=pad,
+        train=train,
+        parts=parts,
+        sizes=sizes,
+        adj=adj,
+        W=W,
+        init=init,
+        eval_full=task.eval_batches(held_out, pad),
+        eval_nodes=task.eval_batches(held_out, pad, limit=cfg.node_eval_size),
+        key=key,
+    )
+
+
+def party_for(s: Session, method: Method, held: list[int] | None = None) -> Party:
+    """The nodes a process plays for ``method``: all of them (simulator) or ``held`` (one
+    distributed process). Every method sees the same number of training samples per round,
+    nodes x local_steps x batch_size: the pooled model takes nodes x local_steps steps."""
+    cfg = s.cfg.for_method(method.name)
+    if method.pooled:
+        pooled = s.train.subset(np.sort(np.concatenate(s.parts)))
+        steps, size, W = cfg.nodes * cfg.local_steps, 1, None
+        total = cfg.rounds * steps
+        nodes = [Node.create(0, pooled, s.init, cfg, stream=POOLED_STREAM, total_steps=total)]
+    else:
+        held = range(cfg.nodes) if held is None else held
+        nodes = [Node.create(i, s.train.subset(s.parts[i]), s.init, cfg, stream=i) for i in held]
+        steps, size = cfg.local_steps, cfg.nodes
+        W = None if not method.mixes else np.full((size, size), 1 / size) if method.server else s.W
+    exchanges = [
+        Exchange(n.node_id, s.init, cfg.compression, seed=cfg.seed, consensus=cfg.consensus)
+        for n in nodes
+    ]
+    return Party(
+        method=method,
+        model=s.model,
+        collate=s.collate,
+        nodes=nodes,
+        exchanges=exchanges,
+        steps=steps,
+        batch_size=cfg.batch_size,
+        size=size,
+        W=W,
+        key=s.key,
+    )

@@ -1,0 +1,89 @@
+"""A transport for the tests that drops, corrupts, forges, delays or crashes, around a real one
+(the simulator's or the point-to-point one): the fault hooks live here, not in the package.
+
+``spec`` is comma-separated ``ACTION=NODE@ROUND``; ACTION, applied to NODE's frame of ROUND:
+
+- ``drop``: noise of a header's length arrives instead of the frame (its neighbours refuse
+  it; a shorter announced length would leave the sender's bytes unreceived, issue 11);
+- ``nan`` / ``short``: the payload holds a NaN / is 4 bytes short, sealed again so that only
+  the content checks catch it;
+- ``flip``: one payload byte flipped after sealing (the checksum or the HMAC catches it);
+- ``forge``: sealed with a wrong key;
+- ``delay``: the node sleeps ``delay_s`` seconds before sending;
+- ``crash``: the process exits before sending, once (a marker file in ``marker_dir``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from declora import wire
+from declora.rounds import Outgoing
+
+WRONG_KEY = b"wrong key, wrong key, wrong key!"
+DTYPE_OF = {code: dtype for dtype, code in wire.DTYPES.items()}
+
+
+def parse(spec: str) -> dict[tuple[int, int], str]:
+    """{(node, round): action} from ``"nan=1@2, crash=3@4"``."""
+    actions = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        name, _, at = item.partition("=")
+        node, _, round_ = at.partition("@")
+        actions[(int(node), int(round_))] = name.strip()
+    return actions
+
+
+def reseal(frame: bytes, key: bytes | None, change) -> bytes:
+    """The frame with its payload passed through ``change``, sealed again with ``key``."""
+    _, _, code, _, sender, round_, length, _ = wire.HEADER.unpack_from(frame)
+    payload = frame[wire.HEADER.size : wire.HEADER.size + length]
+    return wire.seal(change(payload), sender, round_, DTYPE_OF[code], key)
+
+
+class FaultyTransport:
+    """Misbehaves as ``spec`` says, then hands the frames to ``inner``."""
+
+    def __init__(self, inner, spec: str, key=None, marker_dir: Path | None = None, delay_s=0.0):
+        self.inner, self.actions, self.key = inner, parse(spec), key
+        self.marker_dir, self.delay_s = marker_dir, delay_s
+
+    def swap(self, outbox: dict[int, Outgoing], round_: int):
+        outbox = dict(outbox)
+        for i, out in list(outbox.items()):
+            action = self.actions.get((i, round_))
+            if action is not None:
+                outbox[i] = Outgoing(out.peers, self.misbehave(action, i, round_, out.frame))
+        return self.inner.swap(outbox, round_)
+
+    def gather(self, held, round_):
+        return self.inner.gather(held, round_)
+
+    def misbehave(self, action: str, i: int, round_: int, frame: bytes) -> bytes:
+        nan = np.float32("nan").tobytes()
+        if action == "drop":
+            return bytes(wire.HEADER.size)
+        if action == "nan":
+            return reseal(frame, self.key, lambda p: p[:-4] + nan)
+        if action == "short":
+            return reseal(frame, self.key, lambda p: p[:-4])
+        if action == "forge":
+            return reseal(frame, WRONG_KEY, lambda p: p)
+        if action == "flip":
+            flipped = bytearray(frame)
+            flipped[wire.HEADER.size + (len(frame) - wire.HEADER.size) // 3] ^= 0xFF
+            return bytes(flipped)
+        if action == "delay":
+            time.sleep(self.delay_s)
+            return frame
+        if action == "crash":
+            marker = self.marker_dir / f".crashed_node{i}_round{round_}"
+            if not marker.exists():
+                marker.touch()
+                os._exit(1)
+            return frame
+        raise ValueError(f"unknown fault {action!r}")

@@ -1,0 +1,176 @@
+"""The round written once (declora.rounds): messages, refusals and counters with a stand-in
+transport, the memory transport, and the simulator under a transport that misbehaves."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from declora import wire
+from declora.config import load_config
+from declora.consensus import mix_row
+from declora.data import Dataset
+from declora.gossip import Exchange
+from declora.methods import METHODS
+from declora.rounds import Counters, NodeCounters, Outgoing, Party, communicate
+from declora.sim import MemoryTransport, run
+from declora.train import Node
+from tests.faulty import FaultyTransport, parse
+from tests.helpers import tiny_args
+
+W3 = np.array([[0.5, 0.25, 0.25], [0.25, 0.75, 0.0], [0.25, 0.0, 0.75]])
+
+
+def tiny_party(values: list[float], held: list[int], method="dec-lora", key=None, W=W3) -> Party:
+    """Nodes ``held`` of a network whose node i starts with every entry at ``values[i]``."""
+    cfg = load_config(None, ["optimizer=sgd", "batch_size=2", "rounds=1"])
+    data = Dataset([[1, 2]], np.array([0]), ["a", "b"])
+    nodes, exchanges = [], []
+    for i in held:
+        init = {"lora_A": torch.full((2, 3), values[i]), "head": torch.full((2,), values[i])}
+        nodes.append(Node.create(i, data, init, cfg, stream=i))
+        exchanges.append(Exchange(i, init))
+    return Party(
+        method=METHODS[method],
+        model=None,
+        collate=None,
+        nodes=nodes,
+        exchanges=exchanges,
+        steps=1,
+        batch_size=2,
+        size=len(values),
+        W=W,
+        key=key,
+        warn=lambda line: None,
+    )
+
+
+class StandIn:
+    """Hands over pre-made frames instead of talking to processes."""
+
+    def __init__(self, frames: dict):
+        self.frames = frames
+
+    def swap(self, outbox, round_):
+        ((i, out),) = outbox.items()
+        assert sorted(self.frames) == out.peers
+        return {i: self.frames}
+
+
+def frame_from(j: int, value: float, round_: int, key=None, nan=False) -> bytes:
+    state = {"lora_A": torch.full((2, 3), value), "head": torch.full((2,), value)}
+    payload = Exchange(j, state).outgoing(state, round_)
+    if nan:
+        payload = payload[:-4] + np.float32("nan").tobytes()
+    return wire.seal(payload, j, round_, torch.float32, key)
+
+
+def test_a_node_mixes_accepted_messages_and_gives_refused_weight_to_itself():
+    party = tiny_party([1.0, 4.0, 10.0], held=[0])
+    lines = []
+    party.warn = lines.append
+    transport = StandIn({1: frame_from(1, 4.0, 3), 2: frame_from(2, 10.0, 3, nan=True)})
+    communicate(party, W3, 3, transport)
+    c = party.counters.nodes[0]
+    assert c.refused == 1 and c.sent == 2 * c.payload > 0
+    assert lines == [
+        "declora: node 0 refused the message from node 2 at round 3: 1 non-finite values"
+    ]
+    init = {"lora_A": torch.ones(2, 3), "head": torch.ones(2)}
+    expected = mix_row(init, 0.75, {1: (0.25, {k: 4 * v for k, v in init.items()})})
+    for k, v in party.nodes[0].params.items():
+        torch.testing.assert_close(v.detach(), expected[k])
+        torch.testing.assert_close(v.detach(), torch.full_like(v, 1.75))
+
+
+def test_unauthenticated_oversized_and_missing_messages_are_refused():
+    key = b"s" * 32
+    party = tiny_party([0.0, 8.0, 8.0], held=[0], key=key)
+    lines = []
+    party.warn = lines.append
+    transport = StandIn({1: frame_from(1, 8.0, 2, key=key), 2: "announced a frame of 9e9 bytes"})
+    communicate(party, W3, 2, transport)
+    assert party.counters.nodes[0].refused == 1 and "node 2" in lines[0] and "9e9" in lines[0]
+    assert torch.allclose(party.nodes[0].params["head"], torch.full((2,), 2.0))  # 0.75*0 + 0.25*8
+    party = tiny_party([0.0, 8.0, 8.0], held=[0], key=key)
+    party.warn = lines.append
+    lines.clear()
+    frames = {1: frame_from(1, 8.0, 2, key=b"x" * 32), 2: frame_from(2, 8.0, 2, key=key)}
+    communicate(party, W3, 2, StandIn(frames))
+    assert party.counters.nodes[0].refused == 1 and "node 1" in lines[0] and "HMAC" in lines[0]
+
+
+def test_an_isolated_node_neither_sends_nor_mixes():
+    party = tiny_party([0.0, 1.0, 2.0], held=[0, 1, 2])
+    W = np.array([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])  # node 2 cut off
+    communicate(party, W, 1, MemoryTransport())
+    heads = [n.params["head"].detach() for n in party.nodes]
+    assert torch.allclose(heads[0], torch.full((2,), 0.5))
+    assert torch.equal(heads[2], torch.full((2,), 2.0))
+    sent = [party.counters.nodes[i].sent for i in range(3)]
+    assert sent[2] == 0 and sent[0] == sent[1] > 0
+
+
+def test_a_server_counts_one_upload_per_node():
+    W = np.full((3, 3), 1 / 3)
+    gossip, server = (
+        tiny_party([0.0, 3.0, 6.0], [0, 1, 2], m, W=W) for m in ("dec-lora", "fedavg")
+    )
+    for party in (gossip, server):
+        communicate(party, W, 1, MemoryTransport())
+        for n in party.nodes:
+            assert torch.allclose(n.params["head"], torch.full((2,), 3.0))
+    for i in range(3):
+        assert gossip.counters.nodes[i].sent == 2 * server.counters.nodes[i].sent > 0
+
+
+def test_memory_transport_delivers_to_peers_only_and_says_who_sent_nothing():
+    outbox = {0: Outgoing([1, 2], b"a"), 1: Outgoing([0], b"b")}
+    inbox = MemoryTransport().swap(outbox, 1)
+    assert inbox == {0: {1: b"b", 2: "sent nothing this round"}, 1: {0: b"a"}}
+
+
+def test_counters_round_trip_through_a_checkpoint_dict():
+    c = Counters(samples=96, wall_s=1.5, nodes={3: NodeCounters(math.nan, 0.5, 100, 50, 2)})
+    saved = json.loads(json.dumps(c.state_dict(3)))  # what the checkpoint's metadata holds
+    back = Counters()
+    back.load_state_dict(3, saved)
+    assert back.samples == 96 and back.wall_s == 1.5
+    got = back.nodes[3]
+    assert math.isnan(got.loss) and (got.grad_norm, got.sent, got.payload, got.refused) == (
+        0.5,
+        100,
+        50,
+        2,
+    )
+    assert NodeCounters.from_vector(got.to_vector()).sent == 100
+
+
+def test_fault_specs_parse():
+    assert parse("crash=1@2, nan=3@4") == {(1, 2): "crash", (3, 4): "nan"}
+
+
+def test_simulator_refuses_bad_frames_like_the_distributed_runtime(
+    tiny_model_dir, tiny_csv, tmp_path
+):
+    """The same refusals as test_dist's 4 processes, in one process: the round is one code."""
+    key = tmp_path / "key"
+    key.write_bytes(b"k" * 32)
+    args = [*tiny_args(tiny_model_dir, tiny_csv, tmp_path / "run"), "methods=[dec-lora]"]
+    cfg = load_config(None, [*args, f"security.key_file={key}"])
+    spec = "nan=1@2,short=1@3,forge=3@4,flip=2@5,drop=0@1"
+    lines = []
+    wrap = lambda t: FaultyTransport(t, spec, key=b"k" * 32)  # noqa: E731
+    _, summary = run(cfg, echo=lines.append, wrap=wrap)
+    assert summary["methods"]["dec-lora"]["messages_refused"] == 10
+    assert np.isfinite(summary["methods"]["dec-lora"]["loss"])
+
+
+def test_faulty_transport_refuses_unknown_faults():
+    transport = FaultyTransport(MemoryTransport(), "melt=0@1")
+    with pytest.raises(ValueError, match="unknown fault"):
+        transport.swap({0: Outgoing([1], b"x"), 1: Outgoing([0], b"y")}, 1)
