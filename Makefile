@@ -11,7 +11,7 @@ test: setup
 	.venv/bin/python -m pytest -q
 
 lint: setup
-	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/lint-imports
 
 fmt:
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
