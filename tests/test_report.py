@@ -1,0 +1,332 @@
+"""Records, summaries and run files (:mod:`declora.report`, :mod:`declora.outputs`): metrics.jsonl
+lines, the counters of a round record, the summary.json entry of each method, the results
+table, curves.png and the output folder. On hand-made records: no model is loaded (the
+evaluation is replaced by fixed figures)."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from declora import report
+from declora.config import ConfigError, load_config
+from declora.methods import HEADLINES, METHODS
+from declora.outputs import make_out_dir, plot_curves
+from declora.report import (
+    RunLog,
+    method_summary,
+    results_table,
+    round_record,
+    start_summary,
+)
+from declora.rounds import Counters, NodeCounters
+
+PNG = b"\x89PNG\r\n\x1a\n"
+NAN = math.nan
+
+
+def record(method: str, t: int = 6, **extra) -> dict:
+    """A metrics.jsonl record as round_record writes it (4 nodes, so node figures are there)."""
+    rec = {
+        "accuracy": 0.75,
+        "f1": 0.7,
+        "loss": 0.5,
+        "node_accuracy_mean": 0.625,
+        "node_accuracy_min": 0.5,
+        "node_f1_mean": 0.6,
+        "node_loss_mean": 0.65,
+        "node_eval_rows": 192,
+        "consensus_a": 0.1,
+        "consensus_b": 0.2,
+        "consensus_ab": 0.3,
+        "method": method,
+        "round": t,
+        "samples_seen": 128 * t,
+        "train_loss": 0.55,
+        "grad_norm": 1.5,
+        "bytes_sent": 1_234_567,
+        "bytes_sent_total": 4_938_268,
+        "bytes_per_edge_round": 8_000,
+        "messages_refused": 2,
+        "wall_s": 3.14159,
+    }
+    if METHODS[method].pooled:  # one model: no node figures, no consensus distances
+        for key in [k for k in rec if k.startswith(("node_", "consensus_"))]:
+            del rec[key]
+    rec.update(extra)
+    return rec
+
+
+# --- metrics.jsonl ---------------------------------------------------------------------------
+
+
+def test_runlog_appends_one_json_line_per_record_and_writes_nan_as_null(tmp_path):
+    log = RunLog(tmp_path)
+    log.write({"method": "dec-lora", "round": 1, "loss": NAN, "f1": math.inf, "x": 0.5})
+    log.write({"method": "dec-lora", "round": 2, "loss": -math.inf, "x": np.float64(NAN)})
+    log.write({"method": "local", "round": 2, "loss": 0.25, "n": 3, "s": "ok", "none": None})
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    parsed = [json.loads(x) for x in lines]  # strict JSON: no NaN or Infinity tokens
+    assert all("NaN" not in x and "Infinity" not in x for x in lines)
+    assert parsed[0] == {"method": "dec-lora", "round": 1, "loss": None, "f1": None, "x": 0.5}
+    assert parsed[1] == {"method": "dec-lora", "round": 2, "loss": None, "x": None}
+    assert parsed[2] == {
+        "method": "local",
+        "round": 2,
+        "loss": 0.25,
+        "n": 3,
+        "s": "ok",
+        "none": None,
+    }
+    assert log.records == parsed  # what the summary and the curves are made from
+
+
+def test_runlog_appends_to_an_existing_file(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"method": "earlier", "round": 1}\n')
+    RunLog(tmp_path).write({"method": "dec-lora", "round": 2})
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["method"] for x in lines] == ["earlier", "dec-lora"]
+
+
+# --- round_record ----------------------------------------------------------------------------
+
+EVAL = {"accuracy": 0.8, "f1": 0.79, "loss": 0.4}
+
+COUNTER_CASES = {
+    "all-trained": [
+        NodeCounters(loss=0.5, grad_norm=1.0, sent=300, payload=100, refused=0),
+        NodeCounters(loss=0.7, grad_norm=2.0, sent=200, payload=100, refused=1),
+        NodeCounters(loss=0.9, grad_norm=3.0, sent=301, payload=100, refused=0),
+    ],
+    "one-sat-out": [
+        NodeCounters(loss=NAN, grad_norm=NAN, sent=0, payload=0, refused=0),
+        NodeCounters(loss=0.2, grad_norm=0.5, sent=450, payload=150, refused=3),
+        NodeCounters(loss=0.6, grad_norm=1.5, sent=300, payload=140, refused=2),
+        NodeCounters(loss=1.0, grad_norm=NAN, sent=1, payload=149, refused=0),
+    ],
+    "all-sat-out": [NodeCounters(), NodeCounters()],
+    "pooled": [NodeCounters(loss=0.3, grad_norm=0.1)],
+}
+
+
+def plain_mean_finite(values) -> float | None:
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else None
+
+
+@pytest.mark.parametrize("nodes", list(COUNTER_CASES.values()), ids=list(COUNTER_CASES))
+def test_round_record_combines_the_node_counters(monkeypatch, nodes):
+    seen = {}
+
+    def fake_eval(s, states):
+        seen["args"] = (s, states)
+        return dict(EVAL)
+
+    monkeypatch.setattr(report, "evaluate_round", fake_eval)
+    session, states = object(), [{"w": i} for i in range(len(nodes))]
+    c = Counters(samples=4096, wall_s=12.5)
+    rec = round_record(session, "dec-lora", 9, states, nodes, c)
+    assert seen["args"] == (session, states)
+    sent = [n.sent for n in nodes]
+    expected = {
+        **EVAL,
+        "method": "dec-lora",
+        "round": 9,
+        "samples_seen": 4096,
+        "bytes_sent": sum(sent) // len(sent),
+        "bytes_sent_total": sum(sent),
+        "bytes_per_edge_round": max(n.payload for n in nodes),
+        "messages_refused": sum(n.refused for n in nodes),
+        "wall_s": 12.5,
+    }
+    for key, value in expected.items():
+        assert rec[key] == value, key
+        assert type(rec[key]) is type(value), key  # plain ints for JSON
+    for key, field in (("train_loss", "loss"), ("grad_norm", "grad_norm")):
+        want = plain_mean_finite([getattr(n, field) for n in nodes])
+        if want is None:
+            assert math.isnan(rec[key])
+        else:
+            assert rec[key] == pytest.approx(want, rel=1e-12)
+    assert set(rec) == {*expected, "train_loss", "grad_norm"}
+
+
+def test_a_round_record_through_runlog_is_valid_json(monkeypatch, tmp_path):
+    monkeypatch.setattr(report, "evaluate_round", lambda s, states: dict(EVAL))
+    rec = round_record(None, "local", 1, [{}, {}], COUNTER_CASES["all-sat-out"], Counters())
+    RunLog(tmp_path).write(rec)
+    line = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert line["train_loss"] is None and line["grad_norm"] is None
+    assert line["bytes_sent"] == 0 and line["method"] == "local"
+
+
+# --- summary.json ----------------------------------------------------------------------------
+
+HEADLINE_CASES = [  # method, headline figures, what summary.json says they are
+    ("dec-lora", (0.75, 0.7, 0.5), "network-average adapter"),
+    ("fedavg", (0.75, 0.7, 0.5), "network-average adapter"),
+    ("centralized", (0.75, 0.7, 0.5), "model"),
+    ("local", (0.625, 0.6, 0.65), "mean of the nodes' own adapters (no node holds the average)"),
+]
+
+
+@pytest.mark.parametrize("method, headline, evaluated", HEADLINE_CASES)
+def test_method_summary_leads_with_what_the_nodes_hold(method, headline, evaluated):
+    last = record(method)
+    out = method_summary(method, last)
+    assert (out["accuracy"], out["f1"], out["loss"]) == headline
+    assert out["evaluated"] == evaluated == HEADLINES[METHODS[method].headline]
+    assert out["average_adapter"] == {"accuracy": 0.75, "f1": 0.7, "loss": 0.5}
+    assert out["bytes_sent_per_node"] == 1_234_567
+    assert out["bytes_sent_total"] == 4_938_268
+    assert out["bytes_per_edge_round"] == 8_000
+    assert out["messages_refused"] == 2
+    assert out["samples_seen"] == 768 and out["rounds"] == 6
+    assert out["wall_s"] == 3.14
+    if METHODS[method].pooled:
+        assert not {"node_mean_accuracy", "node_min_accuracy", "consensus_ab"} & set(out)
+    else:
+        assert out["node_mean_accuracy"] == 0.625 and out["node_min_accuracy"] == 0.5
+        assert out["consensus_ab"] == 0.3
+    json.dumps(out, allow_nan=False)
+
+
+def test_method_summary_carries_a_null_f1_and_consensus():
+    """Instruction pairs have no F1, and B = 0 gives no consensus distance: both come as null
+    from metrics.jsonl and stay null."""
+    out = method_summary("dec-lora", record("dec-lora", f1=None, consensus_ab=None))
+    assert out["f1"] is None and out["average_adapter"]["f1"] is None
+    assert "consensus_ab" in out and out["consensus_ab"] is None
+
+
+def test_start_summary_has_the_spectral_gap_and_the_untrained_start(monkeypatch):
+    """Ring of 5 with Metropolis weights 1/3: eigenvalues (1 + 2 cos(2 pi k / 5)) / 3."""
+    untrained = {"accuracy": 0.5, "f1": 0.33, "loss": 0.69}
+    monkeypatch.setattr(report, "evaluate_untrained", lambda s: dict(untrained))
+    W = np.zeros((5, 5))
+    for i in range(5):
+        for j in (i - 1, i, i + 1):
+            W[i, j % 5] = 1 / 3
+    out = start_summary(SimpleNamespace(W=W))
+    lambda_2 = (1 + 2 * math.cos(2 * math.pi / 5)) / 3
+    assert out["spectral_gap"] == pytest.approx(1 - lambda_2, abs=1e-12)
+    assert out["untrained"] == untrained and out["methods"] == {}
+
+
+def summary_of(methods) -> dict:
+    return {
+        "methods": {m: method_summary(m, record(m)) for m in methods},
+        "untrained": {"accuracy": 0.5, "f1": 0.3333, "loss": 0.6931},
+        "spectral_gap": 0.4607,
+    }
+
+
+@pytest.mark.parametrize(
+    "methods", [["dec-lora"], ["dec-lora", "centralized", "local"], list(METHODS)]
+)
+def test_results_table_has_one_row_per_method_then_the_start_and_the_gap(methods):
+    lines = results_table(summary_of(methods)).splitlines()
+    assert lines[0].split() == [
+        "method",
+        "accuracy",
+        "f1",
+        "loss",
+        "node",
+        "min",
+        "MB",
+        "sent/node",
+        "wall",
+        "s",
+    ]
+    assert set(lines[1]) == {"-"} and len(lines[1]) == len(lines[0])
+    rows = lines[2:-2]
+    assert [r.split()[0] for r in rows] == methods
+    for row, name in zip(rows, methods):
+        cells = row.split()
+        head = (0.625, 0.6, 0.65) if name == "local" else (0.75, 0.7, 0.5)
+        assert [float(x) for x in cells[1:4]] == list(head)
+        node_min = [] if METHODS[name].pooled else ["0.5000"]  # blank for one model
+        assert cells[4:] == [*node_min, "1.23", "3.1"]
+    assert lines[-2] == "untrained start (LoRA B = 0): accuracy 0.5000, loss 0.6931"
+    assert lines[-1] == "spectral gap of the mixing matrix: 0.4607"
+
+
+def test_results_table_leaves_a_missing_f1_blank():
+    summary = summary_of(["dec-lora"])
+    summary["methods"]["dec-lora"]["f1"] = None
+    row = results_table(summary).splitlines()[2]
+    assert row.split() == ["dec-lora", "0.7500", "0.5000", "0.5000", "1.23", "3.1"]
+
+
+# --- curves.png ------------------------------------------------------------------------------
+
+
+def curve_records() -> list[dict]:
+    recs = []
+    for t in (3, 6):
+        recs.append(record("dec-lora", t))
+        recs.append(record("centralized", t))
+        recs.append(record("local", t))
+    recs.append(record("fedavg", 6, consensus_a=None, consensus_b=None, consensus_ab=None))
+    # B = 0 at the first evaluation: the consensus distances are null in metrics.jsonl
+    recs.insert(0, record("dec-lora", 1, consensus_a=None, consensus_b=None, consensus_ab=None))
+    return recs
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        curve_records(),
+        [record("dec-lora", 3, consensus_a=None, consensus_b=None, consensus_ab=None)],
+        [record("centralized", 3), record("centralized", 6)],
+        [record("dec-lora", 3, loss=None), record("dec-lora", 6)],
+    ],
+    ids=["every-method", "no-consensus-yet", "pooled-only", "null-loss"],
+)
+def test_plot_curves_writes_a_png(tmp_path, records):
+    path = tmp_path / "curves.png"
+    plot_curves(records, path)
+    data = path.read_bytes()
+    assert data[:8] == PNG and len(data) > 1000
+
+
+# --- output folder ---------------------------------------------------------------------------
+
+
+def test_make_out_dir_creates_a_new_folder_and_accepts_an_empty_one(tmp_path):
+    new = tmp_path / "a" / "b" / "run"
+    assert make_out_dir(load_config(None, [f"out={new}"])) == new
+    assert new.is_dir() and not any(new.iterdir())
+    assert make_out_dir(load_config(None, [f"out={new}"])) == new  # still empty: fine
+
+
+def test_make_out_dir_refuses_a_folder_that_holds_files(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(ConfigError, match="already holds files") as err:
+        make_out_dir(load_config(None, [f"out={out}"]))
+    assert str(out) in str(err.value) and "\n" not in str(err.value)
+    assert (out / "metrics.jsonl").read_text() == "{}\n"  # nothing touched
+
+
+def test_make_out_dir_defaults_to_a_timestamped_folder_under_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = make_out_dir(load_config(None, []))
+    assert out.parent.name == "runs" and out.is_dir()
+    assert len(out.name) == len("20240101-120000") and out.name[8] == "-"
+    assert out.name.replace("-", "").isdigit()
+
+
+def test_a_single_local_node_reports_the_network_figures(tmp_path):
+    """With one node there are no per-node figures: that node holds the network's adapter."""
+    last = {k: v for k, v in record("local").items() if not k.startswith("node_")}
+    out = method_summary("local", last)
+    assert (out["accuracy"], out["f1"], out["loss"]) == (0.75, 0.7, 0.5)
+    plot_curves([last], tmp_path / "c.png")
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
