@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from declora.consensus import product_row
+from declora.gossip import row_weights
 from declora.tensors import State
 
 
@@ -81,3 +82,14 @@ def label_counts(
     for i, part in enumerate(parts):
         counts[i] = np.bincount(y[np.asarray(part, dtype=np.int64)], minlength=c)
     return counts
+
+
+def exchange_round(exchanges, states, W: np.ndarray, t: int = 1):
+    """A round's messages without frames or transport: every node sends, then mixes what its
+    neighbours (row i of W) sent. Returns (new states, payloads)."""
+    payloads = [ex.outgoing(x, t) for ex, x in zip(exchanges, states)]
+    out = []
+    for i, (ex, x) in enumerate(zip(exchanges, states)):
+        w = row_weights(W, i)
+        out.append(ex.incoming(x, {j: payloads[j] for j in w if j != i}, w))
+    return out, payloads

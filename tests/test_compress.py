@@ -23,7 +23,7 @@ from declora.compress import (
 from declora.config import CompressionConfig, ConfigError, load_config
 from declora.consensus import mix_row
 from declora.gossip import Exchange, row_weights
-from tests.reference import mix
+from tests.reference import exchange_round, mix
 
 
 def spec(**kw) -> CompressionConfig:
@@ -278,15 +278,6 @@ def states(n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
     ]
 
 
-def gossip_round(exchanges, xs, W, t):
-    payloads = [ex.outgoing(x, t) for ex, x in zip(exchanges, xs)]
-    out = []
-    for i, (ex, x) in enumerate(zip(exchanges, xs)):
-        w = row_weights(W, i)
-        out.append(ex.incoming(x, {j: payloads[j] for j in w if j != i}, w))
-    return out, payloads
-
-
 def ring(n: int = 5) -> np.ndarray:
     return topo.mixing_matrix(topo.build_graph("ring", n), "metropolis")
 
@@ -304,7 +295,7 @@ def spread(xs) -> float:
 def test_uncompressed_exchange_is_plain_dec_lora_mixing(scheme):
     W, xs = ring(), states(5)
     exchanges = [Exchange(i, template(), spec(scheme=scheme)) for i in range(5)]
-    got, payloads = gossip_round(exchanges, xs, W, 1)
+    got, payloads = exchange_round(exchanges, xs, W, 1)
     for g, ref in zip(got, mix(xs, W)):
         for k in ref:
             assert torch.allclose(g[k], ref[k], atol=1e-6)
@@ -315,7 +306,7 @@ def test_choco_step_size_gamma():
     """Uncompressed CHOCO with gamma: x_i + gamma * (sum_j W_ij x_j - x_i)."""
     W, xs, gamma = ring(), states(5), 0.3
     exchanges = [Exchange(i, template(), spec(scheme="choco", gamma=gamma)) for i in range(5)]
-    got, _ = gossip_round(exchanges, xs, W, 1)
+    got, _ = exchange_round(exchanges, xs, W, 1)
     for g, x, m in zip(got, xs, mix(xs, W)):
         for k in x:
             assert torch.allclose(g[k], x[k] + gamma * (m[k] - x[k]), atol=1e-6)
@@ -327,7 +318,7 @@ def test_choco_public_copies_agree_on_every_node():
     s = spec(kind="quantize", bits=2, block=8, scheme="choco")
     exchanges = [Exchange(i, template(), s, seed=4) for i in range(5)]
     for t in range(1, 6):
-        xs, _ = gossip_round(exchanges, xs, W, t)
+        xs, _ = exchange_round(exchanges, xs, W, t)
         for i, ex in enumerate(exchanges):
             for j, copy in ex.public.items():
                 assert torch.equal(copy, exchanges[j].public[j]), (t, i, j)
@@ -346,7 +337,7 @@ def test_choco_keeps_the_network_average_where_direct_lets_it_drift():
         exchanges = [Exchange(i, template(), s, seed=1) for i in range(5)]
         xs = x0
         for t in range(1, 61):
-            xs, _ = gossip_round(exchanges, xs, W, t)
+            xs, _ = exchange_round(exchanges, xs, W, t)
         assert spread(xs) < 1e-3 * spread(x0), scheme
         drift[scheme] = float((flat_all(xs).mean(0) - mean0).norm() / mean0.norm())
     assert drift["choco"] < 1e-6

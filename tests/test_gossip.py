@@ -12,6 +12,7 @@ import torch
 from declora.compress import HEADER, decompress
 from declora.config import CompressionConfig
 from declora.gossip import Exchange, row_weights
+from tests.reference import exchange_round
 
 RANK = 3
 SHAPES = {  # PEFT orientation: lora_A (r, d_in), lora_B (d_out, r); then a task head
@@ -55,16 +56,6 @@ def states(n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
 
 def flat_np(state: dict[str, torch.Tensor], keys) -> np.ndarray:
     return np.concatenate([state[k].numpy().astype(np.float64).ravel() for k in keys])
-
-
-def one_round(exchanges, xs, W: np.ndarray, t: int):
-    """Every node sends, then mixes what its neighbours (row of W) sent; (new states, payloads)."""
-    payloads = [ex.outgoing(x, t) for ex, x in zip(exchanges, xs)]
-    out = []
-    for i, (ex, x) in enumerate(zip(exchanges, xs)):
-        w = row_weights(W, i)
-        out.append(ex.incoming(x, {j: payloads[j] for j in w if j != i}, w))
-    return out, payloads
 
 
 def ring_w(n: int) -> np.ndarray:
@@ -185,7 +176,7 @@ def test_frozen_a_never_touches_a_even_when_neighbours_hold_another_a(scheme):
     exchanges = [
         Exchange(i, template(), spec(scheme=scheme), consensus="frozen_a") for i in range(4)
     ]
-    got, _ = one_round(exchanges, xs, W, 1)
+    got, _ = exchange_round(exchanges, xs, W, 1)
     for i, g in enumerate(got):
         for k in A_KEYS:
             assert torch.equal(g[k], xs[i][k])
@@ -203,7 +194,7 @@ def test_choco_public_copies_hold_the_template_plus_the_decoded_messages():
     s = spec(kind="quantize", bits=3, block=4, scheme="choco")
     exchanges = [Exchange(i, template(), s, seed=2) for i in range(n)]
     assert all(ex.state_dict() == {} for ex in exchanges)  # no copy before the first round
-    _, payloads = one_round(exchanges, xs, W, 1)
+    _, payloads = exchange_round(exchanges, xs, W, 1)
     sizes = exchanges[0].sizes
     start = torch.cat([v.reshape(-1) for v in template().values()])
     for i, ex in enumerate(exchanges):
@@ -218,7 +209,7 @@ def test_uncompressed_choco_copies_are_the_adapters_and_gamma_scales_the_step():
     n, W, gamma = 4, ring_w(4), 0.4
     xs = states(n, seed=10)
     exchanges = [Exchange(i, template(), spec(scheme="choco", gamma=gamma)) for i in range(n)]
-    got, _ = one_round(exchanges, xs, W, 1)
+    got, _ = exchange_round(exchanges, xs, W, 1)
     for i, ex in enumerate(exchanges):
         for j in range(n):
             if W[i, j]:
@@ -238,7 +229,7 @@ def test_choco_step_from_the_decoded_copies():
     xs = states(n, seed=11)
     s = spec(kind="quantize", bits=4, block=0, scheme="choco", gamma=gamma)
     exchanges = [Exchange(i, template(), s, seed=3) for i in range(n)]
-    got, payloads = one_round(exchanges, xs, W, 1)
+    got, payloads = exchange_round(exchanges, xs, W, 1)
     start = flat_np(template(), SHAPES)
     sizes = exchanges[0].sizes
     hat = [start + decompress(p, sizes).numpy().astype(np.float64) for p in payloads]
@@ -256,15 +247,15 @@ def test_choco_checkpoint_round_trip_resumes_identically():
     original = [Exchange(i, template(), s, seed=6) for i in range(n)]
     xs = states(n, seed=12)
     for t in (1, 2):
-        xs, _ = one_round(original, xs, W, t)
+        xs, _ = exchange_round(original, xs, W, t)
     saved = [ex.state_dict() for ex in original]
     resumed = [Exchange(i, template(), s, seed=6) for i in range(n)]
     for ex, st in zip(resumed, saved):
         ex.load_state_dict(st)
     blank = [Exchange(i, template(), s, seed=6) for i in range(n)]
 
-    want, want_payloads = one_round(original, xs, W, 3)
-    got, got_payloads = one_round(resumed, xs, W, 3)
+    want, want_payloads = exchange_round(original, xs, W, 3)
+    got, got_payloads = exchange_round(resumed, xs, W, 3)
     assert got_payloads == want_payloads
     for g, w in zip(got, want):
         for k in SHAPES:
@@ -273,7 +264,7 @@ def test_choco_checkpoint_round_trip_resumes_identically():
         assert ex.state_dict().keys() == ref.state_dict().keys()
         for k, v in ex.state_dict().items():
             assert torch.equal(v, ref.state_dict()[k])
-    _, blank_payloads = one_round(blank, xs, W, 3)
+    _, blank_payloads = exchange_round(blank, xs, W, 3)
     assert blank_payloads != want_payloads
 
 
@@ -296,7 +287,7 @@ def test_state_dict_is_a_copy():
 def test_direct_exchange_keeps_no_state():
     xs = states(4, seed=14)
     exchanges = [Exchange(i, template(), spec(kind="quantize", bits=4)) for i in range(4)]
-    one_round(exchanges, xs, ring_w(4), 1)
+    exchange_round(exchanges, xs, ring_w(4), 1)
     assert all(ex.state_dict() == {} for ex in exchanges)
 
 

@@ -19,11 +19,11 @@ from declora.consensus import (
     product_row,
     refactor,
 )
-from declora.gossip import Exchange, row_weights
+from declora.gossip import Exchange
 from declora.sim import run
 from declora.tensors import is_lora_a, numel
 from tests.helpers import tiny_args
-from tests.reference import mix, mix_products
+from tests.reference import exchange_round, mix, mix_products
 
 RANK = 3
 SHAPES = {  # PEFT orientation: lora_A (r, d_in), lora_B (d_out, r)
@@ -51,16 +51,6 @@ def ring(n: int) -> np.ndarray:
 def numpy_rank_r(P: np.ndarray, r: int) -> np.ndarray:
     U, S, Vt = np.linalg.svd(P, full_matrices=False)
     return (U[:, :r] * S[:r]) @ Vt[:r]
-
-
-def exchange_round(exchanges, states, W, t=1):
-    """A round's messages without frames: every node sends, then mixes what it received."""
-    payloads = [ex.outgoing(s, t) for ex, s in zip(exchanges, states)]
-    out = []
-    for i, (ex, s) in enumerate(zip(exchanges, states)):
-        weights = row_weights(W, i)
-        out.append(ex.incoming(s, {j: payloads[j] for j in weights if j != i}, weights))
-    return out, payloads
 
 
 # --- product ---------------------------------------------------------------------------------

@@ -68,12 +68,6 @@ def round_plan(
     return RoundPlan(topo.surviving_mixing(adj, up), active)
 
 
-def plan_for(cfg, adj: np.ndarray, W: np.ndarray, round_: int) -> RoundPlan:
-    """:func:`round_plan` with the drop rates and seed of a Config."""
-    f = cfg.faults
-    return round_plan(adj, W, f.link_drop, f.node_drop, cfg.seed, round_)
-
-
 def no_faults(W: np.ndarray | None, n: int) -> RoundPlan:
     """Every node active and the given W (methods that the faults do not apply to)."""
     return RoundPlan(W, np.ones(n, dtype=bool))

@@ -41,7 +41,8 @@ def is_eval_round(cfg: Config, t: int) -> bool:
 def plan_of_round(s: Session, party: Party, t: int) -> faults.RoundPlan:
     """Round t's W and active nodes: the config's faults apply to methods that take them."""
     if party.method.faults:
-        return faults.plan_for(s.cfg, s.adj, party.W, t)
+        f = s.cfg.faults
+        return faults.round_plan(s.adj, party.W, f.link_drop, f.node_drop, s.cfg.seed, t)
     return faults.no_faults(party.W, party.size)
 
 
