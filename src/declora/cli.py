@@ -46,6 +46,14 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_survey(args: argparse.Namespace) -> int:
+    from declora.survey import write_survey
+
+    path, overrides = _split_args(args.items)
+    write_survey(load_config(path, overrides))
+    return 0
+
+
 def cmd_launch(args: argparse.Namespace) -> int:
     from declora.dist import launch
 
@@ -145,7 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_small_commands(sub) -> None:
-    """The hidden worker and ``configs``."""
+    """``survey``, the hidden worker and ``configs``."""
+    survey = sub.add_parser(
+        "survey",
+        help="the data before training: rows, labels and text lengths per node",
+        description="declora survey [CONFIG] [key=value ...]: each node's training rows, label "
+        "shares and text lengths, and how far each node's label mix is from the pooled one, "
+        "for the same split a run would train on. Writes survey.json and survey.png to out=.",
+    )
+    survey.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]")
+    survey.set_defaults(func=cmd_survey)
     worker = sub.add_parser("worker")  # hidden: the body of one torchrun process
     worker.add_argument("items", nargs="*")
     worker.set_defaults(func=cmd_worker)

@@ -130,10 +130,21 @@ def label_ids(raw: list, column: str) -> tuple[np.ndarray, list[str]]:
     return np.array([index[t] for t in texts], dtype=np.int64), keys
 
 
-def load_dataset(cfg: Config, tokenizer, build: Build) -> tuple[Dataset, Dataset]:
-    """(train, eval) datasets for a Config; eval is held out with ``data.split_seed``.
+@dataclass
+class Rows:
+    """The config's rows before tokenizing: texts, label ids, and the training / held-out split."""
 
-    ``build`` (the task's, :mod:`declora.tasks`) turns the rows into token ids."""
+    rows: list[dict]
+    texts: list[str]
+    labels: np.ndarray  # (rows,) int64
+    names: list[str]
+    train_idx: np.ndarray  # sorted
+    eval_idx: np.ndarray  # in shuffled order: the first node_eval_size rows are a random sample
+
+
+def load_rows(cfg: Config) -> Rows:
+    """Read ``data.path``, check its columns, map labels to ids and hold out ``data.eval_size``
+    rows with ``data.split_seed`` (the same rows whatever the run seed)."""
     d = cfg.data
     rows = read_rows(d.path)
     if not rows:
@@ -153,13 +164,18 @@ def load_dataset(cfg: Config, tokenizer, build: Build) -> tuple[Dataset, Dataset
     if d.eval_size >= len(rows):
         raise DataError(f"data.eval_size={d.eval_size} leaves no training rows ({len(rows)} rows)")
     order = np.random.default_rng(d.split_seed).permutation(len(rows))
-    # eval rows stay in shuffled order, so its first node_eval_size rows are a random sample
     eval_idx, train_idx = order[: d.eval_size], order[d.eval_size :]
     if d.train_size is not None:
         train_idx = train_idx[: d.train_size]
-    train_idx = np.sort(train_idx)
-    full = build(cfg, tokenizer, rows, texts, labels, names)
-    return full.subset(train_idx), full.subset(eval_idx)
+    return Rows(rows, texts, labels, names, np.sort(train_idx), eval_idx)
+
+
+def load_dataset(cfg: Config, tokenizer, build: Build) -> tuple[Dataset, Dataset]:
+    """(train, eval) datasets for a Config (:func:`load_rows`); ``build`` (the task's,
+    :mod:`declora.tasks`) turns the rows into token ids."""
+    r = load_rows(cfg)
+    full = build(cfg, tokenizer, r.rows, r.texts, r.labels, r.names)
+    return full.subset(r.train_idx), full.subset(r.eval_idx)
 
 
 def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

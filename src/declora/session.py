@@ -58,12 +58,13 @@ def graph_for(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
         raise ConfigError(f"topology: {err}") from None
 
 
-def split(cfg: Config, train: Dataset) -> list[np.ndarray]:
-    """Row ids of each node's share of ``train`` (config ``partition``)."""
+def split(cfg: Config, labels: np.ndarray) -> list[np.ndarray]:
+    """Row ids of each node's share of the training rows whose labels are ``labels``
+    (config ``partition``)."""
     p = cfg.partition
     try:
         return part.partition(
-            train.labels, cfg.nodes, p.kind, alpha=p.alpha, proportions=p.proportions, seed=cfg.seed
+            labels, cfg.nodes, p.kind, alpha=p.alpha, proportions=p.proportions, seed=cfg.seed
         )
     except ValueError as err:
         raise ConfigError(f"partition: {err}") from None
@@ -79,7 +80,7 @@ def prepare(cfg: Config, node: int | None = None) -> Session:
     key = wire.read_key(cfg.security.key_file) if cfg.security.key_file else None
     task, tok = task_for(cfg), load_tokenizer(cfg)
     train, held_out = load_task_data(cfg, tok)
-    parts = split(cfg, train)
+    parts = split(cfg, train.labels)
     sizes = [len(ix) for ix in parts]
     if node is not None:
         train = train.subset(parts[node])

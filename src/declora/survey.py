@@ -1,0 +1,114 @@
+"""``declora survey``: the data before any training, the first step of a rollout.
+
+For each node: its training rows, their label histogram and the length of their texts in
+words; across nodes, how far apart their label mixes are: the total-variation distance of each
+node's label shares from the pooled shares, 0.5 * sum_c |p_ic - p_c| (0 when a node holds the
+pooled mix, near 1 when it holds classes the others barely have). The rows and the split are
+exactly those a run of the same config trains on (same held-out rows, same partition); no model
+is loaded. Writes ``survey.json`` and ``survey.png`` (label shares per node).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from declora.config import Config
+from declora.data import load_rows
+from declora.outputs import make_out_dir
+from declora.session import split
+
+
+def survey(cfg: Config) -> dict:
+    """Per-node rows, label counts and shares, text lengths, and the label heterogeneity."""
+    r = load_rows(cfg)
+    labels = r.labels[r.train_idx]  # (train rows,)
+    words = np.array([len(r.texts[i].split()) for i in r.train_idx])  # (train rows,)
+    parts = split(cfg, labels)
+    counts = np.stack([np.bincount(labels[p], minlength=len(r.names)) for p in parts])  # (n, C)
+    shares = counts / counts.sum(1, keepdims=True)
+    pooled = counts.sum(0) / counts.sum()  # (C,)
+    tv = 0.5 * np.abs(shares - pooled).sum(1)  # (n,)
+    nodes = [
+        {
+            "node": i,
+            "rows": int(counts[i].sum()),
+            "counts": dict(zip(r.names, counts[i].tolist())),
+            "shares": dict(zip(r.names, shares[i].round(4).tolist())),
+            "words_mean": round(float(words[p].mean()), 1),
+            "words_max": int(words[p].max()),
+            "tv_from_pooled": round(float(tv[i]), 4),
+        }
+        for i, p in enumerate(parts)
+    ]
+    return {
+        "data": cfg.data.path,
+        "partition": cfg.partition.model_dump(),
+        "labels": r.names,
+        "rows": int(counts.sum()),
+        "held_out_rows": len(r.eval_idx),
+        "pooled_shares": dict(zip(r.names, pooled.round(4).tolist())),
+        "heterogeneity": {"tv_mean": float(tv.mean()), "tv_max": float(tv.max())},
+        "nodes": nodes,
+    }
+
+
+def format_survey(sv: dict) -> str:
+    """The survey as a plain-text table, one row per node."""
+    names = sv["labels"]
+    shown = names if len(names) <= 6 else names[:5]
+    head = f"{'node':>4} {'rows':>7} " + " ".join(f"{n[:9]:>9}" for n in shown)
+    head += f" {'words':>6} {'max':>5} {'TV':>6}"
+    lines = [head, "-" * len(head)]
+    for n in sv["nodes"]:
+        cells = " ".join(f"{n['shares'][c]:>9.2f}" for c in shown)
+        lines.append(
+            f"{n['node']:>4} {n['rows']:>7,} {cells} {n['words_mean']:>6.1f} "
+            f"{n['words_max']:>5} {n['tv_from_pooled']:>6.3f}"
+        )
+    h = sv["heterogeneity"]
+    lines.append(
+        f"{sv['rows']:,} training rows ({sv['held_out_rows']:,} held out), {len(names)} labels; "
+        f"label shares per node; words per text (mean, max); TV = distance of a node's label "
+        f"mix from the pooled one: mean {h['tv_mean']:.3f}, max {h['tv_max']:.3f}"
+    )
+    return "\n".join(lines)
+
+
+def plot_survey(sv: dict, path: Path) -> None:
+    """survey.png: each node's label shares as one stacked bar, its row count beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nodes = sv["nodes"]
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * len(nodes)))
+    left = np.zeros(len(nodes))
+    for name in sv["labels"]:
+        share = np.array([n["shares"][name] for n in nodes])
+        ax.barh([n["node"] for n in nodes], share, left=left, label=name)
+        left += share
+    for n in nodes:
+        ax.text(1.01, n["node"], f"{n['rows']:,} rows", va="center", fontsize=8)
+    h = sv["heterogeneity"]
+    ax.set(xlim=(0, 1), xlabel="label share", ylabel="node", yticks=[n["node"] for n in nodes])
+    ax.set_title(f"label mix per node (TV from pooled: mean {h['tv_mean']:.3f})", fontsize=10)
+    ax.invert_yaxis()
+    ax.legend(title="label", fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_survey(cfg: Config, echo=print) -> tuple[Path, dict]:
+    """Survey the config's data; write survey.json and survey.png to a new ``out`` folder."""
+    sv = survey(cfg)
+    out = make_out_dir(cfg)
+    (out / "survey.json").write_text(json.dumps(sv, indent=2))
+    plot_survey(sv, out / "survey.png")
+    echo(format_survey(sv))
+    echo(f"written: {out / 'survey.json'}, {out / 'survey.png'}")
+    return out, sv

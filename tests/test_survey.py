@@ -1,0 +1,92 @@
+"""``declora survey``: per-node counts and shares equal an independent count over the same
+split a run trains on; the heterogeneity figure against a numpy reference; files and errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from declora.cli import main
+from declora.config import load_config
+from declora.data import load_rows
+from declora.partition import partition
+from declora.survey import format_survey, survey
+from tests.helpers import tiny_args
+from tests.reference import label_counts
+
+SKEW = ["partition.kind=label_skew", "partition.proportions=[[0.9,0.1],[0.1,0.9],[0.5,0.5]]"]
+
+
+def config(tiny_model_dir, tiny_csv, tmp_path, *extra):
+    args = [*tiny_args(tiny_model_dir, tiny_csv, tmp_path / "out"), "nodes=3", *extra]
+    return load_config(None, args)
+
+
+@pytest.mark.parametrize("extra", [[], SKEW, ["partition.kind=dirichlet", "partition.alpha=0.3"]])
+def test_counts_and_heterogeneity_match_an_independent_count(
+    tiny_model_dir, tiny_csv, tmp_path, extra
+):
+    cfg = config(tiny_model_dir, tiny_csv, tmp_path, *extra)
+    sv = survey(cfg)
+    rows = load_rows(cfg)
+    labels = rows.labels[rows.train_idx]
+    p = cfg.partition
+    parts = partition(labels, 3, p.kind, alpha=p.alpha, proportions=p.proportions, seed=cfg.seed)
+    counts = label_counts(labels, parts, n_classes=2)  # (3, 2)
+    assert [list(n["counts"].values()) for n in sv["nodes"]] == counts.tolist()
+    shares = counts / counts.sum(1, keepdims=True)
+    pooled = counts.sum(0) / counts.sum()
+    tv = [0.5 * sum(abs(shares[i, c] - pooled[c]) for c in range(2)) for i in range(3)]
+    assert sv["heterogeneity"]["tv_mean"] == pytest.approx(np.mean(tv))
+    assert sv["heterogeneity"]["tv_max"] == pytest.approx(max(tv))
+    assert sv["rows"] == counts.sum() and sv["held_out_rows"] == 96
+    words = [len(rows.texts[rows.train_idx[i]].split()) for i in parts[0]]
+    assert sv["nodes"][0]["words_max"] == max(words)
+
+
+def test_label_skew_reads_as_more_heterogeneous_than_iid(tiny_model_dir, tiny_csv, tmp_path):
+    iid = survey(config(tiny_model_dir, tiny_csv, tmp_path))
+    skew = survey(config(tiny_model_dir, tiny_csv, tmp_path, *SKEW))
+    assert iid["heterogeneity"]["tv_mean"] < 0.1 < skew["heterogeneity"]["tv_mean"]
+    assert skew["nodes"][0]["shares"]["negative"] == pytest.approx(0.9, abs=0.02)
+    table = format_survey(skew).splitlines()
+    assert len(table) == 2 + 3 + 1 and "negative" in table[0]
+
+
+def test_the_command_writes_json_and_png(tiny_model_dir, tiny_csv, tmp_path):
+    args = tiny_args(tiny_model_dir, tiny_csv, tmp_path / "out")
+    assert main(["survey", *args, "nodes=3", *SKEW]) == 0
+    sv = json.loads((tmp_path / "out" / "survey.json").read_text())
+    assert [n["node"] for n in sv["nodes"]] == [0, 1, 2]
+    assert (tmp_path / "out" / "survey.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["data.label_column=nope"], "column 'nope' not found"),
+        (["nodes=1000"], "partition"),
+        (["data.path=/nonexistent.csv"], "file not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(
+    tiny_model_dir, tiny_csv, tmp_path, capsys, extra, message
+):
+    args = tiny_args(tiny_model_dir, tiny_csv, tmp_path / "out")
+    assert main(["survey", *args, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.count("\n") == 0
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_survey_sees_the_rows_a_run_trains_on(tiny_model_dir, tiny_csv, tmp_path):
+    from declora.session import prepare
+
+    cfg = config(tiny_model_dir, tiny_csv, tmp_path, *SKEW)
+    s = prepare(cfg)
+    sv = survey(cfg)
+    assert [n["rows"] for n in sv["nodes"]] == s.sizes
+    for n, ix in zip(sv["nodes"], s.parts):
+        assert list(n["counts"].values()) == np.bincount(s.train.labels[ix], minlength=2).tolist()
