@@ -148,5 +148,5 @@ def train_steps(model: nn.Module, node: Node, steps: int, collate: Collate) -> f
         losses.append(out.loss.detach().item())
     node.rng_state = torch.get_rng_state()
     torch.set_rng_state(saved_rng)
-    node.last_loss = sum(losses) / len(losses)
+    node.last_loss = sum(losses) / len(losses) if losses else math.nan
     return node.last_loss
