@@ -14,9 +14,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from declora import lm, session, sim
 from declora.cli import main
 from declora.config import ConfigError, load_config
-from declora.data import DataError
 from declora.estimate import estimate
 from declora.methods import METHODS
+from declora.sources import DataError
 from declora.tasks import TASKS, load_task_data
 from tests.helpers import cue_pairs, tiny_llama_args, write_csv
 

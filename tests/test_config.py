@@ -54,6 +54,18 @@ def test_yaml_file_then_overrides(tmp_path):
         (["lora=4"], "lora"),
         (["nodes"], "key=value"),
         (["=3"], "key=value"),
+        (["nodes=true"], "nodes: Input should be a valid integer (got True)"),
+        (["local_steps=2.0"], "local_steps: Input should be a valid integer"),
+        (["lr=.inf"], "lr: Input should be a finite number"),
+        (["lr=.nan"], "lr: Input should be a finite number"),
+        (["method_lr={centralized: .nan}"], "method_lr.centralized: Input should be a finite"),
+        (["peer_timeout=.inf"], "peer_timeout: Input should be a finite number"),
+        (["lora.alpha=.inf"], "lora.alpha"),
+        (["compression.block=4294967296"], "compression.block"),
+        (["seed=-1"], "seed: Input should be greater than or equal to 0"),
+        (["seed=100000000000000000000000"], "seed: Input should be less than or equal to"),
+        (["data.split_seed=-1"], "data.split_seed"),
+        (["data.label_column=text"], "data.text_column and data.label_column are both 'text'"),
     ],
 )
 def test_bad_config_is_one_clear_line(overrides, message):
@@ -70,6 +82,8 @@ def test_bad_config_is_one_clear_line(overrides, message):
         ("nodes: [1, 2\n", "not valid YAML"),
         ("- 1\n- 2\n", "expected a mapping"),
         ("lora:\n  ranks: 4\n", "unknown config key 'lora.ranks'"),
+        ("nodes: 4\nrounds: 2\nnodes: 5\n", "line 3: key 'nodes' given twice"),
+        ("lora:\n  rank: 4\n  rank: 8\n", "line 3: key 'rank' given twice"),
     ],
 )
 def test_bad_config_file(tmp_path, yaml_text, message):
@@ -92,6 +106,8 @@ def test_missing_config_file_names_it():
         (["run", "topology.kind=grid", "nodes=7"], "grid"),
         (["run", "topology.kind=custom", "topology.edges=[[0,1],[2,3]]", "nodes=4"], "topology"),
         (["run", "topology.kind=erdos_renyi", "topology.p=0.01", "nodes=30"], "topology.p"),
+        (["estimate", "--num-labels", "0"], "--num-labels 0: a task has at least 2 classes"),
+        (["run", "security.key_file=/nonexistent/key"], "security.key_file"),
     ],
 )
 def test_cli_exit_code_2_and_nothing_written(tmp_path, capsys, args, message):
@@ -114,3 +130,23 @@ def test_configs_command_lists_them(capsys):
     assert "default" in capsys.readouterr().out
     assert main(["configs", "--fields"]) == 0
     assert "lora.rank" in capsys.readouterr().out
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "latin.yaml"
+    path.write_bytes("# caf\u00e9\nnodes: 4\n".encode("cp1252"))
+    with pytest.raises(ConfigError, match="latin.yaml: not UTF-8 text"):
+        load_config(str(path))
+
+
+@pytest.mark.parametrize("kind", ["file", "uncreatable"])
+def test_an_output_path_that_cannot_be_a_folder_is_one_line(tmp_path, capsys, kind):
+    """The model loads first (a tiny config would take seconds): check the folder alone."""
+    from declora.outputs import make_out_dir
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    out = blocker if kind == "file" else blocker / "sub"
+    message = "is a file, not a folder" if kind == "file" else "cannot create the folder"
+    with pytest.raises(ConfigError, match=message):
+        make_out_dir(load_config(None, [f"out={out}"]))

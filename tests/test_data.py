@@ -9,7 +9,8 @@ import pytest
 
 from declora.cli import main
 from declora.config import load_config
-from declora.data import DataError, Sampler, read_rows
+from declora.data import Sampler, load_rows
+from declora.sources import DataError, read_rows
 from declora.tasks import TASKS, load_task_data
 from tests.helpers import synthetic_rows
 
@@ -128,7 +129,7 @@ def _small(tmp_path):
         (_wrong_columns, [], "column 'text' not found"),
         (_wrong_columns, ["data.text_column=review"], "column 'label' not found"),
         (_one_class, [], "at least 2 classes"),
-        (_blank_labels, [], "empty label"),
+        (_blank_labels, [], "blank.csv:2: no label in column 'label'"),
         (_broken_jsonl, [], "not a JSON object per line"),
         (_small, ["data.eval_size=30"], "leaves no training rows"),
         (lambda tmp: tmp / "missing.csv", [], "file not found"),
@@ -150,3 +151,79 @@ def test_node_without_data_is_refused_before_anything_is_written(tmp_path, tiny_
     assert code == 2
     assert "partition" in capsys.readouterr().err
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- files as they come in practice
+
+
+def write(tmp_path, name: str, content) -> str:
+    p = tmp_path / name
+    p.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return str(p)
+
+
+def rows_of(n: int, label=lambda i: i % 2) -> str:
+    return "text,label\n" + "".join(f"row {i},{label(i)}\n" for i in range(n))
+
+
+CP1252 = (
+    "text,label\n" + "".join(f"caf\u00e9 cr\u00e8me {i},{i % 2}\n" for i in range(40))
+).encode("cp1252")
+
+
+@pytest.mark.parametrize(
+    "name, content, extra, message",
+    [
+        ("latin.csv", CP1252, [], "latin.csv:2: not utf-8 text; perhaps"),
+        ("latin.csv", CP1252, ["data.encoding=klingon"], "data.encoding=klingon: unknown encoding"),
+        ("dup.csv", "text,label,text\n" + "a,1,b\n" * 40, [], "dup.csv:1: column 'text' appears twice"),
+        ("list.jsonl", '{"text": "a", "label": 1}\n[1, 2]\n', [], "list.jsonl:2: expected a JSON object"),
+        ("short.jsonl", '{"text": "a", "label": 1}\n{"label": 0}\n', [], "short.jsonl:2: no 'text' field"),
+        ("nan.csv", rows_of(40, lambda i: "nan" if i == 7 else i % 2), [], "nan.csv:9: no label"),
+        ("null.jsonl", "".join(f'{{"text": "r", "label": {"null" if i == 3 else i % 2}}}\n' for i in range(40)), [], "null.jsonl:4: no label"),
+        ("bad.json", "[{\"text\": \"a\", \"label\": 1},\n oops]", [], "bad.json:2: not valid JSON"),
+        ("same.csv", rows_of(40), ["data.label_column=text"], "both 'text'"),
+    ],
+)  # fmt: skip
+def test_files_as_they_come_in_practice_give_one_line(
+    tmp_path, capsys, name, content, extra, message
+):
+    path = write(tmp_path, name, content)
+    args = [f"data.path={path}", "data.eval_size=5", f"out={tmp_path / 'out'}", *extra]
+    assert main(["run", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.count("\n") == 0, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_suggested_encoding_reads_the_file(tmp_path):
+    path = write(tmp_path, "latin.csv", CP1252)
+    rows = load_rows(
+        load_config(None, [f"data.path={path}", "data.eval_size=5", "data.encoding=cp1252"])
+    )
+    assert rows.texts[0] == "caf\u00e9 cr\u00e8me 0"
+
+
+def test_numbers_are_one_class_by_value_in_numeric_order(tmp_path):
+    labels = ["1", "1.0", " 1", "10", "2.0", "2", "10.0"] * 6
+    content = "text,label\n" + "".join(f"r{i},{x}\n" for i, x in enumerate(labels))
+    rows = load_rows(
+        load_config(None, [f"data.path={write(tmp_path, 'n.csv', content)}", "data.eval_size=2"])
+    )
+    assert rows.names == ["1", "2", "10"]
+    assert [rows.names[k] for k in rows.labels[:7]] == ["1", "1", "1", "10", "2", "2", "10"]
+
+
+def test_a_json_array_and_long_fields_are_read(tmp_path):
+    items = [{"text": "x" * 200_000 if i == 0 else f"r{i}", "label": i % 2} for i in range(20)]
+    rows = load_rows(
+        load_config(
+            None, [f"data.path={write(tmp_path, 'a.json', json.dumps(items))}", "data.eval_size=2"]
+        )
+    )
+    assert len(rows.texts) == 20 and len(rows.texts[0]) == 200_000
+    long_csv = rows_of(20).replace("row 0,", "x" * 200_000 + ",")
+    rows = load_rows(
+        load_config(None, [f"data.path={write(tmp_path, 'l.csv', long_csv)}", "data.eval_size=2"])
+    )
+    assert len(rows.texts[0]) == 200_000

@@ -9,7 +9,7 @@ import warnings
 
 from declora.adapters import ModelError
 from declora.config import Config, ConfigError, builtin_configs, load_config
-from declora.data import DataError
+from declora.sources import DataError
 
 USER_ERRORS = (ConfigError, DataError, ModelError)
 
@@ -41,6 +41,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
     path, overrides = _split_args(args.items)
     cfg = load_config(path, overrides)
+    if args.num_labels is not None and args.num_labels < 2:
+        raise ConfigError(f"--num-labels {args.num_labels}: a task has at least 2 classes")
     est = estimate(cfg, num_labels=args.num_labels)
     print(json.dumps(est, indent=2) if args.json else format_estimate(est))
     return 0

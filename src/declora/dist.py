@@ -27,7 +27,13 @@ import torch.distributed as dist
 from declora import checkpoint, wire
 from declora.config import Config, ConfigError, dump_config, load_config
 from declora.methods import METHODS
-from declora.outputs import describe_run, finish_method, write_run_files, write_summary
+from declora.outputs import (
+    create_dir,
+    describe_run,
+    finish_method,
+    write_run_files,
+    write_summary,
+)
 from declora.p2p import P2PTransport
 from declora.report import RunLog, start_summary
 from declora.rounds import Transport
@@ -75,6 +81,8 @@ def check_out_dir(cfg: Config) -> bool:
     if cfg.out is None:
         raise ConfigError("out= is required: every process must write to the same folder")
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={out} is a file, not a folder; choose a new folder")
     if not out.exists() or not any(out.iterdir()):
         return False
     if (out / "summary.json").exists():
@@ -144,7 +152,7 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
     out = Path(cfg.out)
     s = prepare(cfg, node=rank)  # keeps this node's rows only
     if fresh:
-        out.mkdir(parents=True, exist_ok=True)
+        create_dir(out)
         write_run_files(s, out)
     backend, device = connect(cfg, rank, world)
     party = party_for(s, METHODS["dec-lora"], held=[rank])

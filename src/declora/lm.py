@@ -23,8 +23,9 @@ from torch import nn
 from torch.func import functional_call
 
 from declora.config import Config
-from declora.data import DataError, Dataset, pad_right
+from declora.data import Dataset, pad_right
 from declora.scores import macro_f1
+from declora.sources import DataError
 from declora.tensors import State
 
 IGNORE = -100

@@ -21,10 +21,20 @@ from declora.tensors import State, numel
 def make_out_dir(cfg: Config) -> Path:
     """A new or empty output folder (never one that holds another run's files)."""
     out = Path(cfg.out or f"runs/{datetime.now():%Y%m%d-%H%M%S}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={out} is a file, not a folder; choose a new folder")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"out={out} already holds files; choose an empty or new folder")
-    out.mkdir(parents=True, exist_ok=True)
+    create_dir(out)
     return out
+
+
+def create_dir(out: Path) -> None:
+    """mkdir -p, with a one-line error for a path that cannot be created."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"out={out}: cannot create the folder ({err.strerror})") from None
 
 
 def write_run_files(s: Session, out: Path) -> None:

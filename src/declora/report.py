@@ -60,6 +60,13 @@ def round_record(
     return rec
 
 
+def _fmt(value, missing: str = "") -> str:
+    """A figure for the table: 4 decimals; ``missing`` for None (JSON's NaN) or NaN."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return missing
+    return f"{value:.4f}"
+
+
 def start_summary(s: Session) -> dict:
     """summary.json before any method: the spectral gap and the untrained start."""
     return {
@@ -101,10 +108,11 @@ def results_table(summary: dict) -> str:
     head = f"{'method':<12} {'accuracy':>8} {'f1':>6} {'loss':>6} {'node min':>8} {'MB sent/node':>12} {'wall s':>7}"
     lines = [head, "-" * len(head)]
     for name, m in summary["methods"].items():
-        f1, node_min = m.get("f1"), m.get("node_min_accuracy")  # no F1 for instruction pairs
+        # no F1 for instruction pairs, no node figures for one model; NaN (null) if it diverged
+        acc, loss = _fmt(m["accuracy"], "nan"), _fmt(m["loss"], "nan")
+        f1, low = _fmt(m.get("f1")), _fmt(m.get("node_min_accuracy"))
         lines.append(
-            f"{name:<12} {m['accuracy']:>8.4f} {'' if f1 is None else f'{f1:.4f}':>6} "
-            f"{m['loss']:>6.4f} {'' if node_min is None else f'{node_min:.4f}':>8} "
+            f"{name:<12} {acc:>8} {f1:>6} {loss:>6} {low:>8} "
             f"{m['bytes_sent_per_node'] / 1e6:>12.2f} {m['wall_s']:>7.1f}"
         )
     u = summary["untrained"]
