@@ -10,7 +10,7 @@ import pytest
 from declora.cli import main
 from declora.config import load_config
 from declora.data import Sampler, load_rows
-from declora.sources import DataError, read_rows
+from declora.sources import DataError, read_table
 from declora.tasks import TASKS, load_task_data
 from tests.helpers import synthetic_rows
 
@@ -31,7 +31,7 @@ def cfg_for(path, *extra):
 
 
 def test_csv_and_jsonl_give_the_same_dataset(tmp_path, tiny_csv):
-    rows = read_rows(str(tiny_csv))
+    rows, _ = read_table(str(tiny_csv))
     jsonl = tmp_path / "d.jsonl"
     write_jsonl(jsonl, rows)
     a_train, a_eval = load_task_data(cfg_for(tiny_csv), FakeTokenizer())
@@ -59,7 +59,7 @@ def test_eval_split_is_fixed_and_disjoint_from_training(tiny_csv):
 
 
 def test_bundled_rotten_tomatoes_is_the_8530_sentences():
-    rows = read_rows("bundled:rotten_tomatoes")
+    rows, _ = read_table("bundled:rotten_tomatoes")
     assert len(rows) == 8530
     assert {r["label"] for r in rows} == {"0", "1"}
 

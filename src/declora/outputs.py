@@ -13,7 +13,7 @@ from declora.compress import describe
 from declora.config import Config, ConfigError, dump_config
 from declora.consensus import network_average
 from declora.methods import METHODS
-from declora.report import RunLog, method_summary, results_table
+from declora.report import RunLog, headline, method_summary, results_table
 from declora.session import Session
 from declora.tensors import State, numel
 
@@ -101,11 +101,10 @@ def plot_curves(records: list[dict], path: Path) -> None:
         rows = [r for r in records if r["method"] == name]
         rounds = [r["round"] for r in rows]
         # what the headline reports: the nodes' own adapters where no node holds the average
-        nodes = method.headline == "nodes"
-        acc, loss = ("node_accuracy_mean", "node_loss_mean") if nodes else ("accuracy", "loss")
-        label = f"{name} (mean of nodes)" if nodes else name
-        axes[0].plot(rounds, [r.get(acc, r["accuracy"]) for r in rows], marker="o", label=label)
-        axes[1].plot(rounds, [r.get(loss, r["loss"]) for r in rows], marker="o", label=label)
+        shown = [headline(name, r) for r in rows]
+        label = f"{name} (mean of nodes)" if method.headline == "nodes" else name
+        axes[0].plot(rounds, [h["accuracy"] for h in shown], marker="o", label=label)
+        axes[1].plot(rounds, [h["loss"] for h in shown], marker="o", label=label)
         if method.spread:
             for key, style in (("consensus_ab", "-"), ("consensus_a", ":"), ("consensus_b", "--")):
                 pts = [(r["round"], r[key]) for r in rows if r.get(key)]

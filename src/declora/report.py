@@ -76,17 +76,23 @@ def start_summary(s: Session) -> dict:
     }
 
 
+def headline(method: str, rec: dict) -> dict:
+    """accuracy, f1 and loss of what the method's headline reports (:data:`HEADLINES`): the
+    mean of the nodes' own adapters for ``local`` (a single node holds the network's adapter,
+    so its record's own figures), otherwise the record's own figures."""
+    keys = ("accuracy", "f1", "loss")
+    if METHODS[method].headline != "nodes":
+        return {k: rec[k] for k in keys}
+    return {k: rec.get(f"node_{k}_mean", rec[k]) for k in keys}
+
+
 def method_summary(method: str, last: dict) -> dict:
     """summary.json entry of a finished method from its last record; the headline is what the
     method's nodes hold (:data:`declora.methods.HEADLINES`)."""
     keys = ("accuracy", "f1", "loss")
-    how = METHODS[method].headline
-    # one node holds the network's adapter: its own figures are the network's
-    nodes = {k: last.get(f"node_{k}_mean", last[k]) for k in keys}
-    source = nodes if how == "nodes" else last
     out = {
-        **{k: source[k] for k in keys},
-        "evaluated": HEADLINES[how],
+        **headline(method, last),
+        "evaluated": HEADLINES[METHODS[method].headline],
         "average_adapter": {k: last[k] for k in keys},
         "bytes_sent_per_node": last["bytes_sent"],
         "bytes_sent_total": last["bytes_sent_total"],

@@ -72,7 +72,7 @@ class Counters:
 
     def state_dict(self, node_id: int) -> dict:
         """What node ``node_id``'s checkpoint keeps (JSON-ready)."""
-        return {"samples": self.samples, "wall_s": self.wall_s, **asdict(self.nodes[node_id])}
+        return {"samples": self.samples, "wall_s": self.wall_s, **_jsonable(self.nodes[node_id])}
 
     def load_state_dict(self, node_id: int, state: dict) -> None:
         self.samples, self.wall_s = int(state["samples"]), float(state["wall_s"])
@@ -80,7 +80,7 @@ class Counters:
         self.nodes[node_id] = NodeCounters(**{k: _nan(v) for k, v in own.items()})
 
 
-def asdict(c: NodeCounters) -> dict:
+def _jsonable(c: NodeCounters) -> dict:
     """JSON has no NaN: a missing value is written as None."""
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in vars(c).items()}
 

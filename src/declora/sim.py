@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from declora.config import Config
-from declora.methods import METHODS, Method
+from declora.methods import METHODS
 from declora.outputs import (
     describe_run,
     finish_method,
@@ -21,7 +21,7 @@ from declora.outputs import (
     write_run_files,
     write_summary,
 )
-from declora.report import RunLog, start_summary
+from declora.report import RunLog, headline, start_summary
 from declora.rounds import Inbox, NodeCounters, Outgoing, Transport
 from declora.runner import play_rounds
 from declora.session import Session, party_for, prepare
@@ -50,18 +50,16 @@ class Bar:
     """A progress bar over one method's rounds, showing the latest evaluation of what the
     method's headline reports (the nodes' own adapters for ``local``)."""
 
-    def __init__(self, method: Method, rounds: int):
-        self.bar = tqdm(total=rounds, desc=f"{method.name:>11}", unit="round", leave=True)
-        nodes = method.headline == "nodes"
-        self.keys = ("node_accuracy_mean", "node_loss_mean") if nodes else ("accuracy", "loss")
+    def __init__(self, method: str, rounds: int):
+        self.method = method
+        self.bar = tqdm(total=rounds, desc=f"{method:>11}", unit="round", leave=True)
 
     def round_done(self, t: int) -> None:
         self.bar.update(1)
 
     def evaluated(self, record: dict) -> None:
-        # a single local node has no per-node figures: it holds the network's adapter
-        acc, loss = (record.get(k, record[d]) for k, d in zip(self.keys, ("accuracy", "loss")))
-        self.bar.set_postfix(acc=f"{acc:.3f}", loss=f"{loss:.3f}")
+        shown = headline(self.method, record)
+        self.bar.set_postfix(acc=f"{shown['accuracy']:.3f}", loss=f"{shown['loss']:.3f}")
 
 
 def run_method(
@@ -70,7 +68,7 @@ def run_method(
     """Train one method for ``rounds`` rounds; its last record and every node's adapter."""
     party = party_for(s, METHODS[method])
     transport = MemoryTransport() if wrap is None else wrap(MemoryTransport())
-    bar = Bar(party.method, s.cfg.rounds)
+    bar = Bar(method, s.cfg.rounds)
     try:
         states = play_rounds(s, party, transport, log, bar)
     finally:

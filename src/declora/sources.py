@@ -135,8 +135,3 @@ def read_table(path: str, encoding: str = "utf-8") -> tuple[list[dict], list[str
     if file.suffix in (".csv", ".jsonl", ".json"):
         raise DataError(f"data.path={path}: file not found")
     return _hf_rows(path)
-
-
-def read_rows(path: str, encoding: str = "utf-8") -> list[dict]:
-    """Raw rows (dicts) from any supported source."""
-    return read_table(path, encoding)[0]
