@@ -59,8 +59,8 @@ def worker() -> None:
     dist.init_process_group(backend)
     party = party_for(s, METHODS["dec-lora"], held=[rank])
     node, key = party.nodes[0], party.key
-    sizes = [v.numel() for v in party.exchanges[0].template.values()]
-    transport = P2PTransport(device, cfg.peer_timeout, wire.max_frame_size(sizes))
+    max_frame = wire.max_frame_size(party.exchanges[0].sizes)
+    transport = P2PTransport(device, cfg.peer_timeout, max_frame)
     train_steps(s.model, node, 1, s.collate)  # warm-up (allocator, kernels), not timed
     rows = []
     for t in range(1, cfg.rounds + 1):

@@ -156,8 +156,8 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
         write_run_files(s, out)
     backend, device = connect(cfg, rank, world)
     party = party_for(s, METHODS["dec-lora"], held=[rank])
-    sizes = [v.numel() for v in party.exchanges[0].template.values()]
-    transport: Transport = P2PTransport(device, cfg.peer_timeout, wire.max_frame_size(sizes))
+    max_frame = wire.max_frame_size(party.exchanges[0].sizes)
+    transport: Transport = P2PTransport(device, cfg.peer_timeout, max_frame)
     transport = wrap(transport) if wrap else transport
     root = out / "checkpoints"
     start = agree_on_start(root, rank, world, device, enabled=cfg.checkpoint_every > 0)

@@ -18,21 +18,14 @@ import torch
 from declora.adapters import ModelError, attach_lora, resolve_model_path
 from declora.compress import describe, payload_size
 from declora.config import Config, ConfigError
-from declora.data import label_ids
+from declora.data import load_rows
 from declora.session import graph_for
-from declora.sources import DataError, read_table
 from declora.tensors import is_lora
 
 
 def count_labels(cfg: Config) -> int:
     """Classes in the data (the size of the task head), read without tokenizing."""
-    rows, where = read_table(cfg.data.path, cfg.data.encoding)
-    col = cfg.data.label_column
-    if not rows:
-        raise DataError(f"data.path={cfg.data.path}: no rows")
-    if col not in rows[0]:
-        raise DataError(f"data: column '{col}' not found in {cfg.data.path}")
-    return len(label_ids([r.get(col) for r in rows], col, where)[1])
+    return len(load_rows(cfg).names)
 
 
 def message_sizes(cfg: Config, num_labels: int) -> tuple[list[int], list[int]]:
