@@ -5,7 +5,7 @@ The model and data are loaded once; every variant then trains dec-lora from the 
 the same seed, partition and batches, so rows differ only by what the messages carry.
 
     .venv/bin/python benchmarks/compression.py                     # default config, all variants
-    .venv/bin/python benchmarks/compression.py nodes=4 rounds=10 local_steps=3 data.eval_size=500
+    .venv/bin/python benchmarks/compression.py nodes=4 rounds=10 local_steps=3 data.test_size=500 data.val_size=500
     .venv/bin/python benchmarks/compression.py variants=[fp32,q4-choco] table=/tmp/t.md
 
 Keys of this script: ``variants`` (names below), ``table`` (markdown output, default
@@ -91,8 +91,8 @@ def markdown(rows: list[dict], command: str, cfg, seconds: float) -> str:
         + (f" (alpha {cfg.partition.alpha:g})" if cfg.partition.kind == "dirichlet" else "")
         + f", {cfg.rounds} rounds x {cfg.local_steps} local steps x batch {cfg.batch_size}, "
         f"LoRA rank {cfg.lora.rank} on {','.join(cfg.lora.targets)}, model {cfg.model.name}, "
-        f"data {cfg.data.path} (train_size {cfg.data.train_size}, eval_size "
-        f"{cfg.data.eval_size}), seed {cfg.seed}. Quantization block: {cfg.compression.block} "
+        f"data {cfg.data.path} (train_size {cfg.data.train_size}, test_size "
+        f"{cfg.data.test_size}), seed {cfg.seed}. Quantization block: {cfg.compression.block} "
         f"values per float32 scale. Accuracy: the network-average adapter on the held-out rows; "
         f"node min: the worst node's own adapter on the first {cfg.node_eval_size} of them.",
         "",

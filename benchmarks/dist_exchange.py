@@ -23,7 +23,8 @@ DEFAULTS = [
     "topology.kind=ring",
     "partition.kind=iid",
     "data.train_size=2000",
-    "data.eval_size=200",
+    "data.test_size=200",
+    "data.val_size=200",
     "methods=[dec-lora]",
 ]
 

@@ -6,7 +6,7 @@ Groups of rows: the paper's Table-1 analogue (10 nodes, ring and Erdos-Renyi, (K
 (iid, Dirichlet 1 / 0.3 / 0.1, the paper's 3-node label skew) and the consensus rules
 ab / frozen_a / product at Dirichlet 0.1. Every row is one ``declora.sim.run`` per seed; the
 table gives mean +- std over seeds, with the spectral gap of the row's mixing matrix beside it.
-Learning rates come from the config (``lr``, ``method_lr``), as for ``declora run``.
+Learning rates come from the config (``lr``, ``per_method``), as for ``declora run``.
 
     .venv/bin/python benchmarks/reproduce.py --quick                 # minutes: a few rows, 1 seed
     .venv/bin/python benchmarks/reproduce.py                         # every row, 3 seeds
@@ -85,7 +85,8 @@ QUICK = [
     "batch_size=8",
     "max_length=32",
     "data.train_size=400",
-    "data.eval_size=200",
+    "data.test_size=200",
+    "data.val_size=200",
     "node_eval_size=50",
 ]
 ALWAYS = ["export_adapters=false"]
@@ -148,9 +149,9 @@ def stat(values: list[float | None], digits: int = 4) -> str:
 
 def table_lines(results: list[tuple[str, str, str, list[dict]]]) -> list[str]:
     lines = [
-        "| group | setting | method | seeds | accuracy | F1 | node min acc | consensus AB "
-        "| spectral gap | bytes / edge / round | MB sent / node |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| group | setting | method | seeds | accuracy | F1 | node min acc | average acc "
+        "| consensus AB | spectral gap | bytes / edge / round | MB sent / node |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for group, setting, method, runs in results:
         dec = method != "centralized"
@@ -159,9 +160,11 @@ def table_lines(results: list[tuple[str, str, str, list[dict]]]) -> list[str]:
             return stat([r.get(key) for r in runs], digits)
 
         mb = stat([r["bytes_sent_per_node"] / 1e6 for r in runs], 2) if dec else "0"
+        avg = stat([r.get("average_adapter", {}).get("accuracy") for r in runs])
         lines.append(
             f"| {group} | {setting} | {method} | {len(runs)} | {col('accuracy')} | {col('f1')} "
-            f"| {col('node_min_accuracy') if dec else ''} | {col('consensus_ab', 3) if dec else ''} "
+            f"| {col('node_min_accuracy') if dec else ''} | {avg if dec else ''} "
+            f"| {col('consensus_ab', 3) if dec else ''} "
             f"| {col('gap') if dec else ''} "
             f"| {runs[0]['bytes_per_edge_round'] if dec else 0:,} | {mb} |"
         )
@@ -178,7 +181,7 @@ def markdown(results, command: str, args, extra: list[str], seconds: float) -> s
         "",
         f"Mode: {mode}; seeds {args.seeds}; model {cfg.model.name}, data {cfg.data.path}. Unless a "
         f"row says otherwise: {cfg.mixing} weights, LoRA rank {cfg.lora.rank}, batch "
-        f"{cfg.batch_size}, lr {cfg.lr:g} (method_lr {cfg.method_lr or '{}'}), {cfg.optimizer}, "
+        f"{cfg.batch_size}, lr {cfg.lr:g} (per_method {cfg.per_method or '{}'}), {cfg.optimizer}, "
         f"{cfg.schedule} schedule, messages {cfg.compression.kind}.",
     ]
     if args.quick:
@@ -189,9 +192,11 @@ def markdown(results, command: str, args, extra: list[str], seconds: float) -> s
         )
     lines += [
         "",
-        "Accuracy and F1: the network-average adapter (the centralized model) on the held-out "
-        "rows; node min acc: the worst node's own adapter; consensus AB: mean_i ||B_i A_i - "
-        "mean_j B_j A_j||_F / ||mean_j B_j A_j||_F at the last round; mean ± std over seeds.",
+        f"Accuracy and F1: the mean over the nodes' own adapters (what each site holds; the "
+        f"one model for centralized) on the {cfg.data.test_size} test rows, scored once at the "
+        "end; node min acc: the worst node's own adapter; average acc: the network-average "
+        "adapter, which no site holds; consensus AB: mean_i ||B_i A_i - mean_j B_j A_j||_F / "
+        "||mean_j B_j A_j||_F at the last round; mean ± std over seeds.",
         "",
         *table_lines(results),
         "",
@@ -289,7 +294,7 @@ def plot(results, path: Path) -> None:
         ax.set_ylim(max(0.0, low - 0.05), 1.0)
         ax.set_title(group)
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("held-out accuracy")
+    axes[0][0].set_ylabel("test accuracy (mean of the nodes' own adapters)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     fig.legend(unique.values(), unique.keys(), loc="upper right", fontsize=8)

@@ -48,7 +48,14 @@ def measure(method: str, overrides: list[str]) -> dict:
 
 
 def main() -> None:
-    overrides = ["nodes=10", "rounds=3", "local_steps=5", "data.eval_size=100", *sys.argv[1:]]
+    overrides = [
+        "nodes=10",
+        "rounds=3",
+        "local_steps=5",
+        "data.test_size=100",
+        "data.val_size=100",
+        *sys.argv[1:],
+    ]
     t0 = time.time()
     rows = {m: measure(m, overrides) for m in ("centralized", "dec-lora")}
     print(f"config: {' '.join(overrides)}")

@@ -82,8 +82,8 @@ def tiny_llama_dir(tmp_path_factory):
     sets = []
     for chat in ("true", "false"):
         keys = [*LLAMA_LABEL_WORDS, f"data.path={flipped_csv}", f"data.chat_template={chat}"]
-        cfg = load_config(None, ["task=causal_lm", "data.eval_size=1", *keys])
-        sets.append(load_task_data(cfg, tok)[0])
+        cfg = load_config(None, ["task=causal_lm", "data.test_size=1", "data.val_size=1", *keys])
+        sets.append(load_task_data(cfg, tok).train)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
     sampler = Sampler(len(sets[0]), 16, seed=0)
     for step in range(240):

@@ -89,7 +89,7 @@ def test_loss_counts_target_tokens_only():
 def test_prompts_use_the_chat_template_when_asked(tiny_llama_dir, tiny_csv, tmp_path, chat):
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     cfg = llama_cfg(tiny_llama_dir, tiny_csv, tmp_path, f"data.chat_template={chat}")
-    train, _ = load_task_data(cfg, tok)
+    train = load_task_data(cfg, tok).train
     text = tok.decode(train.input_ids[0])
     assert ("[ assistant ]" in text) == chat and "sentiment :" in text
     assert train.choices == [tok("negative", add_special_tokens=False)["input_ids"]] + [
@@ -108,11 +108,13 @@ def test_instruction_targets_end_with_eos(tiny_llama_dir, pairs_csv, tmp_path):
             "data.prompt_column=prompt",
             "data.response_column=response",
             "partition.kind=iid",
-            "data.eval_size=40",
+            "data.test_size=40",
+            "data.val_size=40",
         ],
     )
-    train, held_out = load_task_data(cfg, tok)
-    assert len(train) == 200 and len(held_out) == 40 and train.choices is None
+    splits = load_task_data(cfg, tok)
+    train, held_out = splits.train, splits.test
+    assert len(train) == 160 and len(held_out) == 40 and train.choices is None
     assert all(t[-1] == tok.eos_token_id and len(t) >= 2 for t in train.targets)
 
 
@@ -121,9 +123,9 @@ def test_label_word_scores_equal_one_row_at_a_time(tiny_llama_dir, tiny_csv, tmp
     """Batched, right-padded scoring gives each row's own log-likelihoods of the label words,
     whether they are one token each (read off one forward pass) or several."""
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    cfg = llama_cfg(tiny_llama_dir, tiny_csv, tmp_path, "data.eval_size=24")
+    cfg = llama_cfg(tiny_llama_dir, tiny_csv, tmp_path, "data.test_size=24", "data.val_size=24")
     cfg.data.label_words = yaml.safe_load(words)
-    _, held_out = load_task_data(cfg, tok)
+    held_out = load_task_data(cfg, tok).test
     single = all(len(c) == 1 for c in held_out.choices)
     assert single == (words == "[negative,positive]")
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
@@ -158,7 +160,7 @@ def llama_run(tiny_llama_dir, tiny_csv, tmp_path_factory):
 def test_training_beats_the_untrained_model(llama_run, tiny_llama_dir):
     out, cfg = llama_run
     s = session.prepare(cfg)
-    untrained = LM.evaluate(s.model, s.init, s.eval_full)
+    untrained = LM.evaluate(s.model, s.init, s.test)
     saved = json.loads((out / "summary.json").read_text())
     assert saved["untrained"] == pytest.approx(untrained)
     summary = saved["methods"]
@@ -177,10 +179,10 @@ def test_exported_llama_adapter_reproduces_accuracy(llama_run, tiny_llama_dir, m
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     model = PeftModel.from_pretrained(base, out / "adapters" / method).eval()
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    _, held_out = load_task_data(cfg, tok)
+    held_out = load_task_data(cfg, tok).test
     acc = LM.evaluate(model, {}, LM.eval_batches(held_out, tok.pad_token_id))["accuracy"]
     summary = json.loads((out / "summary.json").read_text())["methods"][method]
-    assert acc == pytest.approx(summary["average_adapter"]["accuracy"], abs=1e-9)
+    assert acc == pytest.approx(summary.get("average_adapter", summary)["accuracy"], abs=1e-9)
 
 
 @pytest.mark.parametrize(
@@ -211,7 +213,8 @@ def test_instruction_pairs_train_and_report_token_metrics(tiny_llama_dir, pairs_
         "data.prompt_column=prompt",
         "data.response_column=response",
         "partition.kind=iid",
-        "data.eval_size=40",
+        "data.test_size=40",
+        "data.val_size=40",
         "nodes=3",
         "rounds=4",
         "local_steps=3",
@@ -264,7 +267,7 @@ def test_evaluating_a_4bit_base_does_not_change_training(tiny_llama_dir, tiny_cs
         s = session.prepare(cfg)
         (node,) = session.party_for(s, METHODS["centralized"]).nodes
         if evaluate_first:
-            LM.evaluate(s.model, node.state(), s.eval_nodes)
+            LM.evaluate(s.model, node.state(), s.val_nodes)
         train_steps(s.model, node, 2, s.collate)
         trained.append(node.state())
     for k in trained[0]:

@@ -58,7 +58,10 @@ def test_yaml_file_then_overrides(tmp_path):
         (["local_steps=2.0"], "local_steps: Input should be a valid integer"),
         (["lr=.inf"], "lr: Input should be a finite number"),
         (["lr=.nan"], "lr: Input should be a finite number"),
-        (["method_lr={centralized: .nan}"], "method_lr.centralized: Input should be a finite"),
+        (
+            ["per_method={centralized: {lr: .nan}}"],
+            "per_method.centralized.lr: Input should be a finite",
+        ),
         (["peer_timeout=.inf"], "peer_timeout: Input should be a finite number"),
         (["lora.alpha=.inf"], "lora.alpha"),
         (["compression.block=4294967296"], "compression.block"),

@@ -27,34 +27,44 @@ def write_jsonl(path, rows):
 
 
 def cfg_for(path, *extra):
-    return load_config(None, [f"data.path={path}", "data.eval_size=20", *extra])
+    return load_config(None, [f"data.path={path}", "data.test_size=20", "data.val_size=20", *extra])
 
 
 def test_csv_and_jsonl_give_the_same_dataset(tmp_path, tiny_csv):
     rows, _ = read_table(str(tiny_csv))
     jsonl = tmp_path / "d.jsonl"
     write_jsonl(jsonl, rows)
-    a_train, a_eval = load_task_data(cfg_for(tiny_csv), FakeTokenizer())
-    b_train, b_eval = load_task_data(cfg_for(jsonl), FakeTokenizer())
-    assert a_train.input_ids == b_train.input_ids and a_eval.input_ids == b_eval.input_ids
-    assert a_train.label_names == ["negative", "positive"]
+    a = load_task_data(cfg_for(tiny_csv), FakeTokenizer())
+    b = load_task_data(cfg_for(jsonl), FakeTokenizer())
+    for split in ("train", "val", "test"):
+        assert getattr(a, split).input_ids == getattr(b, split).input_ids
+    assert a.train.label_names == ["negative", "positive"]
 
 
 def test_integer_labels_keep_numeric_order(tmp_path):
     rows = [{"text": f"w{i}", "label": i % 11} for i in range(200)]
     path = tmp_path / "d.jsonl"
     write_jsonl(path, rows)
-    train, _ = load_task_data(cfg_for(path), FakeTokenizer())
+    train = load_task_data(cfg_for(path), FakeTokenizer()).train
     assert train.label_names == [str(i) for i in range(11)]
     assert set(train.labels.tolist()) == set(range(11))
 
 
-def test_eval_split_is_fixed_and_disjoint_from_training(tiny_csv):
-    train, held = load_task_data(cfg_for(tiny_csv, "seed=1"), FakeTokenizer())
-    train2, held2 = load_task_data(cfg_for(tiny_csv, "seed=2"), FakeTokenizer())
-    assert held.input_ids == held2.input_ids  # the run seed does not move the eval split
-    assert len(train) + len(held) == 480 and len(held) == 20
-    limited, _ = load_task_data(cfg_for(tiny_csv, "data.train_size=50"), FakeTokenizer())
+def test_test_and_validation_rows_are_fixed_and_disjoint_from_training(tiny_csv):
+    cfg = cfg_for(tiny_csv, "data.test_size=30", "data.val_size=20", "seed=1")
+    r = load_rows(cfg)
+    ids = [set(r.train_idx.tolist()), set(r.val_idx.tolist()), set(r.test_idx.tolist())]
+    assert [len(x) for x in ids] == [430, 20, 30]  # 480 rows, no id repeated within a split
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    assert set().union(*ids) == set(range(480))
+    other = load_rows(cfg.model_copy(update={"seed": 2}))  # the run seed moves no held-out row
+    assert np.array_equal(other.val_idx, r.val_idx) and np.array_equal(other.test_idx, r.test_idx)
+    # the rows themselves are disjoint too, as the datasets hold them
+    s = load_task_data(cfg, FakeTokenizer())
+    assert (len(s.train), len(s.val), len(s.test)) == (430, 20, 30)
+    assert np.array_equal(s.test.labels, r.labels[r.test_idx])
+    assert np.array_equal(s.val.labels, r.labels[r.val_idx])
+    limited = load_task_data(cfg_for(tiny_csv, "data.train_size=50"), FakeTokenizer()).train
     assert len(limited) == 50
 
 
@@ -72,7 +82,7 @@ def test_sampler_cycles_through_every_row_before_repeating():
 
 
 def test_collate_pads_to_the_longest_row(tiny_csv):
-    train, _ = load_task_data(cfg_for(tiny_csv), FakeTokenizer())
+    train = load_task_data(cfg_for(tiny_csv), FakeTokenizer()).train
     batch = TASKS["classification"].collate(train, [0, 1, 2], pad_id=0)
     width = max(len(train.input_ids[i]) for i in range(3))
     assert batch["input_ids"].shape == (3, width)
@@ -131,7 +141,7 @@ def _small(tmp_path):
         (_one_class, [], "at least 2 classes"),
         (_blank_labels, [], "blank.csv:2: no label in column 'label'"),
         (_broken_jsonl, [], "not a JSON object per line"),
-        (_small, ["data.eval_size=30"], "leaves no training rows"),
+        (_small, ["data.test_size=30", "data.val_size=30"], "leave no training rows"),
         (lambda tmp: tmp / "missing.csv", [], "file not found"),
         (lambda tmp: "bundled:wikipedia", [], "unknown bundled dataset"),
     ],
@@ -147,7 +157,17 @@ def test_node_without_data_is_refused_before_anything_is_written(tmp_path, tiny_
     write_jsonl(small, synthetic_rows(40))
     out = tmp_path / "never"
     args = [o for o in tiny_overrides if not o.startswith(("data.path", "out", "nodes"))]
-    code = main(["run", *args, f"data.path={small}", "data.eval_size=10", "nodes=40", f"out={out}"])
+    code = main(
+        [
+            "run",
+            *args,
+            f"data.path={small}",
+            "data.test_size=10",
+            "data.val_size=10",
+            "nodes=40",
+            f"out={out}",
+        ]
+    )
     assert code == 2
     assert "partition" in capsys.readouterr().err
     assert not out.exists()
@@ -189,7 +209,13 @@ def test_files_as_they_come_in_practice_give_one_line(
     tmp_path, capsys, name, content, extra, message
 ):
     path = write(tmp_path, name, content)
-    args = [f"data.path={path}", "data.eval_size=5", f"out={tmp_path / 'out'}", *extra]
+    args = [
+        f"data.path={path}",
+        "data.test_size=5",
+        "data.val_size=5",
+        f"out={tmp_path / 'out'}",
+        *extra,
+    ]
     assert main(["run", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and err.count("\n") == 0, err
@@ -199,7 +225,10 @@ def test_files_as_they_come_in_practice_give_one_line(
 def test_the_suggested_encoding_reads_the_file(tmp_path):
     path = write(tmp_path, "latin.csv", CP1252)
     rows = load_rows(
-        load_config(None, [f"data.path={path}", "data.eval_size=5", "data.encoding=cp1252"])
+        load_config(
+            None,
+            [f"data.path={path}", "data.test_size=5", "data.val_size=5", "data.encoding=cp1252"],
+        )
     )
     assert rows.texts[0] == "caf\u00e9 cr\u00e8me 0"
 
@@ -208,7 +237,14 @@ def test_numbers_are_one_class_by_value_in_numeric_order(tmp_path):
     labels = ["1", "1.0", " 1", "10", "2.0", "2", "10.0"] * 6
     content = "text,label\n" + "".join(f"r{i},{x}\n" for i, x in enumerate(labels))
     rows = load_rows(
-        load_config(None, [f"data.path={write(tmp_path, 'n.csv', content)}", "data.eval_size=2"])
+        load_config(
+            None,
+            [
+                f"data.path={write(tmp_path, 'n.csv', content)}",
+                "data.test_size=2",
+                "data.val_size=2",
+            ],
+        )
     )
     assert rows.names == ["1", "2", "10"]
     assert [rows.names[k] for k in rows.labels[:7]] == ["1", "1", "1", "10", "2", "2", "10"]
@@ -218,12 +254,24 @@ def test_a_json_array_and_long_fields_are_read(tmp_path):
     items = [{"text": "x" * 200_000 if i == 0 else f"r{i}", "label": i % 2} for i in range(20)]
     rows = load_rows(
         load_config(
-            None, [f"data.path={write(tmp_path, 'a.json', json.dumps(items))}", "data.eval_size=2"]
+            None,
+            [
+                f"data.path={write(tmp_path, 'a.json', json.dumps(items))}",
+                "data.test_size=2",
+                "data.val_size=2",
+            ],
         )
     )
     assert len(rows.texts) == 20 and len(rows.texts[0]) == 200_000
     long_csv = rows_of(20).replace("row 0,", "x" * 200_000 + ",")
     rows = load_rows(
-        load_config(None, [f"data.path={write(tmp_path, 'l.csv', long_csv)}", "data.eval_size=2"])
+        load_config(
+            None,
+            [
+                f"data.path={write(tmp_path, 'l.csv', long_csv)}",
+                "data.test_size=2",
+                "data.val_size=2",
+            ],
+        )
     )
     assert len(rows.texts[0]) == 200_000

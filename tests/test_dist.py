@@ -135,6 +135,10 @@ def test_dist_matches_simulator(tiny_model_dir, tiny_csv, tmp_path, sim_referenc
     assert summary["methods"]["dec-lora"].keys() == sim_summary["methods"]["dec-lora"].keys()
     assert summary["untrained"] == pytest.approx(sim_summary["untrained"], rel=1e-5)
     assert summary["methods"]["dec-lora"]["messages_refused"] == 0
+    dist_dec, sim_dec = summary["methods"]["dec-lora"], sim_summary["methods"]["dec-lora"]
+    for got, want in zip(dist_dec["nodes"], sim_dec["nodes"]):  # each node on the test rows
+        assert got == pytest.approx(want, rel=1e-5)
+    assert dist_dec["average_adapter"] == pytest.approx(sim_dec["average_adapter"], rel=1e-5)
     for name in ("config.yaml", "labels.json", "curves.png"):
         assert (out / name).is_file()
     nodes = sorted(p.name for p in (out / "adapters" / "dec-lora").glob("node_*"))
@@ -148,6 +152,7 @@ def test_dist_matches_simulator_with_faults_and_compression(tiny_model_dir, tiny
         "faults.node_drop=0.2",
         "compression.kind=quantize",
         "compression.bits=4",
+        "finish_rounds=2",  # gossip-only rounds after training, faults and all
     ]
     sim_out, dist_out = tmp_path / "sim", tmp_path / "dist"
     run_sim([*base_args(tiny_model_dir, tiny_csv, sim_out), *extra])
@@ -156,6 +161,7 @@ def test_dist_matches_simulator_with_faults_and_compression(tiny_model_dir, tiny
     sim = records(sim_out)
     assert_same_metrics(sim, records(dist_out))
     assert sim[-1]["samples_seen"] < 5 * 4 * 4 * 8  # some node sat a round out
+    assert sim[-1]["round"] == 7
 
 
 @pytest.mark.multiprocess

@@ -27,7 +27,7 @@ def peft_accuracy(base_dir, adapter_dir, cfg) -> float:
     from declora.tasks import load_task_data
 
     tok = AutoTokenizer.from_pretrained(base_dir)
-    _, held_out = load_task_data(cfg, tok)
+    held_out = load_task_data(cfg, tok).test
     base = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=2)
     model = PeftModel.from_pretrained(base, adapter_dir).eval()
     texts_ok = 0
@@ -98,7 +98,23 @@ def test_exported_adapter_loads_in_peft_and_reproduces_accuracy(
     assert (adapter / "adapter_model.safetensors").is_file()
     summary = json.loads((out / "summary.json").read_text())
     acc = peft_accuracy(tiny_model_dir, adapter, load_config(None, overrides))
-    assert acc == pytest.approx(summary["methods"][method]["average_adapter"]["accuracy"], abs=1e-9)
+    m = summary["methods"][method]
+    assert acc == pytest.approx(m.get("average_adapter", m)["accuracy"], abs=1e-9)
+
+
+@pytest.mark.parametrize("node", [0, 3])
+def test_each_node_adapter_is_what_the_headline_scored_on_the_test_rows(
+    finished_run, tiny_model_dir, node
+):
+    """The headline is the mean over the nodes' own adapters: each exported node adapter,
+    loaded with plain PEFT, scores on the test rows what summary.json says it scores."""
+    out, overrides = finished_run
+    m = json.loads((out / "summary.json").read_text())["methods"]["dec-lora"]
+    path = out / "adapters" / "dec-lora" / f"node_{node}"
+    acc = peft_accuracy(tiny_model_dir, path, load_config(None, overrides))
+    assert acc == pytest.approx(m["nodes"][node]["accuracy"], abs=1e-9)
+    assert m["accuracy"] == pytest.approx(np.mean([n["accuracy"] for n in m["nodes"]]), abs=1e-12)
+    assert m["node_min_accuracy"] == min(n["accuracy"] for n in m["nodes"])
 
 
 def test_node_adapters_are_exported_for_dec_lora(finished_run):

@@ -167,41 +167,65 @@ def test_a_round_record_through_runlog_is_valid_json(monkeypatch, tmp_path):
 
 # --- summary.json ----------------------------------------------------------------------------
 
-HEADLINE_CASES = [  # method, headline figures, what summary.json says they are
-    ("dec-lora", (0.75, 0.7, 0.5), "network-average adapter"),
-    ("fedavg", (0.75, 0.7, 0.5), "network-average adapter"),
-    ("centralized", (0.75, 0.7, 0.5), "model"),
-    ("local", (0.625, 0.6, 0.65), "mean of the nodes' own adapters (no node holds the average)"),
+NODES_ON_TEST = [  # what each of 4 nodes' own adapters scores on the test rows
+    {"accuracy": 0.8, "f1": 0.78, "loss": 0.45},
+    {"accuracy": 0.7, "f1": 0.69, "loss": 0.6},
+    {"accuracy": 0.6, "f1": 0.5, "loss": 0.7},
+    {"accuracy": 0.9, "f1": 0.89, "loss": 0.3},
 ]
+AVERAGE_ON_TEST = {"accuracy": 0.85, "f1": 0.84, "loss": 0.4}
 
 
-@pytest.mark.parametrize("method, headline, evaluated", HEADLINE_CASES)
-def test_method_summary_leads_with_what_the_nodes_hold(method, headline, evaluated):
-    last = record(method)
-    out = method_summary(method, last)
-    assert (out["accuracy"], out["f1"], out["loss"]) == headline
-    assert out["evaluated"] == evaluated == HEADLINES[METHODS[method].headline]
-    assert out["average_adapter"] == {"accuracy": 0.75, "f1": 0.7, "loss": 0.5}
+def final(method: str, nodes=NODES_ON_TEST) -> dict:
+    """What evaluation.evaluate_nodes gives at the end, by hand: one model, or the nodes."""
+    if METHODS[method].pooled:
+        return {"rows": 100, "model": dict(AVERAGE_ON_TEST)}
+    out = {"rows": 100, "nodes": nodes, "average_adapter": dict(AVERAGE_ON_TEST)}
+    for key in ("accuracy", "f1", "loss"):
+        values = [n[key] for n in nodes]
+        out[f"node_mean_{key}"] = sum(values) / len(values)
+        out[f"node_{'max' if key == 'loss' else 'min'}_{key}"] = (
+            max(values) if key == "loss" else min(values)
+        )
+    return out
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_method_summary_leads_with_what_the_nodes_hold_on_the_test_rows(method):
+    out = method_summary(method, record(method), final(method))
+    evaluated = HEADLINES[METHODS[method].headline]
+    assert out["evaluated"] == f"test rows (100): {evaluated}"
+    if METHODS[method].pooled:
+        assert (out["accuracy"], out["f1"], out["loss"]) == (0.85, 0.84, 0.4)
+        assert not {"node_mean_accuracy", "node_min_accuracy", "average_adapter"} & set(out)
+    else:  # the mean of the four nodes, by hand; the worst; the average beside them
+        assert out["accuracy"] == pytest.approx(0.75) == out["node_mean_accuracy"]
+        assert out["f1"] == pytest.approx(0.715) and out["loss"] == pytest.approx(0.5125)
+        assert out["node_min_accuracy"] == 0.6 and out["node_min_f1"] == 0.5
+        assert out["node_max_loss"] == 0.7
+        assert out["average_adapter"] == AVERAGE_ON_TEST and out["nodes"] == NODES_ON_TEST
+        assert out["consensus_ab"] == 0.3
+    assert out["validation"]["accuracy"] == 0.75  # the last validation record, apart
     assert out["bytes_sent_per_node"] == 1_234_567
     assert out["bytes_sent_total"] == 4_938_268
     assert out["bytes_per_edge_round"] == 8_000
     assert out["messages_refused"] == 2
     assert out["samples_seen"] == 768 and out["rounds"] == 6
     assert out["wall_s"] == 3.14
-    if METHODS[method].pooled:
-        assert not {"node_mean_accuracy", "node_min_accuracy", "consensus_ab"} & set(out)
-    else:
-        assert out["node_mean_accuracy"] == 0.625 and out["node_min_accuracy"] == 0.5
-        assert out["consensus_ab"] == 0.3
     json.dumps(out, allow_nan=False)
 
 
-def test_method_summary_carries_a_null_f1_and_consensus():
-    """Instruction pairs have no F1, and B = 0 gives no consensus distance: both come as null
-    from metrics.jsonl and stay null."""
-    out = method_summary("dec-lora", record("dec-lora", f1=None, consensus_ab=None))
-    assert out["f1"] is None and out["average_adapter"]["f1"] is None
-    assert "consensus_ab" in out and out["consensus_ab"] is None
+def test_method_summary_carries_a_null_f1_and_consensus(tmp_path):
+    """Instruction pairs have no F1 (NaN), and B = 0 gives no consensus distance: both are
+    written as null."""
+    nodes = [{**n, "f1": NAN} for n in NODES_ON_TEST]
+    out = method_summary(
+        "dec-lora", record("dec-lora", consensus_ab=None), final("dec-lora", nodes)
+    )
+    report.write_json(tmp_path / "s.json", out)
+    back = json.loads((tmp_path / "s.json").read_text())
+    assert back["f1"] is None and back["nodes"][0]["f1"] is None
+    assert "consensus_ab" in back and back["consensus_ab"] is None
 
 
 def test_start_summary_has_the_spectral_gap_and_the_untrained_start(monkeypatch):
@@ -212,17 +236,20 @@ def test_start_summary_has_the_spectral_gap_and_the_untrained_start(monkeypatch)
     for i in range(5):
         for j in (i - 1, i, i + 1):
             W[i, j % 5] = 1 / 3
-    out = start_summary(SimpleNamespace(W=W))
+    batches = [{"labels": [0] * 64}, {"labels": [1] * 36}]
+    out = start_summary(SimpleNamespace(W=W, test=batches, val=batches[:1]))
     lambda_2 = (1 + 2 * math.cos(2 * math.pi / 5)) / 3
     assert out["spectral_gap"] == pytest.approx(1 - lambda_2, abs=1e-12)
     assert out["untrained"] == untrained and out["methods"] == {}
+    assert out["test_rows"] == 100 and out["validation_rows"] == 64
 
 
 def summary_of(methods) -> dict:
     return {
-        "methods": {m: method_summary(m, record(m)) for m in methods},
+        "methods": {m: method_summary(m, record(m), final(m)) for m in methods},
         "untrained": {"accuracy": 0.5, "f1": 0.3333, "loss": 0.6931},
         "spectral_gap": 0.4607,
+        "test_rows": 100,
     }
 
 
@@ -231,27 +258,19 @@ def summary_of(methods) -> dict:
 )
 def test_results_table_has_one_row_per_method_then_the_start_and_the_gap(methods):
     lines = results_table(summary_of(methods)).splitlines()
-    assert lines[0].split() == [
-        "method",
-        "accuracy",
-        "f1",
-        "loss",
-        "node",
-        "min",
-        "MB",
-        "sent/node",
-        "wall",
-        "s",
-    ]
-    assert set(lines[1]) == {"-"} and len(lines[1]) == len(lines[0])
-    rows = lines[2:-2]
+    assert lines[0].startswith("test rows (100): accuracy, f1, loss = mean over the nodes' own")
+    assert lines[1].split() == [
+        "method", "accuracy", "f1", "loss", "node", "min", "average", "MB", "sent/node", "wall", "s",
+    ]  # fmt: skip
+    assert set(lines[2]) == {"-"} and len(lines[2]) == len(lines[1])
+    rows = lines[3:-2]
     assert [r.split()[0] for r in rows] == methods
     for row, name in zip(rows, methods):
         cells = row.split()
-        head = (0.625, 0.6, 0.65) if name == "local" else (0.75, 0.7, 0.5)
-        assert [float(x) for x in cells[1:4]] == list(head)
-        node_min = [] if METHODS[name].pooled else ["0.5000"]  # blank for one model
-        assert cells[4:] == [*node_min, "1.23", "3.1"]
+        if METHODS[name].pooled:  # one model; no node min, no average: blank
+            assert cells[1:] == ["0.8500", "0.8400", "0.4000", "1.23", "3.1"]
+        else:
+            assert cells[1:] == ["0.7500", "0.7150", "0.5125", "0.6000", "0.8500", "1.23", "3.1"]
     assert lines[-2] == "untrained start (LoRA B = 0): accuracy 0.5000, loss 0.6931"
     assert lines[-1] == "spectral gap of the mixing matrix: 0.4607"
 
@@ -259,8 +278,8 @@ def test_results_table_has_one_row_per_method_then_the_start_and_the_gap(methods
 def test_results_table_leaves_a_missing_f1_blank():
     summary = summary_of(["dec-lora"])
     summary["methods"]["dec-lora"]["f1"] = None
-    row = results_table(summary).splitlines()[2]
-    assert row.split() == ["dec-lora", "0.7500", "0.5000", "0.5000", "1.23", "3.1"]
+    row = results_table(summary).splitlines()[3]
+    assert row.split() == ["dec-lora", "0.7500", "0.5125", "0.6000", "0.8500", "1.23", "3.1"]
 
 
 # --- curves.png ------------------------------------------------------------------------------
@@ -326,7 +345,8 @@ def test_make_out_dir_defaults_to_a_timestamped_folder_under_runs(tmp_path, monk
 def test_a_single_local_node_reports_the_network_figures(tmp_path):
     """With one node there are no per-node figures: that node holds the network's adapter."""
     last = {k: v for k, v in record("local").items() if not k.startswith("node_")}
-    out = method_summary("local", last)
-    assert (out["accuracy"], out["f1"], out["loss"]) == (0.75, 0.7, 0.5)
+    one = {"rows": 100, "model": dict(AVERAGE_ON_TEST)}  # evaluate_nodes with one state
+    out = method_summary("local", last, one)
+    assert (out["accuracy"], out["f1"], out["loss"]) == (0.85, 0.84, 0.4)
     plot_curves([last], tmp_path / "c.png")
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -31,7 +31,7 @@ def test_study_shares_equal_runs_and_writes_table_json_and_plot(
     argv = [
         "--quick", "--groups", "ranks,heterogeneity", "--seeds", "0,1", "--one-seed", "ranks",
         "--table", str(table), f"model.name={tiny_model_dir}", f"data.path={tiny_csv}",
-        "data.train_size=null", "data.eval_size=48", "node_eval_size=16", "rounds=2",
+        "data.train_size=null", "data.test_size=48", "data.val_size=48", "node_eval_size=16", "rounds=2",
     ]  # fmt: skip
     assert reproduce.main(argv) == 0
     # ranks: 4 rows x 1 seed; heterogeneity: 5 rows x 2 seeds, but its iid row is the

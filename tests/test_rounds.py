@@ -174,3 +174,34 @@ def test_faulty_transport_refuses_unknown_faults():
     transport = FaultyTransport(MemoryTransport(), "melt=0@1")
     with pytest.raises(ValueError, match="unknown fault"):
         transport.swap({0: Outgoing([1], b"x"), 1: Outgoing([0], b"y")}, 1)
+
+
+def test_finishing_rounds_only_gossip_until_the_nodes_agree(tiny_model_dir, tiny_csv, tmp_path):
+    """finish_rounds=25 on a ring of 4 (W = 1/3 on each edge, disagreement shrinks 3x a round):
+    the same training, then every node ends holding the network average, which gossip keeps;
+    the extra rounds cost bytes and no samples."""
+    base = [
+        *tiny_args(tiny_model_dir, tiny_csv, None),
+        "methods=[dec-lora]",
+        "export_adapters=false",
+    ]
+    summaries = {}
+    for finish in (0, 25):
+        out = tmp_path / f"finish{finish}"
+        run(
+            load_config(None, [*base, f"out={out}", f"finish_rounds={finish}"]), echo=lambda s: None
+        )
+        summaries[finish] = json.loads((out / "summary.json").read_text())["methods"]["dec-lora"]
+    plain, finished = summaries[0], summaries[25]
+    assert finished["samples_seen"] == plain["samples_seen"]
+    assert finished["rounds"] == plain["rounds"] + 25
+    assert finished["bytes_sent_per_node"] == plain["bytes_sent_per_node"] * (6 + 25) // 6
+    assert finished["consensus_ab"] < 1e-6 < plain["consensus_ab"]
+    # mixing with a doubly stochastic W keeps the mean of A and of B: the average is unchanged
+    assert finished["average_adapter"]["loss"] == pytest.approx(
+        plain["average_adapter"]["loss"], abs=1e-5
+    )
+    for key in ("accuracy", "loss"):
+        nodes = [n[key] for n in finished["nodes"]]
+        assert max(nodes) - min(nodes) < 1e-5
+        assert finished[key] == pytest.approx(finished["average_adapter"][key], abs=1e-5)

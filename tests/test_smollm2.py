@@ -59,7 +59,8 @@ def test_builtin_smollm2_config_runs_shrunk(cache, tmp_path):
     shrink = [
         "rounds=1",
         "batch_size=2",
-        "data.eval_size=48",
+        "data.test_size=48",
+        "data.val_size=48",
         "node_eval_size=4",
         "methods=[dec-lora]",
         "export_adapters=false",

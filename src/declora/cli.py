@@ -26,11 +26,24 @@ def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from declora.sim import run
-
     path, overrides = _split_args(args.items)
     cfg = load_config(path, overrides)
-    run(cfg)
+    if cfg.seeds is not None:
+        from declora.seeds import run_seeds
+
+        run_seeds(cfg)
+    else:
+        from declora.sim import run
+
+        run(cfg)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from declora.tune import tune
+
+    path, overrides = _split_args(args.items)
+    tune(load_config(path, overrides))
     return 0
 
 
@@ -118,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]")
     run.set_defaults(func=cmd_run)
+
     est = sub.add_parser(
         "estimate",
         help="bytes each node sends and receives, before training",
@@ -155,7 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_small_commands(sub) -> None:
-    """``survey``, the hidden worker and ``configs``."""
+    """``tune``, ``survey``, the hidden worker and ``configs``."""
+    tune = sub.add_parser(
+        "tune",
+        help="search each method's hyper-parameters on validation rows (Optuna)",
+        description="declora tune [CONFIG] [key=value ...]: tune.trials trials per method, the "
+        "same for each, scored on the validation rows; writes tuned.yaml (for declora run), "
+        "trials.csv and tune.png to out=. Run it again with the same out= to resume.",
+    )
+    tune.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]")
+    tune.set_defaults(func=cmd_tune)
     survey = sub.add_parser(
         "survey",
         help="the data before training: rows, labels and text lengths per node",

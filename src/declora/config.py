@@ -137,12 +137,17 @@ class DataConfig(_Section):
         "utf-8", description="text encoding of CSV / JSON files (e.g. cp1252 for old exports)"
     )
     label_column: str = Field("label", description="column holding the class (int or string)")
-    eval_size: Int = Field(1000, ge=1, description="rows held out for evaluation, never trained on")
+    test_size: Int = Field(
+        1000, ge=1, description="test rows: held out, scored once at the end (the reported figures)"
+    )
+    val_size: Int = Field(
+        500, ge=1, description="validation rows: held out, for curves, tuning and choices"
+    )
     train_size: Int | None = Field(
         None, ge=1, description="use at most this many training rows (all when empty)"
     )
     split_seed: Int = Field(
-        0, ge=0, le=SEED_MAX, description="seed of the held-out split (fixed across run seeds)"
+        0, ge=0, le=SEED_MAX, description="seed of the test / validation split (fixed across seeds)"
     )
     prompt_column: str | None = Field(
         None, description="causal_lm instruction data: column holding the prompt"
@@ -163,6 +168,24 @@ class DataConfig(_Section):
     )
 
 
+class MethodSettings(_Section):
+    """Values one method uses instead of the top-level ones (what ``declora tune`` writes)."""
+
+    lr: float | None = Field(None, gt=0, description="learning rate")
+    head_lr_scale: float | None = Field(None, gt=0, description="the head learns at lr x this")
+    schedule: Literal["constant", "linear", "cosine"] | None = Field(
+        None, description="learning-rate decay"
+    )
+    finish_rounds: Int | None = Field(None, ge=0, description="gossip-only rounds at the end")
+
+
+class TuneConfig(_Section):
+    trials: Int = Field(8, ge=1, description="declora tune: trials per method (the same for each)")
+    prune: bool = Field(
+        True, description="declora tune: stop a trial whose validation curve is below the median"
+    )
+
+
 class Config(_Section):
     task: TaskName = Field(
         "classification",
@@ -174,9 +197,10 @@ class Config(_Section):
     local_steps: Int = Field(1, ge=1, description="optimizer steps per node per round K")
     batch_size: Int = Field(16, ge=1, description="training batch size on every node")
     lr: float = Field(1e-2, gt=0, description="learning rate")
-    method_lr: dict[MethodName, float] = Field(
-        {"centralized": 2e-3},
-        description="per-method learning rate, e.g. {centralized: 0.002} (others use lr)",
+    per_method: dict[MethodName, MethodSettings] = Field(
+        default_factory=lambda: {"centralized": MethodSettings(lr=2e-3)},
+        description="values one method uses instead of the top-level ones, e.g. "
+        "{centralized: {lr: 0.002}} (declora tune writes them)",
     )
     head_lr_scale: float = Field(
         5.0, gt=0, description="the task head learns at lr x this (random init, unlike LoRA's base)"
@@ -187,14 +211,29 @@ class Config(_Section):
     )
     warmup: float = Field(0.0, ge=0, lt=1, description="fraction of steps with linear warm-up")
     weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay (adamw)")
+    finish_rounds: Int = Field(
+        0,
+        ge=0,
+        description="gossip-only rounds after the last training round (dec-lora): the nodes' "
+        "adapters agree, at the cost of bytes and no compute",
+    )
     seed: Int = Field(
         0, ge=0, le=SEED_MAX, description="seed of initialisation, partition and sampling"
+    )
+    seeds: list[Annotated[Int, Field(ge=0, le=SEED_MAX)]] | None = Field(
+        None,
+        min_length=1,
+        description="declora run: run the job once per seed and report mean, std and 95% "
+        "interval (e.g. [0,1,2])",
     )
     eval_every: Int = Field(
         14, ge=1, description="evaluate every this many rounds (and at the end)"
     )
     node_eval_size: Int = Field(
-        128, ge=1, description="eval rows used to score each node's own adapter"
+        128,
+        ge=1,
+        description="validation rows that score each node's own adapter for the curves (the "
+        "end scores every node on the whole test set)",
     )
     methods: list[MethodName] = Field(
         ["dec-lora", "centralized", "local"], min_length=1, description="what to run and compare"
@@ -216,6 +255,7 @@ class Config(_Section):
     export_adapters: bool = Field(True, description="save PEFT adapters under out/adapters")
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
     checkpoint_every: Int = Field(
         0, ge=0, description="launch: each node checkpoints every this many rounds (0 = never)"
     )
@@ -274,13 +314,19 @@ class Config(_Section):
                 raise ValueError("data.prompt_template must contain {text}")
         elif d.label_words is not None or d.prompt_column is not None:
             raise ValueError("data.label_words / data.prompt_column need task=causal_lm")
-        if any(v <= 0 for v in self.method_lr.values()):
-            raise ValueError("method_lr: every learning rate must be > 0")
+        if "fedavg" in self.methods and self.compression.kind != "none":
+            raise ValueError(
+                "fedavg with compression is not supported: its server would average compressed "
+                "messages with each node's exact state; use compression.kind=none for fedavg"
+            )
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds: each seed may appear once")
         return self
 
     def for_method(self, method: str) -> Config:
-        """This config with ``lr`` set to the method's own learning rate (``method_lr``)."""
-        return self.model_copy(update={"lr": self.method_lr.get(method, self.lr)})
+        """This config with the method's own values (``per_method``) in place of the top-level ones."""
+        own = self.per_method.get(method)
+        return self if own is None else self.model_copy(update=own.model_dump(exclude_none=True))
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

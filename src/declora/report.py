@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from declora import topology as topo
-from declora.evaluation import evaluate_round, evaluate_untrained
+from declora.evaluation import evaluate_nodes, evaluate_round, evaluate_untrained
 from declora.methods import HEADLINES, METHODS
 from declora.rounds import Counters, NodeCounters
 from declora.scores import mean_finite
@@ -33,10 +33,19 @@ class RunLog:
 
 
 def _clean(value):
-    """JSON has no NaN: write null instead."""
+    """JSON has no NaN: write null instead (in lists and dicts too)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
     return value
+
+
+def write_json(path: Path, data: dict) -> None:
+    """``data`` as indented JSON, NaN written as null."""
+    path.write_text(json.dumps(_clean(data), indent=2))
 
 
 def round_record(
@@ -60,6 +69,17 @@ def round_record(
     return rec
 
 
+# what a method's summary keeps of its last validation record
+VALIDATION_KEYS = (
+    "accuracy",
+    "f1",
+    "loss",
+    "node_accuracy_mean",
+    "node_accuracy_min",
+    "node_eval_rows",
+)
+
+
 def _fmt(value, missing: str = "") -> str:
     """A figure for the table: 4 decimals; ``missing`` for None (JSON's NaN) or NaN."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
@@ -68,32 +88,49 @@ def _fmt(value, missing: str = "") -> str:
 
 
 def start_summary(s: Session) -> dict:
-    """summary.json before any method: the spectral gap and the untrained start."""
+    """summary.json before any method: the split sizes, the spectral gap and the untrained
+    start (on the test rows)."""
     return {
         "methods": {},
+        "test_rows": sum(len(b["labels"]) for b in s.test),
+        "validation_rows": sum(len(b["labels"]) for b in s.val),
         "spectral_gap": topo.spectral_gap(s.W),
         "untrained": evaluate_untrained(s),
     }
 
 
 def headline(method: str, rec: dict) -> dict:
-    """accuracy, f1 and loss of what the method's headline reports (:data:`HEADLINES`): the
-    mean of the nodes' own adapters for ``local`` (a single node holds the network's adapter,
-    so its record's own figures), otherwise the record's own figures."""
+    """accuracy, f1 and loss of what the method's headline reports (:data:`HEADLINES`) in one
+    validation record: the mean of the nodes' own adapters (a single node: its record's own
+    figures), or the one model's."""
     keys = ("accuracy", "f1", "loss")
     if METHODS[method].headline != "nodes":
-        return {k: rec[k] for k in keys}
-    return {k: rec.get(f"node_{k}_mean", rec[k]) for k in keys}
+        return {k: rec.get(k) for k in keys}
+    return {k: rec.get(f"node_{k}_mean", rec.get(k)) for k in keys}
 
 
-def method_summary(method: str, last: dict) -> dict:
-    """summary.json entry of a finished method from its last record; the headline is what the
-    method's nodes hold (:data:`declora.methods.HEADLINES`)."""
+def final_figures(s: Session, states: list[State]) -> dict:
+    """What the nodes hold at the end, on the test rows (:func:`evaluate_nodes`)."""
+    return evaluate_nodes(s, states, s.test)
+
+
+def method_summary(method: str, last: dict, final: dict) -> dict:
+    """summary.json entry of a finished method: its headline on the test rows (``final``,
+    :func:`final_figures`) is what its sites hold (:data:`declora.methods.HEADLINES`), then
+    the worst node and the network average, the last validation record and the counters."""
     keys = ("accuracy", "f1", "loss")
+    if "nodes" in final:
+        head = {k: final[f"node_mean_{k}"] for k in keys if f"node_mean_{k}" in final}
+        spread = {k: v for k, v in final.items() if k.startswith("node_")}
+        spread["average_adapter"] = final["average_adapter"]
+        spread["nodes"] = final["nodes"]
+    else:
+        head, spread = final["model"], {}
     out = {
-        **headline(method, last),
-        "evaluated": HEADLINES[METHODS[method].headline],
-        "average_adapter": {k: last[k] for k in keys},
+        **head,
+        "evaluated": f"test rows ({final['rows']}): {HEADLINES[METHODS[method].headline]}",
+        **spread,
+        "validation": {k: v for k, v in last.items() if k in VALIDATION_KEYS},
         "bytes_sent_per_node": last["bytes_sent"],
         "bytes_sent_total": last["bytes_sent_total"],
         "bytes_per_edge_round": last["bytes_per_edge_round"],
@@ -102,23 +139,31 @@ def method_summary(method: str, last: dict) -> dict:
         "rounds": last["round"],
         "samples_seen": last["samples_seen"],
     }
-    renamed = {"node_accuracy_mean": "node_mean_accuracy", "node_accuracy_min": "node_min_accuracy"}
-    out.update({new: last[old] for old, new in renamed.items() if old in last})
     if "consensus_ab" in last:
         out["consensus_ab"] = last["consensus_ab"]
     return out
 
 
 def results_table(summary: dict) -> str:
-    """Plain-text table of the final figures, one row per method."""
-    head = f"{'method':<12} {'accuracy':>8} {'f1':>6} {'loss':>6} {'node min':>8} {'MB sent/node':>12} {'wall s':>7}"
-    lines = [head, "-" * len(head)]
+    """Plain-text table of the final figures on the test rows, one row per method."""
+    head = (
+        f"{'method':<12} {'accuracy':>8} {'f1':>6} {'loss':>6} {'node min':>8} {'average':>8} "
+        f"{'MB sent/node':>12} {'wall s':>7}"
+    )
+    lines = [
+        f"test rows ({summary['test_rows']}): accuracy, f1, loss = mean over the nodes' own "
+        "adapters (what each site holds; centralized: its one model); node min = the worst "
+        "node; average = the network-average adapter, which no site holds",
+        head,
+        "-" * len(head),
+    ]
     for name, m in summary["methods"].items():
         # no F1 for instruction pairs, no node figures for one model; NaN (null) if it diverged
         acc, loss = _fmt(m["accuracy"], "nan"), _fmt(m["loss"], "nan")
         f1, low = _fmt(m.get("f1")), _fmt(m.get("node_min_accuracy"))
+        avg = _fmt(m.get("average_adapter", {}).get("accuracy"))
         lines.append(
-            f"{name:<12} {acc:>8} {f1:>6} {loss:>6} {low:>8} "
+            f"{name:<12} {acc:>8} {f1:>6} {loss:>6} {low:>8} {avg:>8} "
             f"{m['bytes_sent_per_node'] / 1e6:>12.2f} {m['wall_s']:>7.1f}"
         )
     u = summary["untrained"]

@@ -8,7 +8,7 @@ tests wrap either in one that drops, corrupts, forges, delays or crashes.
 Round t, for every node i the process holds (:func:`play_round`):
 
 1. local steps: ``steps`` optimizer steps on its own rows, unless the round's plan
-   (:mod:`declora.faults`) sits it out;
+   (:mod:`declora.faults`) sits it out or the round is a gossip-only finishing round;
 2. message: if it has a live neighbour in the round's W, its :class:`~declora.gossip.Exchange`
    payload, sealed in a frame (:mod:`declora.wire`: sender, round, checksum, optional HMAC);
 3. transport: the frame to each live neighbour, and theirs back;
@@ -129,6 +129,8 @@ class Party:
     batch_size: int
     size: int  # nodes in the method's network (1 when pooled), held or not
     W: np.ndarray | None  # configured mixing matrix; None = no messages
+    rounds: int = 1  # rounds with local steps
+    finish_rounds: int = 0  # gossip-only rounds after them
     key: bytes | None = None  # HMAC key of security.key_file
     counters: Counters = field(default_factory=Counters)
     warn: Callable[[str], None] = say
@@ -138,14 +140,18 @@ class Party:
             self.counters.nodes.setdefault(node.node_id, NodeCounters())
 
 
-def play_round(party: Party, t: int, plan: RoundPlan, transport: Transport) -> None:
-    """Round ``t`` for the party's nodes: local steps, then messages and mixing."""
+def play_round(
+    party: Party, t: int, plan: RoundPlan, transport: Transport, train: bool = True
+) -> None:
+    """Round ``t`` for the party's nodes: local steps (none in a gossip-only finishing round,
+    ``train=False``), then messages and mixing."""
+    steps = party.steps if train else 0
     for node in party.nodes:
         c = party.counters.nodes[node.node_id]
         active = bool(plan.active[node.node_id])
-        c.loss = train_steps(party.model, node, party.steps, party.collate) if active else math.nan
+        c.loss = train_steps(party.model, node, steps, party.collate) if active else math.nan
         c.grad_norm = node.last_grad_norm
-    party.counters.samples += int(plan.active.sum()) * party.steps * party.batch_size
+    party.counters.samples += int(plan.active.sum()) * steps * party.batch_size
     if plan.W is not None:
         communicate(party, plan.W, t, transport)
 

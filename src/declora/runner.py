@@ -34,8 +34,8 @@ class Quiet:
         pass
 
 
-def is_eval_round(cfg: Config, t: int) -> bool:
-    return t % cfg.eval_every == 0 or t == cfg.rounds
+def is_eval_round(cfg: Config, t: int, total: int) -> bool:
+    return t % cfg.eval_every == 0 or t == total
 
 
 def plan_of_round(s: Session, party: Party, t: int) -> faults.RoundPlan:
@@ -55,21 +55,23 @@ def play_rounds(
     start: int = 0,
     checkpoints: Path | None = None,
 ) -> list[State] | None:
-    """Rounds ``start + 1 .. rounds``; returns every node's final adapter on the process that
-    evaluates (None elsewhere). ``checkpoints``: the folder of per-node checkpoints, written
-    every ``checkpoint_every`` rounds."""
+    """Rounds ``start + 1 ..`` the party's last (the ``finish_rounds`` after its ``rounds``
+    only gossip); returns every node's final adapter on the process that evaluates
+    (None elsewhere). ``checkpoints``: the folder of per-node checkpoints, written every
+    ``checkpoint_every`` rounds."""
     cfg = s.cfg
+    total = party.rounds + party.finish_rounds
     began, wall0 = time.perf_counter(), party.counters.wall_s
     states = None
-    for t in range(start + 1, cfg.rounds + 1):
-        play_round(party, t, plan_of_round(s, party, t), transport)
+    for t in range(start + 1, total + 1):
+        play_round(party, t, plan_of_round(s, party, t), transport, train=t <= party.rounds)
         party.counters.wall_s = wall0 + time.perf_counter() - began
-        if is_eval_round(cfg, t):
+        if is_eval_round(cfg, t, total):
             states = evaluate_and_log(s, party, transport, t, log, progress)
         if checkpoints is not None and cfg.checkpoint_every and t % cfg.checkpoint_every == 0:
             save_checkpoints(party, checkpoints, t)
         progress.round_done(t)
-    if start == cfg.rounds:  # resumed after the last round: gather the final states again
+    if start == total:  # resumed after the last round: gather the final states again
         states = gather(party, transport, start)[0]
     return states
 

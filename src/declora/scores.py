@@ -9,9 +9,13 @@ import numpy as np
 
 
 def macro_f1(pred: np.ndarray, gold: np.ndarray, n_classes: int) -> float:
-    """Unweighted mean of per-class F1 (a class absent from both gives F1 0, as sklearn does)."""
+    """Unweighted mean of per-class F1 over the classes that occur in the labels or the
+    predictions, as scikit-learn's ``f1_score(average="macro")`` (a class absent from both is
+    left out; one with no true positive scores 0). ``n_classes`` bounds the class ids."""
     scores = []
-    for c in range(n_classes):
+    for c in np.union1d(pred, gold):
+        if not 0 <= c < n_classes:
+            raise ValueError(f"class id {c} outside 0..{n_classes - 1}")
         tp = np.sum((pred == c) & (gold == c))
         fp = np.sum((pred == c) & (gold != c))
         fn = np.sum((pred != c) & (gold == c))

@@ -38,8 +38,9 @@ class Session:
     adj: np.ndarray  # (n, n) bool
     W: np.ndarray  # (n, n) mixing matrix
     init: State  # identical starting adapter for every node
-    eval_full: list[dict]
-    eval_nodes: list[dict]
+    val: list[dict]  # validation batches: curves and choices during training
+    val_nodes: list[dict]  # the first node_eval_size validation rows: each node's own curve
+    test: list[dict]  # test batches: scored once, at the end
     key: bytes | None  # HMAC key (security.key_file)
 
     def collate(self, ds: Dataset, idx) -> dict:
@@ -79,7 +80,8 @@ def prepare(cfg: Config, node: int | None = None) -> Session:
     adj, W = graph_for(cfg)
     key = wire.read_key(cfg.security.key_file) if cfg.security.key_file else None
     task, tok = task_for(cfg), load_tokenizer(cfg)
-    train, held_out = load_task_data(cfg, tok)
+    splits = load_task_data(cfg, tok)
+    train = splits.train
     parts = split(cfg, train.labels)
     sizes = [len(ix) for ix in parts]
     if node is not None:
@@ -103,8 +105,9 @@ def prepare(cfg: Config, node: int | None = None) -> Session:
         adj=adj,
         W=W,
         init=init,
-        eval_full=task.eval_batches(held_out, pad),
-        eval_nodes=task.eval_batches(held_out, pad, limit=cfg.node_eval_size),
+        val=task.eval_batches(splits.val, pad),
+        val_nodes=task.eval_batches(splits.val, pad, limit=cfg.node_eval_size),
+        test=task.eval_batches(splits.test, pad),
         key=key,
     )
 
@@ -138,5 +141,7 @@ def party_for(s: Session, method: Method, held: list[int] | None = None) -> Part
         batch_size=cfg.batch_size,
         size=size,
         W=W,
+        rounds=cfg.rounds,
+        finish_rounds=cfg.finish_rounds if method.gossips else 0,
         key=s.key,
     )

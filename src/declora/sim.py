@@ -68,7 +68,7 @@ def run_method(
     """Train one method for ``rounds`` rounds; its last record and every node's adapter."""
     party = party_for(s, METHODS[method])
     transport = MemoryTransport() if wrap is None else wrap(MemoryTransport())
-    bar = Bar(method, s.cfg.rounds)
+    bar = Bar(method, party.rounds + party.finish_rounds)
     try:
         states = play_rounds(s, party, transport, log, bar)
     finally:

@@ -48,7 +48,8 @@ def survey(cfg: Config) -> dict:
         "partition": cfg.partition.model_dump(),
         "labels": r.names,
         "rows": int(counts.sum()),
-        "held_out_rows": len(r.eval_idx),
+        "validation_rows": len(r.val_idx),
+        "test_rows": len(r.test_idx),
         "pooled_shares": dict(zip(r.names, pooled.round(4).tolist())),
         "heterogeneity": {"tv_mean": float(tv.mean()), "tv_max": float(tv.max())},
         "nodes": nodes,
@@ -70,7 +71,7 @@ def format_survey(sv: dict) -> str:
         )
     h = sv["heterogeneity"]
     lines.append(
-        f"{sv['rows']:,} training rows ({sv['held_out_rows']:,} held out), {len(names)} labels; "
+        f"{sv['rows']:,} training rows ({sv['validation_rows']:,} validation and {sv['test_rows']:,} test rows held out), {len(names)} labels; "
         f"label shares per node; words per text (mean, max); TV = distance of a node's label "
         f"mix from the pooled one: mean {h['tv_mean']:.3f}, max {h['tv_max']:.3f}"
     )

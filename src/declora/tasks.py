@@ -16,7 +16,7 @@ from torch.func import functional_call
 
 from declora import lm
 from declora.config import Config, TaskName
-from declora.data import Dataset, load_dataset, pad_right
+from declora.data import Dataset, Splits, load_dataset, pad_right
 from declora.scores import macro_f1
 from declora.tensors import State
 
@@ -101,6 +101,6 @@ def task_for(cfg: Config) -> Task:
     return TASKS[cfg.task]
 
 
-def load_task_data(cfg: Config, tok) -> tuple[Dataset, Dataset]:
-    """(train, held-out) datasets of the config's data, built by its task."""
+def load_task_data(cfg: Config, tok) -> Splits:
+    """Training, validation and test rows of the config's data, built by its task."""
     return load_dataset(cfg, tok, task_for(cfg).dataset)

@@ -1,0 +1,90 @@
+"""``declora tune`` (:mod:`declora.tune`) on the tiny model: the same number of trials per
+method, a tuned.yaml that ``declora run`` accepts, the test rows never read, and a resumed
+search that keeps its earlier trials."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+
+import pytest
+
+from declora import tune as tune_mod
+from declora.cli import main
+from declora.config import load_config
+from tests.helpers import tiny_args
+
+
+@pytest.fixture(scope="module")
+def search(tiny_model_dir, tiny_csv, tmp_path_factory):
+    """A 2-trial search of dec-lora and centralized; the session's test rows are emptied, so
+    reading them anywhere would fail."""
+    out = tmp_path_factory.mktemp("tune") / "search"
+    args = [*tiny_args(tiny_model_dir, tiny_csv, out), "methods=[dec-lora,centralized]"]
+    real = tune_mod.prepare
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tune_mod, "prepare", lambda cfg: dataclasses.replace(real(cfg), test=[]))
+        assert main(["tune", *args, "tune.trials=2"]) == 0
+    return out, args
+
+
+def trials(out) -> list[dict]:
+    with (out / "trials.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_every_method_gets_the_same_trials_and_starts_from_the_config(search):
+    out, _ = search
+    rows = trials(out)
+    assert [(r["method"], r["trial"]) for r in rows] == [
+        ("dec-lora", "0"), ("dec-lora", "1"), ("centralized", "0"), ("centralized", "1"),
+    ]  # fmt: skip
+    first = rows[0]  # the config's own values come first (tiny_args: lr 0.01, constant)
+    assert float(first["param_lr"]) == 0.01 and first["param_schedule"] == "constant"
+    assert first["param_finish_rounds"] == "0" and rows[2]["param_finish_rounds"] == ""
+    for name in ("tuned.yaml", "tune.png", "tune.journal", "config.yaml"):
+        assert (out / name).is_file(), name
+
+
+def test_tuned_yaml_holds_the_best_values_and_runs(search, tmp_path):
+    out, _ = search
+    tuned = load_config(str(out / "tuned.yaml"))
+    rows = trials(out)
+    for method in ("dec-lora", "centralized"):
+        done = [r for r in rows if r["method"] == method and r["state"] == "complete"]
+        best = max(done, key=lambda r: float(r["validation_accuracy"]))
+        assert tuned.per_method[method].lr == pytest.approx(float(best["param_lr"]))
+        assert tuned.for_method(method).schedule == best["param_schedule"]
+    run_out = tmp_path / "run"
+    assert main(["run", str(out / "tuned.yaml"), f"out={run_out}", "export_adapters=false"]) == 0
+    assert (run_out / "summary.json").is_file()
+
+
+def test_more_trials_resume_the_search_and_keep_the_earlier_ones(search):
+    out, args = search
+    before = trials(out)
+    assert main(["tune", *args, "tune.trials=3"]) == 0
+    after = trials(out)
+    assert [r["method"] for r in after].count("dec-lora") == 3
+    assert [r["method"] for r in after].count("centralized") == 3
+    kept = [r for r in after if r["trial"] in ("0", "1")]
+    key = ("method", "trial", "param_lr", "validation_accuracy")
+    assert [[r[k] for k in key] for r in kept] == [[r[k] for k in key] for r in before]
+    # the resumed part draws new points, not the ones the first part tried
+    for method in ("dec-lora", "centralized"):
+        earlier = {r["param_lr"] for r in before if r["method"] == method}
+        (new,) = [r for r in after if r["method"] == method and r["trial"] == "2"]
+        assert new["param_lr"] not in earlier
+
+
+def test_another_config_in_the_same_folder_is_refused(search, capsys):
+    out, args = search
+    assert main(["tune", *args, "lora.rank=2"]) == 2
+    assert "another config" in capsys.readouterr().err
+
+
+def test_tune_refuses_seeds(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    args = tiny_args(tiny_model_dir, tiny_csv, tmp_path / "x")
+    assert main(["tune", *args, "seeds=[0,1]"]) == 2
+    assert "one seed" in capsys.readouterr().err
+    assert load_config(None, ["tune.trials=3"]).tune.trials == 3
