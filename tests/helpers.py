@@ -72,6 +72,7 @@ def tiny_args(model_dir, csv_path, out) -> list[str]:
         "lr=0.01",
         "per_method={}",
         "schedule=constant",
+        "finish_rounds=0",
         "warmup=0",
         "eval_every=3",
         "node_eval_size=48",

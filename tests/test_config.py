@@ -69,6 +69,19 @@ def test_yaml_file_then_overrides(tmp_path):
         (["seed=100000000000000000000000"], "seed: Input should be less than or equal to"),
         (["data.split_seed=-1"], "data.split_seed"),
         (["data.label_column=text"], "data.text_column and data.label_column are both 'text'"),
+        (["methods=[fedavg]", "compression.kind=quantize"], "fedavg with compression"),
+        (["seeds=[0, 0]"], "each seed may appear once"),
+        (["seeds=[]"], "seeds"),
+        (["seeds=[-1]"], "seeds"),
+        (["finish_rounds=-1"], "finish_rounds"),
+        (
+            ["per_method={dec-lora: {momentum: 0.9}}"],
+            "unknown config key 'per_method.dec-lora.momentum'",
+        ),
+        (["per_method={magic: {lr: 0.1}}"], "per_method"),
+        (["data.val_size=0"], "data.val_size"),
+        (["data.eval_size=100"], "unknown config key 'data.eval_size'"),
+        (["tune.trials=0"], "tune.trials"),
     ],
 )
 def test_bad_config_is_one_clear_line(overrides, message):
@@ -153,3 +166,22 @@ def test_an_output_path_that_cannot_be_a_folder_is_one_line(tmp_path, capsys, ki
     message = "is a file, not a folder" if kind == "file" else "cannot create the folder"
     with pytest.raises(ConfigError, match=message):
         make_out_dir(load_config(None, [f"out={out}"]))
+
+
+def test_a_method_takes_its_own_values_and_the_rest_from_the_top():
+    cfg = load_config(
+        None,
+        [
+            "lr=0.01",
+            "per_method={centralized: {lr: 0.002, schedule: cosine}, dec-lora: {finish_rounds: 7}}",
+        ],
+    )
+    central, dec, local = (cfg.for_method(m) for m in ("centralized", "dec-lora", "local"))
+    assert (central.lr, central.schedule, central.finish_rounds) == (0.002, "cosine", 0)
+    assert (dec.lr, dec.schedule, dec.finish_rounds) == (0.01, "constant", 7)
+    assert local == cfg  # no values of its own
+
+
+def test_the_default_yaml_is_the_built_in_default():
+    """configs/default.yaml documents the built-in job: it must hold the same values."""
+    assert load_config("default") == load_config(None)

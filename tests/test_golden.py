@@ -44,7 +44,7 @@ SIM_CASES = {
         "compression.scheme=choco",
     ],
     "faults_topk": [
-        "methods=[dec-lora,fedavg,local]",
+        "methods=[dec-lora,local]",  # fedavg refuses compression
         "faults.link_drop=0.3",
         "faults.node_drop=0.2",
         "compression.kind=topk",
