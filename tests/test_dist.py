@@ -153,6 +153,7 @@ def test_dist_matches_simulator_with_faults_and_compression(tiny_model_dir, tiny
         "compression.kind=quantize",
         "compression.bits=4",
         "finish_rounds=2",  # gossip-only rounds after training, faults and all
+        "gossip_steps=2",  # two mixing steps a round, each with its own rounding noise
     ]
     sim_out, dist_out = tmp_path / "sim", tmp_path / "dist"
     run_sim([*base_args(tiny_model_dir, tiny_csv, sim_out), *extra])

@@ -27,8 +27,9 @@ COMPRESSED = [
 MEASURED = {
     "choco-3bit": (["dec-lora"], COMPRESSED),
     "fedavg-fp32": (["dec-lora", "fedavg"], []),
-    # frozen A is never sent (half the LoRA bytes); finishing rounds send without training
-    "frozen-a-finish": (["dec-lora"], ["consensus=frozen_a", "finish_rounds=2"]),
+    # frozen A is never sent (half the LoRA bytes); finishing rounds send without training;
+    # three gossip steps a round send three messages a neighbour
+    "frozen-a-finish": (["dec-lora"], ["consensus=frozen_a", "finish_rounds=2", "gossip_steps=3"]),
 }
 
 

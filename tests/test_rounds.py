@@ -205,3 +205,21 @@ def test_finishing_rounds_only_gossip_until_the_nodes_agree(tiny_model_dir, tiny
         nodes = [n[key] for n in finished["nodes"]]
         assert max(nodes) - min(nodes) < 1e-5
         assert finished[key] == pytest.approx(finished["average_adapter"][key], abs=1e-5)
+
+
+def test_gossip_steps_mix_more_for_more_bytes(tiny_model_dir, tiny_csv, tmp_path):
+    """gossip_steps=3: three exchanges a round on the same W, so three times the bytes, the
+    same samples, and nodes closer together than with one."""
+    base = [
+        *tiny_args(tiny_model_dir, tiny_csv, None),
+        "methods=[dec-lora]",
+        "export_adapters=false",
+    ]
+    got = {}
+    for steps in (1, 3):
+        out = tmp_path / f"g{steps}"
+        run(load_config(None, [*base, f"out={out}", f"gossip_steps={steps}"]), echo=lambda s: None)
+        got[steps] = json.loads((out / "summary.json").read_text())["methods"]["dec-lora"]
+    assert got[3]["bytes_sent_per_node"] == 3 * got[1]["bytes_sent_per_node"]
+    assert got[3]["samples_seen"] == got[1]["samples_seen"]
+    assert got[3]["consensus_ab"] < got[1]["consensus_ab"]

@@ -107,9 +107,12 @@ def payload_size(sizes: int | Sequence[int], spec: Spec) -> int:
     return HEADER.size + _body_size(spec.kind, spec.bits, param, sizes)
 
 
-def message_generator(seed: int, node_id: int, round_: int) -> torch.Generator:
-    """The rounding noise of one node's message in one round, independent of who computes it."""
+def message_generator(seed: int, node_id: int, round_: int, step: int = 0) -> torch.Generator:
+    """The rounding noise of one node's message in one round (its ``step``-th gossip step of
+    the round), independent of who computes it."""
     entropy = [seed % 2**64, node_id, round_, 0x6D7367]  # the last word separates this stream
+    if step:
+        entropy.append(step)
     state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
     return torch.Generator().manual_seed(int(state))
 

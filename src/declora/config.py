@@ -177,6 +177,7 @@ class MethodSettings(_Section):
         None, description="learning-rate decay"
     )
     finish_rounds: Int | None = Field(None, ge=0, description="gossip-only rounds at the end")
+    gossip_steps: Int | None = Field(None, ge=1, le=100, description="mixing steps per round")
 
 
 class TuneConfig(_Section):
@@ -216,6 +217,13 @@ class Config(_Section):
         ge=0,
         description="gossip-only rounds after the last training round (dec-lora): the nodes' "
         "adapters agree, at the cost of bytes and no compute",
+    )
+    gossip_steps: Int = Field(
+        1,
+        ge=1,
+        le=100,
+        description="mixing steps after each round's local steps (dec-lora): bytes x this, "
+        "the nodes closer to the network average under skewed data",
     )
     seed: Int = Field(
         0, ge=0, le=SEED_MAX, description="seed of initialisation, partition and sampling"

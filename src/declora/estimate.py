@@ -76,13 +76,15 @@ def estimate(cfg: Config, num_labels: int | None = None) -> dict:
         num_labels = num_labels or 2
     adapter, full = message_sizes(cfg, num_labels or count_labels(cfg))
     spec, T = cfg.compression, cfg.rounds
-    finish = cfg.for_method("dec-lora").finish_rounds  # gossip-only rounds: bytes, no steps
+    dec = cfg.for_method("dec-lora")
+    finish = dec.finish_rounds  # gossip-only rounds: bytes, no steps
     lora_msg, full_msg = payload_size(adapter, spec), payload_size(full, spec)
     ones, all_n = np.ones(n), np.array([n])
     return {
         "nodes": n,
         "rounds": T,
         "finish_rounds": finish,
+        "gossip_steps": dec.gossip_steps,
         "topology": cfg.topology.kind,
         "neighbours": {
             "min": int(neighbours.min()),
@@ -95,7 +97,13 @@ def estimate(cfg: Config, num_labels: int | None = None) -> dict:
             "lora": payload_size(adapter, _Float32()),
             "full_model": payload_size(full, _Float32()),
         },
-        "dec-lora": _row(sum(adapter), lora_msg, neighbours, neighbours, T + finish),
+        "dec-lora": _row(
+            sum(adapter),
+            lora_msg,
+            neighbours * dec.gossip_steps,
+            neighbours * dec.gossip_steps,
+            T + finish,
+        ),
         "fedavg-node": _row(sum(adapter), lora_msg, ones, ones, T),
         "fedavg-server": _row(sum(adapter), lora_msg, all_n, all_n, T),
         "full-model-gossip": _row(sum(full), full_msg, neighbours, neighbours, T),

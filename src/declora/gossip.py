@@ -70,13 +70,13 @@ class Exchange:
             self.public[j] = flatten(self.template).clone()
         return self.public[j]
 
-    def outgoing(self, state: State, round_: int) -> bytes:
-        """The payload this node sends to every neighbour this round."""
+    def outgoing(self, state: State, round_: int, step: int = 0) -> bytes:
+        """The payload this node sends to every neighbour in gossip step ``step`` of a round."""
         flat = flatten(self._message(state))
         choco = self.spec.scheme == "choco"
         if choco:
             flat = flat - self._copy(self.node_id)
-        gen = message_generator(self.seed, self.node_id, round_)
+        gen = message_generator(self.seed, self.node_id, round_, step)
         payload = compress(flat, self.spec, gen, self.sizes, refit=choco)
         if choco:  # decode our own payload: exactly what every neighbour adds to its copy
             self._sent = decompress(payload, self.sizes)

@@ -13,7 +13,8 @@ Round t, for every node i the process holds (:func:`play_round`):
    payload, sealed in a frame (:mod:`declora.wire`: sender, round, checksum, optional HMAC);
 3. transport: the frame to each live neighbour, and theirs back;
 4. mixing: each received frame is opened and checked; a refused one is logged and its weight
-   goes to the node itself; then :meth:`Exchange.incoming` mixes;
+   goes to the node itself; then :meth:`Exchange.incoming` mixes; steps 2-4 repeat
+   ``gossip_steps`` times (the same W);
 5. counters: samples, bytes, refusals (:class:`Counters`).
 """
 
@@ -131,6 +132,7 @@ class Party:
     W: np.ndarray | None  # configured mixing matrix; None = no messages
     rounds: int = 1  # rounds with local steps
     finish_rounds: int = 0  # gossip-only rounds after them
+    gossip_steps: int = 1  # mixing steps in each round
     key: bytes | None = None  # HMAC key of security.key_file
     counters: Counters = field(default_factory=Counters)
     warn: Callable[[str], None] = say
@@ -153,11 +155,13 @@ def play_round(
         c.grad_norm = node.last_grad_norm
     party.counters.samples += int(plan.active.sum()) * steps * party.batch_size
     if plan.W is not None:
-        communicate(party, plan.W, t, transport)
+        for step in range(party.gossip_steps):
+            communicate(party, plan.W, t, transport, step)
 
 
-def communicate(party: Party, W: np.ndarray, t: int, transport: Transport) -> None:
-    """Every held node with a live edge sends its frame, then mixes what it accepts.
+def communicate(party: Party, W: np.ndarray, t: int, transport: Transport, step: int = 0) -> None:
+    """Every held node with a live edge sends its frame, then mixes what it accepts (gossip
+    step ``step`` of round t: its frames carry round t; its rounding noise is its own).
 
     A node with no live edge this round (faults) neither sends nor mixes. Bytes count each
     payload once per neighbour, or once for a server (fedavg); the frame's header is not
@@ -170,7 +174,7 @@ def communicate(party: Party, W: np.ndarray, t: int, transport: Transport) -> No
         peers = sorted(j for j in weights[i] if j != i)
         if not peers:
             continue
-        payload = ex.outgoing(node.state(), t)
+        payload = ex.outgoing(node.state(), t, step)
         c = party.counters.nodes[i]
         c.payload = len(payload)
         c.sent += len(payload) * (1 if party.method.server else len(peers))

@@ -143,5 +143,6 @@ def party_for(s: Session, method: Method, held: list[int] | None = None) -> Part
         W=W,
         rounds=cfg.rounds,
         finish_rounds=cfg.finish_rounds if method.gossips else 0,
+        gossip_steps=cfg.gossip_steps if method.gossips else 1,
         key=s.key,
     )

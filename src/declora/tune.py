@@ -25,7 +25,7 @@ import optuna
 import yaml
 from tqdm.auto import tqdm
 
-from declora.config import Config, ConfigError, MethodSettings, dump_config
+from declora.config import Config, ConfigError, MethodSettings, dump_config, load_config
 from declora.evaluation import evaluate_nodes
 from declora.methods import METHODS
 from declora.outputs import make_out_dir
@@ -36,17 +36,20 @@ from declora.sim import Bar, MemoryTransport
 
 JOURNAL = "tune.journal"
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+GOSSIP_STEPS = (1, 2, 4, 8)  # mixing steps per round a search may choose
 
 
 def suggest(trial: optuna.Trial, method: str, cfg: Config) -> MethodSettings:
     """One trial's values: learning rate, the head's multiple of it and the schedule for every
-    method; the gossip-only finishing rounds for a method whose nodes gossip."""
+    method; for a method whose nodes gossip, the gossip steps per round and the gossip-only
+    finishing rounds."""
     values = {
         "lr": trial.suggest_float("lr", 1e-4, 3e-2, log=True),
         "head_lr_scale": trial.suggest_float("head_lr_scale", 1.0, 20.0, log=True),
         "schedule": trial.suggest_categorical("schedule", ["constant", "cosine"]),
     }
     if METHODS[method].gossips:
+        values["gossip_steps"] = trial.suggest_categorical("gossip_steps", GOSSIP_STEPS)
         values["finish_rounds"] = trial.suggest_int("finish_rounds", 0, 40, step=5)
     return MethodSettings(**values)
 
@@ -58,6 +61,7 @@ def start_values(cfg: Config, method: str) -> dict:
     if own.schedule not in ("constant", "cosine"):
         values["schedule"] = "constant"
     if METHODS[method].gossips:
+        values["gossip_steps"] = min(GOSSIP_STEPS, key=lambda g: abs(g - own.gossip_steps))
         values["finish_rounds"] = min(40, 5 * round(own.finish_rounds / 5))
     values["lr"] = min(max(values["lr"], 1e-4), 3e-2)
     values["head_lr_scale"] = min(max(values["head_lr_scale"], 1.0), 20.0)
@@ -111,8 +115,10 @@ def open_out(cfg: Config) -> Path:
     """A new output folder, or the folder of an earlier search of the same config (resume)."""
     out = Path(cfg.out) if cfg.out else None
     if out is not None and (out / JOURNAL).is_file():
-        saved = (out / "config.yaml").read_text() if (out / "config.yaml").is_file() else ""
-        if _searched(saved) != _searched(dump_config(cfg)):
+        saved = out / "config.yaml"
+        # read back through today's Config, so that a key added since keeps its default
+        before = dump_config(load_config(str(saved))) if saved.is_file() else ""
+        if _searched(before) != _searched(dump_config(cfg)):
             raise ConfigError(
                 f"out={out} holds a search of another config; resume with the same config or "
                 "choose a new folder"
