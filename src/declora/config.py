@@ -199,7 +199,17 @@ class Config(_Section):
     batch_size: Int = Field(16, ge=1, description="training batch size on every node")
     lr: float = Field(1e-2, gt=0, description="learning rate")
     per_method: dict[MethodName, MethodSettings] = Field(
-        default_factory=lambda: {"centralized": MethodSettings(lr=2e-3)},
+        default_factory=lambda: {
+            "centralized": MethodSettings(lr=0.001079, head_lr_scale=8.652942, schedule="cosine"),
+            "dec-lora": MethodSettings(
+                lr=0.015703,
+                head_lr_scale=1.040526,
+                schedule="cosine",
+                finish_rounds=40,
+                gossip_steps=1,
+            ),
+            "local": MethodSettings(lr=0.001202, head_lr_scale=1.080764, schedule="constant"),
+        },
         description="values one method uses instead of the top-level ones, e.g. "
         "{centralized: {lr: 0.002}} (declora tune writes them)",
     )

@@ -216,6 +216,10 @@ def write_tuned(cfg: Config, studies: dict[str, optuna.Study], out: Path) -> Pat
             )
     data = yaml.safe_load(dump_config(tuned))
     data = {k: v for k, v in data.items() if k not in ("out", "tune")}
+    data["per_method"] = {
+        m: {k: v for k, v in values.items() if v is not None}
+        for m, values in data["per_method"].items()
+    }
     path = out / "tuned.yaml"
     path.write_text("\n".join(lines) + "\n" + yaml.safe_dump(data, sort_keys=False))
     return path
