@@ -34,7 +34,9 @@ from declora.sim import MemoryTransport
 
 def rows_for(s, schedule: str, finishes: list[int]) -> list[dict]:
     """Train once with ``schedule``, then score the nodes after each finish length."""
-    cfg = s.cfg.model_copy(update={"schedule": schedule, "finish_rounds": 0})
+    # the top-level values (and the command line's) rule here, not dec-lora's own per_method
+    per = {m: v for m, v in s.cfg.per_method.items() if m != "dec-lora"}
+    cfg = s.cfg.model_copy(update={"schedule": schedule, "finish_rounds": 0, "per_method": per})
     st = dataclasses.replace(s, cfg=cfg)
     party = party_for(st, METHODS["dec-lora"])
     transport, began = MemoryTransport(), time.perf_counter()
@@ -71,7 +73,8 @@ def table(rows: list[dict], cfg, seconds: float) -> str:
         "# Nodes in agreement: learning-rate schedule and consensus finish",
         "",
         "Command: `.venv/bin/python benchmarks/agreement.py` (the default job, dec-lora only; "
-        f"{cfg.rounds} training rounds, lr {cfg.for_method('dec-lora').lr:g}, seed {cfg.seed}).",
+        f"{cfg.rounds} training rounds, lr {cfg.lr:g}, head x{cfg.head_lr_scale:g}, "
+        f"{cfg.gossip_steps} gossip step(s) a round, seed {cfg.seed}).",
         "",
         f"Validation rows ({cfg.data.val_size}), never the test rows. node mean / node min: each "
         "node's own adapter (what a site holds), mean and worst over the "
