@@ -169,7 +169,7 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
     if start:
         resume(party, root, start)
     log = open_log(s, out, start, echo) if rank == 0 else None
-    progress = Lines(party.rounds + party.finish_rounds, echo) if rank == 0 else Quiet()
+    progress = Lines(party.total_rounds, echo) if rank == 0 else Quiet()
     states = play_rounds(s, party, transport, log, progress, start=start, checkpoints=root)
     if rank == 0:
         finish(s, out, log, states, {"processes": world, "backend": backend}, echo)

@@ -11,6 +11,11 @@ from declora.session import Session
 from declora.tensors import State
 
 
+def rows_of(batches: list[dict]) -> int:
+    """Rows in a list of evaluation batches."""
+    return sum(len(b["labels"]) for b in batches)
+
+
 def evaluate_round(s: Session, states: list[State]) -> dict:
     """Validation figures of one round from every node's adapter (in node order)."""
     rec = s.task.evaluate(s.model, network_average(states, s.cfg.consensus), s.val)
@@ -19,10 +24,9 @@ def evaluate_round(s: Session, states: list[State]) -> dict:
         own = [s.task.evaluate(s.model, st, s.val_nodes) for st in states]
         rec["node_accuracy_mean"] = float(np.mean([o["accuracy"] for o in own]))
         rec["node_accuracy_min"] = float(np.min([o["accuracy"] for o in own]))
-        if "f1" in own[0]:
-            rec["node_f1_mean"] = float(np.mean([o["f1"] for o in own]))
+        rec["node_f1_mean"] = float(np.mean([o["f1"] for o in own]))
         rec["node_loss_mean"] = float(np.mean([o["loss"] for o in own]))
-        rec["node_eval_rows"] = sum(len(b["labels"]) for b in s.val_nodes)
+        rec["node_eval_rows"] = rows_of(s.val_nodes)
         rec.update(consensus_distances(states))
     return rec
 
@@ -31,7 +35,7 @@ def evaluate_nodes(s: Session, states: list[State], batches: list[dict]) -> dict
     """What the nodes hold, scored on ``batches`` (a whole split): one model's figures under
     ``model``; or every node's own under ``nodes``, their mean and worst (``node_mean_*``,
     ``node_min_accuracy`` / ``_f1``, ``node_max_loss``) and the network average beside them."""
-    rows = sum(len(b["labels"]) for b in batches)
+    rows = rows_of(batches)
     if len(states) == 1:
         return {"rows": rows, "model": s.task.evaluate(s.model, states[0], batches)}
     own = [s.task.evaluate(s.model, st, batches) for st in states]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from declora import topology as topo
-from declora.evaluation import evaluate_nodes, evaluate_round, evaluate_untrained
+from declora.evaluation import evaluate_nodes, evaluate_round, evaluate_untrained, rows_of
 from declora.methods import HEADLINES, METHODS
 from declora.rounds import Counters, NodeCounters
 from declora.scores import mean_finite
@@ -92,8 +92,8 @@ def start_summary(s: Session) -> dict:
     start (on the test rows)."""
     return {
         "methods": {},
-        "test_rows": sum(len(b["labels"]) for b in s.test),
-        "validation_rows": sum(len(b["labels"]) for b in s.val),
+        "test_rows": rows_of(s.test),
+        "validation_rows": rows_of(s.val),
         "spectral_gap": topo.spectral_gap(s.W),
         "untrained": evaluate_untrained(s),
     }

@@ -137,6 +137,11 @@ class Party:
     counters: Counters = field(default_factory=Counters)
     warn: Callable[[str], None] = say
 
+    @property
+    def total_rounds(self) -> int:
+        """Rounds with local steps, then the gossip-only finishing rounds."""
+        return self.rounds + self.finish_rounds
+
     def __post_init__(self) -> None:
         for node in self.nodes:
             self.counters.nodes.setdefault(node.node_id, NodeCounters())

@@ -60,7 +60,7 @@ def play_rounds(
     (None elsewhere). ``checkpoints``: the folder of per-node checkpoints, written every
     ``checkpoint_every`` rounds."""
     cfg = s.cfg
-    total = party.rounds + party.finish_rounds
+    total = party.total_rounds
     began, wall0 = time.perf_counter(), party.counters.wall_s
     states = None
     for t in range(start + 1, total + 1):

@@ -50,9 +50,9 @@ class Bar:
     """A progress bar over one method's rounds, showing the latest evaluation of what the
     method's headline reports (the nodes' own adapters for ``local``)."""
 
-    def __init__(self, method: str, rounds: int):
+    def __init__(self, method: str, rounds: int, leave: bool = True):
         self.method = method
-        self.bar = tqdm(total=rounds, desc=f"{method:>11}", unit="round", leave=True)
+        self.bar = tqdm(total=rounds, desc=f"{method:>11}", unit="round", leave=leave)
 
     def round_done(self, t: int) -> None:
         self.bar.update(1)
@@ -68,7 +68,7 @@ def run_method(
     """Train one method for ``rounds`` rounds; its last record and every node's adapter."""
     party = party_for(s, METHODS[method])
     transport = MemoryTransport() if wrap is None else wrap(MemoryTransport())
-    bar = Bar(method, party.rounds + party.finish_rounds)
+    bar = Bar(method, party.total_rounds)
     try:
         states = play_rounds(s, party, transport, log, bar)
     finally:

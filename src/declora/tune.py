@@ -39,7 +39,7 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 GOSSIP_STEPS = (1, 2, 4, 8)  # mixing steps per round a search may choose
 
 
-def suggest(trial: optuna.Trial, method: str, cfg: Config) -> MethodSettings:
+def suggest(trial: optuna.Trial, method: str) -> MethodSettings:
     """One trial's values: learning rate, the head's multiple of it and the schedule for every
     method; for a method whose nodes gossip, the gossip steps per round and the gossip-only
     finishing rounds."""
@@ -74,8 +74,7 @@ class Reporter:
 
     def __init__(self, trial: optuna.Trial, method: str, total: int, prune: bool):
         self.trial, self.method, self.total, self.prune = trial, method, total, prune
-        self.bar = Bar(method, total)
-        self.bar.bar.leave = False
+        self.bar = Bar(method, total, leave=False)
 
     def round_done(self, t: int) -> None:
         self.bar.round_done(t)
@@ -91,12 +90,12 @@ class Reporter:
 def objective(s: Session, method: str, trial: optuna.Trial) -> float:
     """Train ``method`` with the trial's values; its headline accuracy on the validation rows."""
     cfg = s.cfg
-    settings = suggest(trial, method, cfg)
+    settings = suggest(trial, method)
     tried = dataclasses.replace(
         s, cfg=cfg.model_copy(update={"per_method": {**cfg.per_method, method: settings}})
     )
     party = party_for(tried, METHODS[method])
-    reporter = Reporter(trial, method, party.rounds + party.finish_rounds, cfg.tune.prune)
+    reporter = Reporter(trial, method, party.total_rounds, cfg.tune.prune)
     began = time.perf_counter()
     try:
         states = play_rounds(tried, party, MemoryTransport(), None, reporter)
