@@ -182,6 +182,19 @@ def test_a_method_takes_its_own_values_and_the_rest_from_the_top():
     assert local == cfg  # no values of its own
 
 
+def test_a_dotted_per_method_override_changes_one_value_and_keeps_the_others():
+    built_in = load_config(None).per_method
+    cfg = load_config(None, ["per_method.dec-lora.gossip_steps=8"])
+    assert cfg.per_method["dec-lora"] == built_in["dec-lora"].model_copy(update={"gossip_steps": 8})
+    assert {m: cfg.per_method[m] for m in ("centralized", "local")} == {
+        m: built_in[m] for m in ("centralized", "local")
+    }
+    from_file = load_config("default", ["per_method.local.lr=0.5"]).per_method
+    assert from_file["local"].lr == 0.5 and from_file["dec-lora"] == built_in["dec-lora"]
+    assert load_config(None, ["per_method={}"]).per_method == {}
+    assert load_config("default", ["per_method={}"]).per_method == {}
+
+
 def test_the_default_yaml_is_the_built_in_default():
     """configs/default.yaml documents the built-in job: it must hold the same values."""
     assert load_config("default") == load_config(None)

@@ -374,9 +374,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` over ``base``, section by section; an empty mapping (``per_method={}``)
+    replaces what it names rather than adding nothing to it."""
     out = dict(base)
     for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
+        if isinstance(v, dict) and v and isinstance(out.get(k), dict):
             out[k] = _merge(out[k], v)
         else:
             out[k] = v
@@ -448,7 +450,16 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{file}: not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{file}: expected a mapping of config keys at the top level")
-    data = _merge(data, parse_overrides(overrides or []))
+    extra = parse_overrides(overrides or [])
+    dotted = any(
+        item.partition("=")[0].strip().startswith("per_method.") for item in overrides or []
+    )
+    if dotted and "per_method" not in data:
+        # `per_method.dec-lora.gossip_steps=8` changes one value of the built-in per_method;
+        # `per_method={...}` still gives the whole mapping
+        default = Config.model_fields["per_method"].default_factory()
+        data["per_method"] = {m: v.model_dump(exclude_none=True) for m, v in default.items()}
+    data = _merge(data, extra)
     try:
         return Config.model_validate(data)
     except ValidationError as err:
