@@ -198,3 +198,12 @@ def test_a_dotted_per_method_override_changes_one_value_and_keeps_the_others():
 def test_the_default_yaml_is_the_built_in_default():
     """configs/default.yaml documents the built-in job: it must hold the same values."""
     assert load_config("default") == load_config(None)
+
+
+def test_the_tiny_pilot_keeps_the_built_in_per_method_but_finishes_sooner():
+    built_in, tiny = load_config(None).per_method, load_config("tiny").per_method
+    assert tiny["dec-lora"].finish_rounds == 6
+    assert tiny == {
+        **built_in,
+        "dec-lora": built_in["dec-lora"].model_copy(update={"finish_rounds": 6}),
+    }
