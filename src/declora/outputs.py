@@ -121,6 +121,13 @@ def plot_curves(records: list[dict], path: Path) -> None:
     axes[0].set(title="validation accuracy", xlabel="round", ylabel="accuracy")
     axes[1].set(title="validation loss", xlabel="round", ylabel="cross-entropy")
     axes[2].set(title="consensus distance (relative)", xlabel="round", yscale="log")
+    save_figure(fig, axes, path)
+
+
+def save_figure(fig, axes, path: Path) -> None:
+    """Grid and legend on every panel that drew something, then the PNG; the figure is closed."""
+    import matplotlib.pyplot as plt
+
     for ax in axes:
         ax.grid(alpha=0.3)
         if ax.has_data():

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from declora.config import Config, ConfigError, MethodSettings, dump_config, load_config
 from declora.evaluation import evaluate_nodes
 from declora.methods import METHODS
-from declora.outputs import make_out_dir
+from declora.outputs import make_out_dir, save_figure
 from declora.report import headline
 from declora.runner import play_rounds
 from declora.session import Session, party_for, prepare
@@ -280,13 +280,7 @@ def plot_search(studies: dict[str, optuna.Study], path: Path) -> None:
         )  # fmt: skip
     axes[0].set(title="validation accuracy per trial (x: stopped early)", xlabel="trial")
     axes[1].set(title="validation accuracy against learning rate", xlabel="lr", xscale="log")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        if ax.has_data():
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, axes, path)
 
 
 def format_best(studies: dict[str, optuna.Study]) -> str:
