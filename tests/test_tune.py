@@ -88,3 +88,34 @@ def test_tune_refuses_seeds(tiny_model_dir, tiny_csv, tmp_path, capsys):
     assert main(["tune", *args, "seeds=[0,1]"]) == 2
     assert "one seed" in capsys.readouterr().err
     assert load_config(None, ["tune.trials=3"]).tune.trials == 3
+
+
+def test_a_resumed_search_fails_only_the_trials_no_live_process_is_running(tmp_path):
+    """An interrupted trial (its process gone) is marked failed when the folder is opened
+    again; one that a live process, or another machine, is running is left alone."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import optuna
+
+    cfg = load_config(None, ["tune.trials=4"])
+    study = tune_mod.study_for(cfg, tmp_path, "dec-lora")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
+                          capture_output=True, check=True).stdout  # fmt: skip
+    owners = {
+        "gone": {"host": socket.gethostname(), "pid": int(gone)},
+        "alive": {"host": socket.gethostname(), "pid": os.getppid()},
+        "remote": {"host": socket.gethostname() + "-elsewhere", "pid": 1},
+        "unknown": {},
+    }
+    for name, attrs in owners.items():
+        trial = study.ask()
+        trial.set_user_attr("name", name)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+    again = tune_mod.study_for(cfg, tmp_path, "dec-lora")
+    state = {t.user_attrs["name"]: t.state for t in again.trials if "name" in t.user_attrs}
+    running, failed = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL
+    assert state == {"gone": failed, "alive": running, "remote": running, "unknown": failed}

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -90,6 +92,8 @@ class Reporter:
 def objective(s: Session, method: str, trial: optuna.Trial) -> float:
     """Train ``method`` with the trial's values; its headline accuracy on the validation rows."""
     cfg = s.cfg
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", os.getpid())
     settings = suggest(trial, method)
     tried = dataclasses.replace(
         s, cfg=cfg.model_copy(update={"per_method": {**cfg.per_method, method: settings}})
@@ -132,7 +136,7 @@ def open_out(cfg: Config) -> Path:
 def _searched(dumped: str) -> dict:
     """What a search depends on: the config without ``tune.trials`` (more trials resume it)
     and ``methods`` (each method has its own study: methods may be tuned in turn, or by
-    several processes at once, into one folder)."""
+    several processes at once into one folder, one method each)."""
     data = yaml.safe_load(dumped) or {}
     data.get("tune", {}).pop("trials", None)
     data.pop("methods", None)
@@ -157,12 +161,31 @@ def study_for(cfg: Config, out: Path, method: str) -> optuna.Study:
         seed=int(np.random.SeedSequence(seed).generate_state(1)[0]),
         n_startup_trials=max(2, cfg.tune.trials // 2),
     )
-    # a trial left running by an interrupted search will never finish: mark it failed
+    # a trial left running by an interrupted search will never finish: mark it failed (but
+    # not one that another live process of this machine, or another machine, is running)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        if not running_elsewhere(t):
+            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
     if not study.trials:
         study.enqueue_trial(start_values(cfg, method))
     return study
+
+
+def running_elsewhere(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether the process that started ``trial`` may still be running it: it is alive on this
+    machine, or it ran on another machine (which this one cannot ask)."""
+    host, pid = trial.user_attrs.get("host"), trial.user_attrs.get("pid")
+    if host is None or pid is None:
+        return False
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return pid != os.getpid()
 
 
 def tune_method(s: Session, out: Path, method: str, echo) -> optuna.Study:
