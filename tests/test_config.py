@@ -207,3 +207,15 @@ def test_the_tiny_pilot_keeps_the_built_in_per_method_but_finishes_sooner():
         **built_in,
         "dec-lora": built_in["dec-lora"].model_copy(update={"finish_rounds": 6}),
     }
+
+
+def test_the_agree_config_is_the_default_with_more_rounds_and_gossip():
+    """configs/agree.yaml is the budget the README reports: only these values differ."""
+    built_in, agree = load_config(None), load_config("agree")
+    dec = built_in.per_method["dec-lora"].model_copy(
+        update={"finish_rounds": 0, "gossip_steps": 8, "lr": 0.008}
+    )
+    assert agree.per_method == {**built_in.per_method, "dec-lora": dec}
+    assert (agree.rounds, agree.methods) == (140, ["dec-lora", "centralized"])
+    same = {"rounds", "methods", "per_method"}
+    assert agree.model_dump(exclude=same) == built_in.model_dump(exclude=same)
