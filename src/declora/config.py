@@ -34,6 +34,9 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 SEED_MAX = 2**32 - 1
+# the graph and mixing matrix are dense (n, n) arrays in every process, and the spectral gap
+# takes their eigenvalues: 10,000 nodes is 0.9 GB and about a minute on 2 cores
+MAX_NODES = 10_000
 # integers must be integers: YAML's `true` is not 1 node, and 4.0 is not 4 steps
 Int = Annotated[int, Strict()]
 
@@ -193,7 +196,13 @@ class Config(_Section):
         description="classification (encoder + head) or causal_lm (instruction pairs, or "
         "classification as generation with data.label_words)",
     )
-    nodes: Int = Field(8, ge=1, description="number of sites in the graph")
+    nodes: Int = Field(
+        8,
+        ge=1,
+        le=MAX_NODES,
+        description="number of sites in the graph (at most 10,000: every process holds the "
+        "dense n x n mixing matrix)",
+    )
     rounds: Int = Field(70, ge=1, description="communication rounds T")
     local_steps: Int = Field(1, ge=1, description="optimizer steps per node per round K")
     batch_size: Int = Field(16, ge=1, description="training batch size on every node")

@@ -1,25 +1,35 @@
 """Traffic before training: values and bytes each node sends and receives, per round and per run.
 
-Only shapes are needed: the model is built from its config on the ``meta`` device (no weights,
-no training) and LoRA is applied the way :func:`declora.adapters.build_model` does, so the
-message is the one the simulator and the distributed runtime send. Byte counts come from
+Only shapes are needed (:func:`declora.sizes.model_shapes`): the model is built from its config
+on the ``meta`` device (no weights, no training) and LoRA is applied the way
+:func:`declora.adapters.build_model` does, so the message is the one the simulator and the
+distributed runtime send. Byte counts come from
 :func:`declora.compress.payload_size`, the exact size of a payload, headers and scales included.
 
 Compared with two alternatives under the same compression: FedAvg-LoRA through a server (each
 node uploads its adapter and downloads the average, which the server sends compressed the same
-way; the server receives N and sends N messages a round) and gossip of the full model.
+way; the server receives N and sends N messages a round) and gossip of the full model. Also
+the floor of the simulator's memory (:func:`declora.sizes.memory_needed`) against what this
+machine has available.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from declora.adapters import ModelError, attach_lora, resolve_model_path
 from declora.compress import describe, payload_size
 from declora.config import Config, ConfigError
 from declora.data import load_rows
 from declora.session import graph_for
+from declora.sizes import (
+    GB,
+    Shapes,
+    available_memory,
+    check_shapes,
+    held_nodes,
+    memory_needed,
+    model_shapes,
+)
 from declora.tensors import is_lora, is_lora_a
 
 
@@ -30,27 +40,23 @@ def count_labels(cfg: Config) -> int:
 
 def message_sizes(cfg: Config, num_labels: int) -> tuple[list[int], list[int]]:
     """(adapter tensor sizes in message order, full-model tensor sizes), from shapes alone."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    return _message_sizes(cfg, model_shapes(cfg, num_labels))
 
-    path = resolve_model_path(cfg.model.name)
-    try:
-        config = AutoConfig.from_pretrained(path, num_labels=num_labels)
-    except (OSError, ValueError) as err:
-        raise ModelError(f"model.name={cfg.model.name}: cannot read its config ({err})") from None
-    with torch.device("meta"):  # shapes only: no memory, no weights read
-        auto = (
-            AutoModelForCausalLM if cfg.task == "causal_lm" else AutoModelForSequenceClassification
-        )
-        base = auto.from_config(config)
-    full = [p.numel() for p in base.parameters()]  # shared (tied) tensors counted once
-    model = attach_lora(base, cfg)
-    sent = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if cfg.consensus == "frozen_a":  # A is seeded on every node and never sent
-        sent = [(n, p) for n, p in sent if not is_lora_a(n)]
-    adapter = [p.numel() for _, p in sent]
-    if not any(is_lora(n) for n, p in model.named_parameters() if p.requires_grad):
+
+def _message_sizes(cfg: Config, shapes: Shapes) -> tuple[list[int], list[int]]:
+    if not any(is_lora(n) for n in shapes.trainable):
         raise ConfigError("lora.targets matched no trainable tensors")
-    return adapter, full
+    sent = shapes.trainable
+    if cfg.consensus == "frozen_a":  # A is seeded on every node and never sent
+        sent = {n: v for n, v in sent.items() if not is_lora_a(n)}
+    return list(sent.values()), shapes.full
+
+
+def memory(cfg: Config, shapes: Shapes) -> dict:
+    """The simulator's memory floor by part (:func:`declora.sizes.memory_needed`) and what
+    this machine has available now, in bytes."""
+    parts = memory_needed(cfg, shapes, held_nodes(cfg))
+    return {"parts": parts, "total": sum(parts.values()), "available": available_memory()}
 
 
 def _row(values: int, message: int, sent: np.ndarray, received: np.ndarray, rounds: int) -> dict:
@@ -74,7 +80,9 @@ def estimate(cfg: Config, num_labels: int | None = None) -> dict:
     neighbours = ((W > 0) & ~np.eye(n, dtype=bool)).sum(1)  # (n,) messages each node sends
     if cfg.task == "causal_lm":  # no task head: the label count does not matter
         num_labels = num_labels or 2
-    adapter, full = message_sizes(cfg, num_labels or count_labels(cfg))
+    shapes = model_shapes(cfg, num_labels or count_labels(cfg))
+    check_shapes(cfg, shapes)
+    adapter, full = _message_sizes(cfg, shapes)
     spec, T = cfg.compression, cfg.rounds
     dec = cfg.for_method("dec-lora")
     finish = dec.finish_rounds  # gossip-only rounds: bytes, no steps
@@ -107,6 +115,7 @@ def estimate(cfg: Config, num_labels: int | None = None) -> dict:
         "fedavg-node": _row(sum(adapter), lora_msg, ones, ones, T),
         "fedavg-server": _row(sum(adapter), lora_msg, all_n, all_n, T),
         "full-model-gossip": _row(sum(full), full_msg, neighbours, neighbours, T),
+        "memory": memory(cfg, shapes),
     }
 
 
@@ -166,4 +175,10 @@ def format_estimate(est: dict) -> str:
     if nb["min"] != nb["max"]:
         busiest = human_bytes(est["dec-lora"]["max_sent_per_node_round"])
         lines.append(f"the busiest Dec-LoRA node sends {busiest} per round")
+    mem = est["memory"]
+    parts = ", ".join(f"{k} {v / GB:.2f}" for k, v in mem["parts"].items())
+    lines.append(
+        f"memory of declora run: at least {mem['total'] / GB:.2f} GB ({parts}); "
+        f"{mem['available'] / GB:.1f} GB available here"
+    )
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from declora import sim
 from declora.config import Config, dump_config
 from declora.outputs import make_out_dir
 from declora.report import write_json
+from declora.sizes import check_sizes
 
 # summary.json figures aggregated over seeds: (key in the table, path in a method's entry)
 FIGURES = {
@@ -101,6 +102,7 @@ def seeds_table(agg: dict) -> str:
 def run_seeds(cfg: Config, echo=print) -> tuple[Path, dict]:
     """``declora run seeds=[...]``: the job once per seed in ``out/seed_<s>/``, then the
     summary over seeds in ``out/summary.json`` and its table."""
+    check_sizes(cfg)  # before the folder: each seed's run checks again, after it
     out = make_out_dir(cfg)
     (out / "config.yaml").write_text(dump_config(cfg))
     summaries = {}

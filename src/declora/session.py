@@ -17,6 +17,7 @@ from declora.data import Dataset
 from declora.gossip import Exchange
 from declora.methods import Method
 from declora.rounds import Party
+from declora.sizes import check_sizes
 from declora.tasks import Task, load_task_data, task_for
 from declora.tensors import State
 from declora.train import Node
@@ -76,7 +77,9 @@ def prepare(cfg: Config, node: int | None = None) -> Session:
 
     With ``node`` (a distributed process), ``train`` keeps only that node's rows: the others
     are dropped right after the partition, and every other node's ``parts`` entry is empty.
+    Sizes that cannot run (:func:`declora.sizes.check_sizes`) are refused first.
     """
+    check_sizes(cfg, held=None if node is None else 1)
     adj, W = graph_for(cfg)
     key = wire.read_key(cfg.security.key_file) if cfg.security.key_file else None
     task, tok = task_for(cfg), load_tokenizer(cfg)
