@@ -3,14 +3,17 @@
 
 ``spec`` is comma-separated ``ACTION=NODE@ROUND``; ACTION, applied to NODE's frame of ROUND:
 
-- ``drop``: noise of a header's length arrives instead of the frame (its neighbours refuse
-  it; a shorter announced length would leave the sender's bytes unreceived, issue 11);
+- ``drop``: zeros of a header's length go out instead of the frame (its neighbours refuse it);
+- ``oversize``: the frame with more bytes after it than any honest frame has (its neighbours
+  refuse the announced length, so the bytes never move);
 - ``nan`` / ``short``: the payload holds a NaN / is 4 bytes short, sealed again so that only
   the content checks catch it;
 - ``flip``: one payload byte flipped after sealing (the checksum or the HMAC catches it);
 - ``forge``: sealed with a wrong key;
+- ``replay``: sealed under another run id, as a frame recorded in an earlier run would be;
 - ``delay``: the node sleeps ``delay_s`` seconds before sending;
-- ``crash``: the process exits before sending, once (a marker file in ``marker_dir``).
+- ``crash``: the process exits before sending, once (a marker file in ``marker_dir``);
+- ``corrupt``: as ``crash``, after flipping a byte of the node's newest checkpoint.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from declora import wire
-from declora.rounds import Outgoing
+from declora import checkpoint, wire
+from declora.edges import Outgoing, Step
 
 WRONG_KEY = b"wrong key, wrong key, wrong key!"
 DTYPE_OF = {code: dtype for dtype, code in wire.DTYPES.items()}
@@ -38,11 +41,13 @@ def parse(spec: str) -> dict[tuple[int, int], str]:
     return actions
 
 
-def reseal(frame: bytes, key: bytes | None, change) -> bytes:
-    """The frame with its payload passed through ``change``, sealed again with ``key``."""
-    _, _, code, _, sender, round_, length, _ = wire.HEADER.unpack_from(frame)
+def reseal(frame: bytes, key: bytes | None, change, run: bytes | None = None) -> bytes:
+    """The frame with its payload passed through ``change``, sealed again with ``key`` (and
+    under ``run`` instead of its own run id)."""
+    _, _, code, _, sender, round_, step, _, own, length, _ = wire.HEADER.unpack_from(frame)
     payload = frame[wire.HEADER.size : wire.HEADER.size + length]
-    return wire.seal(change(payload), sender, round_, DTYPE_OF[code], key)
+    stamp = wire.Stamp(own if run is None else run, round_, step)
+    return wire.seal(change(payload), sender, stamp, DTYPE_OF[code], key)
 
 
 class FaultyTransport:
@@ -52,21 +57,32 @@ class FaultyTransport:
         self.inner, self.actions, self.key = inner, parse(spec), key
         self.marker_dir, self.delay_s = marker_dir, delay_s
 
-    def swap(self, outbox: dict[int, Outgoing], round_: int):
-        outbox = dict(outbox)
+    def swap(self, outbox: dict[int, Outgoing], step: Step):
+        outbox, round_ = dict(outbox), step.stamp.round
         for i, out in list(outbox.items()):
-            action = self.actions.get((i, round_))
+            action = self.actions.get((i, round_)) if step.stamp.step == 0 else None
             if action is not None:
-                outbox[i] = Outgoing(out.peers, self.misbehave(action, i, round_, out.frame))
-        return self.inner.swap(outbox, round_)
+                frame = self.misbehave(action, i, round_, out.frame, step.limit)
+                outbox[i] = Outgoing(out.peers, frame)
+        return self.inner.swap(outbox, step)
+
+    def tell(self, values, kind, step):
+        return self.inner.tell(values, kind, step)
 
     def gather(self, held, round_):
         return self.inner.gather(held, round_)
 
-    def misbehave(self, action: str, i: int, round_: int, frame: bytes) -> bytes:
+    def after_evaluation(self, round_):
+        return self.inner.after_evaluation(round_)
+
+    def misbehave(self, action: str, i: int, round_: int, frame: bytes, limit: int) -> bytes:
         nan = np.float32("nan").tobytes()
         if action == "drop":
             return bytes(wire.HEADER.size)
+        if action == "oversize":
+            return frame + bytes(limit)
+        if action == "replay":
+            return reseal(frame, self.key, lambda p: p, run=b"earlier!")
         if action == "nan":
             return reseal(frame, self.key, lambda p: p[:-4] + nan)
         if action == "short":
@@ -80,10 +96,22 @@ class FaultyTransport:
         if action == "delay":
             time.sleep(self.delay_s)
             return frame
-        if action == "crash":
+        if action in ("crash", "corrupt"):
             marker = self.marker_dir / f".crashed_node{i}_round{round_}"
             if not marker.exists():
                 marker.touch()
+                if action == "corrupt":
+                    damage_newest_checkpoint(self.marker_dir / "checkpoints", i)
                 os._exit(1)
             return frame
         raise ValueError(f"unknown fault {action!r}")
+
+
+def damage_newest_checkpoint(root: Path, node: int) -> Path:
+    """Flip one byte in the middle of node's newest checkpoint file."""
+    newest = checkpoint.rounds(root, node)[-1]
+    path = checkpoint.node_dir(root, node) / f"round_{newest:06d}.safetensors"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    return path

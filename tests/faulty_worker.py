@@ -2,20 +2,29 @@
 
     python -m torch.distributed.run ... -m tests.faulty_worker SPEC [CONFIG] [key=value ...]
 
-Run from the repository root, so that ``tests`` is importable.
+Besides the transport's faults, ``wrongkey=NODE@0`` gives that node's process another key
+file. Run from the repository root, so that ``tests`` is importable.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from declora import cli, wire
-from tests.faulty import FaultyTransport
+from tests.faulty import WRONG_KEY, FaultyTransport, parse
 
 
 def main(argv: list[str]) -> int:
     spec, items = argv[0], argv[1:]
+    rank = int(os.environ.get("RANK", 0))
+    if parse(spec).get((rank, 0)) == "wrongkey":
+        with tempfile.NamedTemporaryFile("wb", suffix=".key", delete=False) as f:
+            f.write(WRONG_KEY)
+        items = [*items, f"security.key_file={f.name}"]
+    spec = ",".join(x for x in spec.split(",") if not x.strip().startswith("wrongkey"))
 
     def wrap(transport, cfg):
         key = wire.read_key(cfg.security.key_file) if cfg.security.key_file else None

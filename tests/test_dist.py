@@ -193,7 +193,7 @@ def test_corrupted_and_forged_messages_are_refused_and_the_run_completes(
     refusals = [x for x in proc.stderr.splitlines() if "refused the message" in x]
     assert len(refusals) == 10, refusals  # each bad sender has two neighbours on the ring
     expect = {
-        (0, 1): "not a declora v1 frame",
+        (0, 1): "not a declora v2 frame",
         (1, 2): "non-finite",
         (1, 3): "bytes, expected",
         (3, 4): "HMAC",
@@ -205,21 +205,6 @@ def test_corrupted_and_forged_messages_are_refused_and_the_run_completes(
     summary = json.loads((out / "summary.json").read_text())
     assert summary["methods"]["dec-lora"]["messages_refused"] == 10
     assert np.isfinite(summary["methods"]["dec-lora"]["loss"])
-
-
-@pytest.mark.multiprocess
-def test_a_silent_peer_fails_the_round_naming_it(tiny_model_dir, tiny_csv, tmp_path):
-    args = [*base_args(tiny_model_dir, tiny_csv, tmp_path / "dist"), "rounds=3", "peer_timeout=3"]
-    proc = faulty_launch(args, "delay=2@2")
-    assert proc.returncode != 0
-    # node 2's neighbours (1 and 3) say who did not answer, in one line each
-    lines = [x for x in proc.stderr.splitlines() if "did not answer" in x]
-    assert any(
-        x.startswith("declora: node 1: round 2: node 2 did not answer within 3 s") for x in lines
-    )
-    assert any(
-        x.startswith("declora: node 3: round 2: node 2 did not answer within 3 s") for x in lines
-    )
 
 
 def free_port() -> int:

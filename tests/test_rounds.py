@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from declora import wire
-from declora.config import load_config
+from declora.config import CompressionConfig, load_config
 from declora.consensus import mix_row
 from declora.data import Dataset
+from declora.edges import Outgoing, Step
 from declora.gossip import Exchange
 from declora.methods import METHODS
-from declora.rounds import Counters, NodeCounters, Outgoing, Party, communicate
+from declora.rounds import Counters, NodeCounters, Party, communicate
 from declora.sim import MemoryTransport, run
 from declora.train import Node
 from tests.faulty import FaultyTransport, parse
@@ -50,15 +51,18 @@ def tiny_party(values: list[float], held: list[int], method="dec-lora", key=None
 
 
 class StandIn:
-    """Hands over pre-made frames instead of talking to processes."""
+    """Hands over pre-made frames instead of talking to processes; every peer accepts ours."""
 
     def __init__(self, frames: dict):
         self.frames = frames
 
-    def swap(self, outbox, round_):
+    def swap(self, outbox, step):
         ((i, out),) = outbox.items()
         assert sorted(self.frames) == out.peers
         return {i: self.frames}
+
+    def tell(self, values, kind, step):
+        return {i: dict.fromkeys(row, 1) for i, row in values.items()}
 
 
 def frame_from(j: int, value: float, round_: int, key=None, nan=False) -> bytes:
@@ -66,7 +70,7 @@ def frame_from(j: int, value: float, round_: int, key=None, nan=False) -> bytes:
     payload = Exchange(j, state).outgoing(state, round_)
     if nan:
         payload = payload[:-4] + np.float32("nan").tobytes()
-    return wire.seal(payload, j, round_, torch.float32, key)
+    return wire.seal(payload, j, wire.Stamp(round=round_), torch.float32, key)
 
 
 def test_a_node_mixes_accepted_messages_and_gives_refused_weight_to_itself():
@@ -128,10 +132,77 @@ def test_a_server_counts_one_upload_per_node():
         assert gossip.counters.nodes[i].sent == 2 * server.counters.nodes[i].sent > 0
 
 
-def test_memory_transport_delivers_to_peers_only_and_says_who_sent_nothing():
-    outbox = {0: Outgoing([1, 2], b"a"), 1: Outgoing([0], b"b")}
-    inbox = MemoryTransport().swap(outbox, 1)
-    assert inbox == {0: {1: b"b", 2: "sent nothing this round"}, 1: {0: b"a"}}
+def test_memory_transport_moves_what_both_ends_post_and_refuses_a_missing_post():
+    t = MemoryTransport()
+    got = t.post({0: {1: b"ab"}, 1: {0: b"c"}}, {0: {1: 1}, 1: {0: 2}}, 1)
+    assert got == {0: {1: b"c"}, 1: {0: b"ab"}}
+    with pytest.raises(RuntimeError, match="node 2 posted no 3 bytes to node 0"):
+        t.post({0: {2: b"x"}}, {0: {2: 3}}, 1)
+
+
+class OneSided(MemoryTransport):
+    """Flips a byte of node ``bad``'s frame on its way to node ``victim`` only."""
+
+    def __init__(self, bad: int, victim: int):
+        self.bad, self.victim = bad, victim
+
+    def post(self, outbox, expect, round_):
+        frame = outbox.get(self.bad, {}).get(self.victim)
+        if frame is not None and len(frame) != wire.CONTROL_SIZE:
+            flipped = bytearray(frame)
+            flipped[-1] ^= 0xFF
+            outbox = {**outbox, self.bad: {**outbox[self.bad], self.victim: bytes(flipped)}}
+        return super().post(outbox, expect, round_)
+
+
+def heads(party) -> list[float]:
+    return [float(n.params["head"][0].detach()) for n in party.nodes]
+
+
+def test_a_one_sided_refusal_drops_the_edge_at_both_ends_and_keeps_the_average():
+    """3 nodes, W = 1/3: node 0 refuses node 2's frame, so node 2 does not mix node 0's either:
+    the mean of (0, 3, 9) stays 4 (it went to 3 when a refusal was one-sided)."""
+    W = np.full((3, 3), 1 / 3)
+    party = tiny_party([0.0, 3.0, 9.0], [0, 1, 2], W=W)
+    lines = []
+    party.warn = lines.append
+    communicate(party, W, 1, OneSided(bad=2, victim=0))
+    assert lines == [
+        "declora: node 0 refused the message from node 2 at round 1: checksum mismatch "
+        "(the message was corrupted)"
+    ]
+    got = heads(party)
+    assert got == pytest.approx([1.0, 4.0, 7.0])  # node 0: (2*0+3)/3, node 2: (3+2*9)/3
+    assert np.mean(got) == pytest.approx(4.0)
+    assert [party.counters.nodes[i].refused for i in range(3)] == [1, 0, 0]
+
+
+def test_an_oversized_announcement_is_refused_before_any_byte_moves():
+    W = np.full((3, 3), 1 / 3)
+    party = tiny_party([0.0, 3.0, 9.0], [0, 1, 2], W=W)
+    lines = []
+    party.warn = lines.append
+    communicate(party, W, 1, FaultyTransport(MemoryTransport(), "oversize=1@1"))
+    assert len(lines) == 2 and all("from node 1" in x and "announced a frame" in x for x in lines)
+    assert heads(party) == pytest.approx([3.0, 3.0, 6.0])  # 0 and 2 mix at 1/3; 1 stays alone
+    assert np.mean(heads(party)) == pytest.approx(4.0)
+
+
+def test_under_choco_a_refused_message_updates_no_public_copy_anywhere():
+    W = np.full((3, 3), 1 / 3)
+    party = tiny_party([0.0, 3.0, 9.0], [0, 1, 2], W=W)
+    spec = CompressionConfig(scheme="choco", kind="quantize", bits=8, gamma=0.5)
+    shared = {
+        k: torch.zeros_like(v) for k, v in party.nodes[0].state().items()
+    }  # copies start here
+    party.exchanges = [Exchange(n.node_id, shared, spec) for n in party.nodes]
+    for t in (1, 2, 3):
+        transport = OneSided(bad=2, victim=0) if t == 2 else MemoryTransport()
+        communicate(party, W, t, transport)
+        for j in range(3):  # every holder of node j's copy holds the same copy
+            copies = [ex.public[j] for ex in party.exchanges if j in ex.public]
+            assert len(copies) == 3 and all(torch.equal(c, copies[0]) for c in copies), (t, j)
+        assert np.mean(heads(party)) == pytest.approx(4.0, abs=1e-5)
 
 
 def test_counters_round_trip_through_a_checkpoint_dict():
@@ -173,7 +244,7 @@ def test_simulator_refuses_bad_frames_like_the_distributed_runtime(
 def test_faulty_transport_refuses_unknown_faults():
     transport = FaultyTransport(MemoryTransport(), "melt=0@1")
     with pytest.raises(ValueError, match="unknown fault"):
-        transport.swap({0: Outgoing([1], b"x"), 1: Outgoing([0], b"y")}, 1)
+        transport.swap({0: Outgoing([1], b"x"), 1: Outgoing([0], b"y")}, Step(wire.Stamp(round=1)))
 
 
 def test_finishing_rounds_only_gossip_until_the_nodes_agree(tiny_model_dir, tiny_csv, tmp_path):

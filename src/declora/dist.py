@@ -8,16 +8,23 @@ as the simulator (:func:`declora.runner.play_rounds`) over a point-to-point tran
 down without talking; on eval rounds the states go to rank 0 (evaluation and outputs only), and
 every ``checkpoint_every`` rounds each node writes its checkpoint (:mod:`declora.checkpoint`).
 
-A start (or a torchrun restart) resumes from the newest round that every node has a checkpoint
-for.
+Processes start with one authenticated exchange (:func:`agree_on_start`): each offers a random
+nonce, the fingerprint of the shared config and the checkpoint rounds it holds intact, with an
+HMAC tag when a key is set. A wrong key or another config stops every process at once with a
+line naming the node; the run id that every later message binds is the hash of all nonces (a
+message recorded in an earlier run, or an earlier attempt, is refused); the run resumes from the
+newest round that every node holds an intact checkpoint of, or says why it starts over.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import struct
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -34,9 +41,9 @@ from declora.outputs import (
     write_run_files,
     write_summary,
 )
-from declora.p2p import P2PTransport
+from declora.p2p import P2PTransport, PeerError
 from declora.report import RunLog, start_summary
-from declora.rounds import Transport
+from declora.rounds import Transport, say
 from declora.runner import Quiet, play_rounds, resume
 from declora.session import Session, party_for, prepare
 from declora.tensors import State
@@ -93,19 +100,89 @@ def check_out_dir(cfg: Config) -> bool:
     return True
 
 
-def agree_on_start(root: Path, rank: int, world: int, device: torch.device, enabled: bool) -> int:
-    """The newest round that every node has a checkpoint for (0 = start afresh).
+NONCE_BYTES = 16
+OFFER_SLOTS = 64  # checkpoint rounds a node offers at start (the newest ones)
+SITE_LOCAL = ("out",)  # config keys each site may set for itself
 
-    Each node offers its newest checkpoint rounds (a control value, not an adapter) through one
-    all_gather; also the first collective, so every process is up before the first exchange.
-    """
-    have = checkpoint.rounds(root, rank)[-checkpoint.KEEP :] if enabled else []
-    mine = torch.full((checkpoint.KEEP,), -1, dtype=torch.int64)
-    mine[: len(have)] = torch.tensor(have, dtype=torch.int64)
-    offers = [torch.empty_like(mine, device=device) for _ in range(world)]
-    dist.all_gather(offers, mine.to(device))
-    common = set.intersection(*(set(o.cpu().tolist()) for o in offers)) - {-1}
-    return max(common, default=0)
+
+def fingerprint(cfg: Config) -> str:
+    """SHA-256 of the config every process must share: all of it but the site-local keys and
+    the key file's path (whether there is a key counts; the secret itself never leaves)."""
+    shared = cfg.model_copy(
+        update={
+            **dict.fromkeys(SITE_LOCAL),
+            "security": cfg.security.model_copy(
+                update={"key_file": "set" if cfg.security.key_file else None}
+            ),
+        }
+    )
+    return hashlib.sha256(dump_config(shared).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Start:
+    """What the processes agreed on before the first round."""
+
+    run: bytes  # run id bound into every message of this start
+    round: int  # the newest round every node holds an intact checkpoint of (0: afresh)
+
+
+def _offer(nonce: bytes, print_: str, have: list[int], rank: int, key: bytes | None) -> bytes:
+    slots = (have[-OFFER_SLOTS:] + [-1] * OFFER_SLOTS)[:OFFER_SLOTS]
+    body = nonce + bytes.fromhex(print_) + struct.pack(f"<{OFFER_SLOTS}q", *slots)
+    return body + (wire.sign(key, b"start", struct.pack("<I", rank), body) if key else wire.NO_TAG)
+
+
+def agree_on_start(
+    cfg: Config,
+    rank: int,
+    world: int,
+    device: torch.device,
+    key: bytes | None,
+    have: list[int],
+    warn,
+) -> Start:
+    """One all_gather of every node's offer (also the first collective, so every process is up
+    before the first exchange); refuses a wrong key or another config, naming the node."""
+    mine = _offer(os.urandom(NONCE_BYTES), fingerprint(cfg), have, rank, key)
+    local = torch.frombuffer(bytearray(mine), dtype=torch.uint8).to(device)
+    bucket = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(bucket, local)
+    offers = [b.cpu().numpy().tobytes() for b in bucket]
+    size = len(mine) - wire.TAG_SIZE
+    if key:
+        bad = [
+            j
+            for j, o in enumerate(offers)
+            if not wire.verify(key, o[size:], b"start", struct.pack("<I", j), o[:size])
+        ]
+        others = [j for j in range(world) if j != rank]
+        if others and set(others) <= set(bad):
+            raise PeerError(
+                "the start-up message of every other node fails its HMAC tag: this node's "
+                "security.key_file differs from theirs"
+            )
+        if bad:
+            raise PeerError(
+                f"node {bad[0]}'s start-up message fails its HMAC tag: it has another "
+                "security.key_file (or an altered message); no round was played"
+            )
+    prints = [o[NONCE_BYTES : NONCE_BYTES + 32] for o in offers]
+    differ = [j for j, fp in enumerate(prints) if fp != prints[rank]]
+    if differ:
+        raise PeerError(
+            f"node {differ[0]} runs another config (its fingerprint differs from this node's; "
+            "only out= and security.key_file may differ): start every node with the same config"
+        )
+    run = hashlib.sha256(b"".join(o[:NONCE_BYTES] for o in offers)).digest()[: wire.RUN_BYTES]
+    lists = [struct.unpack_from(f"<{OFFER_SLOTS}q", o, NONCE_BYTES + 32) for o in offers]
+    common = set.intersection(*(set(x) - {-1} for x in lists))
+    if not common and any(x[0] != -1 for x in lists) and rank == 0:
+        warn(
+            "declora: no round is checkpointed intact on every node (a node's files are missing "
+            "or refused, see above): starting over from round 0"
+        )
+    return Start(run, max(common, default=0))
 
 
 class Lines:
@@ -161,16 +238,24 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
         write_run_files(s, out)
     backend, device = connect(cfg, rank, world)
     party = party_for(s, METHODS["dec-lora"], held=[rank])
-    max_frame = wire.max_frame_size(party.exchanges[0].sizes)
-    transport: Transport = P2PTransport(device, cfg.peer_timeout, max_frame)
-    transport = wrap(transport) if wrap else transport
+    transport = P2PTransport(device, cfg.peer_timeout, party.key)
     root = out / "checkpoints"
-    start = agree_on_start(root, rank, world, device, enabled=cfg.checkpoint_every > 0)
+    store = checkpoint.Store(root, fingerprint(cfg), checkpoint.keep_for(world))
+    node = party.nodes[0]
+    have = (
+        checkpoint.good_rounds(root, rank, store.fingerprint, store.shapes(node), say)
+        if cfg.checkpoint_every > 0
+        else []
+    )
+    agreed = agree_on_start(cfg, rank, world, device, party.key, have, say)
+    party.run = transport.run = agreed.run
+    start = agreed.round
     if start:
         resume(party, root, start)
+    wrapped: Transport = wrap(transport) if wrap else transport
     log = open_log(s, out, start, echo) if rank == 0 else None
     progress = Lines(party.total_rounds, echo) if rank == 0 else Quiet()
-    states = play_rounds(s, party, transport, log, progress, start=start, checkpoints=root)
+    states = play_rounds(s, party, wrapped, log, progress, start=start, checkpoints=store)
     if rank == 0:
         finish(s, out, log, states, {"processes": world, "backend": backend}, echo)
     dist.destroy_process_group()

@@ -12,7 +12,9 @@ holder of a copy adds the same decoded q, and x_i += gamma * sum_j W_ij (x_hat_j
 What compression drops stays in x_i - x_hat_i and is sent in later rounds instead of lost.
 CHOCO quantizes with least-squares block scales (``refit`` in :mod:`declora.compress`): its
 copies need a contraction. It assumes every payload arrives: a missed or refused one leaves
-that copy behind for good, so the config refuses choco together with ``faults``.
+that copy behind for good, so the config refuses choco together with ``faults``; a refused
+one is handled by the round's commit phase (:mod:`declora.edges`): a message that some
+neighbour refused updates no copy anywhere.
 
 The consensus rule (``consensus``, explained in :mod:`declora.consensus`) decides which keys
 the message and ``template`` cover, and how :meth:`Exchange.incoming` mixes them.
@@ -83,20 +85,30 @@ class Exchange:
         return payload
 
     def incoming(
-        self, state: State, received: dict[int, bytes], weights: dict[int, float]
+        self,
+        state: State,
+        received: dict[int, bytes],
+        weights: dict[int, float],
+        committed: set[int] | None = None,
     ) -> State:
         """New adapter from the own state and the payloads received this round.
 
         ``weights`` holds W_ij for this round, the node's own W_ii included. A neighbour in
         ``weights`` whose payload is missing counts as the node itself (its weight goes to self).
+        ``committed`` (CHOCO, from the round's commit phase): the nodes whose message every
+        neighbour accepted, this node included if its own was; only their messages update the
+        public copies, and a payload in ``received`` without a weight only updates a copy.
+        None: every received payload and the own message count (no refusal this step).
         """
         i = self.node_id
         stray = set(received) - set(weights) - {i}
-        if stray:
+        if stray and committed is None:
             raise ValueError(f"node {i} got payloads from {sorted(stray)}, which have no weight")
         decoded = {j: decompress(received[j], self.sizes) for j in sorted(received) if j != i}
         if self.spec.scheme == "choco":
-            return self._choco_step(state, decoded, weights)
+            if committed is None:
+                committed = {i, *decoded}
+            return self._choco_step(state, decoded, weights, committed)
         own_weight = sum(w for j, w in weights.items() if j == i or j not in decoded)
         others = {j: (weights[j], unflatten(q, self.template)) for j, q in decoded.items()}
         if self.consensus == "product":  # alone this round: keep the factors as they are
@@ -108,19 +120,26 @@ class Exchange:
         return {k: state[k] for k in self.template}
 
     def _choco_step(
-        self, state: State, decoded: dict[int, torch.Tensor], weights: dict[int, float]
+        self,
+        state: State,
+        decoded: dict[int, torch.Tensor],
+        weights: dict[int, float],
+        committed: set[int],
     ) -> State:
         if self._sent is None:
             raise RuntimeError("choco: incoming() before this round's outgoing()")
         own = self._copy(self.node_id)
-        own += self._sent
+        if self.node_id in committed:
+            own += self._sent
         self._sent = None
         for j, q in decoded.items():
-            self._copy(j).add_(q)
+            if j in committed:
+                self._copy(j).add_(q)
         own64 = own.double()
         pull = torch.zeros_like(own64)  # sum_j W_ij (x_hat_j - x_hat_i), float64, fixed order
-        for j, _ in sorted(decoded.items()):
-            pull += weights[j] * (self.public[j].double() - own64)
+        for j in sorted(decoded):
+            if j in weights:
+                pull += weights[j] * (self._copy(j).double() - own64)
         x = flatten(self._message(state)).double() + self.spec.gamma * pull
         return {**state, **unflatten(x.float(), self.template)}
 

@@ -1,14 +1,16 @@
-"""Point-to-point transport over torch.distributed: frames to and from graph neighbours
-(``batch_isend_irecv``), and the gather to rank 0 for evaluation and outputs.
+"""Point-to-point transport over torch.distributed: bytes to and from graph neighbours
+(``batch_isend_irecv``; the phases of a gossip step are in :mod:`declora.edges`), and the
+authenticated gather to rank 0 for evaluation and outputs.
 
-Lengths go first (one int64 each way), then the bytes, as frames may differ in size. A
-neighbour that does not answer within ``peer_timeout`` seconds fails the round with a
-:class:`PeerError` naming it.
+A neighbour that does not answer within ``peer_timeout`` seconds fails the round with a
+:class:`PeerError` naming it. Rank 0 checks every gathered state like a frame (HMAC with the
+run, node and round when a key is set; finite values) before it evaluates or exports it.
 """
 
 from __future__ import annotations
 
 import re
+import struct
 import time
 from datetime import timedelta
 
@@ -16,12 +18,14 @@ import torch
 import torch.distributed as dist
 
 from declora import wire
-from declora.rounds import Inbox, NodeCounters, Outgoing
+from declora.edges import Links, Mail
+from declora.rounds import NodeCounters
 from declora.tensors import State, flatten, numel, unflatten
 
 
 class PeerError(RuntimeError):
-    """A neighbour did not answer in time (or its connection broke); names the neighbour."""
+    """A neighbour did not answer in time, broke its connection or sent what fails a check
+    that cannot be refused per edge; names the neighbour."""
 
 
 def _reason(err: BaseException) -> str:
@@ -30,13 +34,22 @@ def _reason(err: BaseException) -> str:
     return re.sub(r"^\[[^\]]*\]\s*", "", line)
 
 
-class P2PTransport:
+def _bytes(t: torch.Tensor) -> bytes:
+    return t.cpu().numpy().tobytes()
+
+
+def _tensor(data: bytes, device: torch.device) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device)
+
+
+class P2PTransport(Links):
     """This process's node talks to its live neighbours only; rank r is node r."""
 
-    def __init__(self, device: torch.device, timeout: float, max_frame: int):
+    def __init__(self, device: torch.device, timeout: float, key: bytes | None = None):
         self.device = device
         self.timeout = timeout  # seconds a neighbour may take to answer
-        self.max_frame = max_frame  # longest frame a neighbour may announce
+        self.key = key
+        self.run = bytes(wire.RUN_BYTES)  # set once the processes agree on it at start
 
     def wait(self, works, peers: list[int], round_: int) -> None:
         """Wait for every request; one that misses the deadline names its peer (when the
@@ -54,39 +67,27 @@ class P2PTransport:
                     f"(peer_timeout): {_reason(err)}"
                 ) from None
 
-    def swap(self, outbox: dict[int, Outgoing], round_: int) -> Inbox:
-        """This node's frame to each peer, and one frame from each (or why it was refused)."""
-        if not outbox:  # sits the round out, or every link is down
-            return {}
-        ((i, out),) = outbox.items()
-        peers, dev = out.peers, self.device
-        n_out = torch.tensor([len(out.frame)], dtype=torch.int64, device=dev)
-        n_in = {j: torch.zeros(1, dtype=torch.int64, device=dev) for j in peers}
-        ops = [dist.P2POp(dist.isend, n_out, j) for j in peers]
-        ops += [dist.P2POp(dist.irecv, n_in[j], j) for j in peers]
-        self.wait(dist.batch_isend_irecv(ops), peers + peers, round_)
-        frame = torch.frombuffer(bytearray(out.frame), dtype=torch.uint8).to(dev)
-        bufs, refused = {}, {}
-        for j in peers:
-            n = int(n_in[j].item())
-            if wire.HEADER.size <= n <= self.max_frame:
-                bufs[j] = torch.empty(n, dtype=torch.uint8, device=dev)
-            else:
-                refused[j] = f"announced a frame of {n} bytes (at most {self.max_frame})"
-        ops = [dist.P2POp(dist.isend, frame, j) for j in peers]
+    def post(self, outbox: Mail, expect: dict[int, dict[int, int]], round_: int) -> Mail:
+        ((i, sends),) = outbox.items()  # one node a process
+        bufs = {
+            j: torch.empty(n, dtype=torch.uint8, device=self.device) for j, n in expect[i].items()
+        }
+        ops = [dist.P2POp(dist.isend, _tensor(data, self.device), j) for j, data in sends.items()]
         ops += [dist.P2POp(dist.irecv, b, j) for j, b in bufs.items()]
-        self.wait(dist.batch_isend_irecv(ops), peers + list(bufs), round_)
-        got: dict[int, bytes | str] = {j: b.cpu().numpy().tobytes() for j, b in bufs.items()}
-        return {i: {**got, **refused}}
+        if ops:
+            self.wait(dist.batch_isend_irecv(ops), [*sends, *bufs], round_)
+        return {i: {j: _bytes(b) for j, b in bufs.items()}}
 
     def gather(
         self, held: dict[int, tuple[State, NodeCounters]], round_: int
     ) -> list[tuple[State, NodeCounters]] | None:
         """Rank 0 gets every node's adapter and counters, as float64 (which holds float32
-        values and byte counts exactly); None on the other ranks."""
-        ((state, counters),) = held.values()
+        values and byte counts exactly), each checked; None on the other ranks."""
+        ((node, (state, counters)),) = held.items()
         extra = torch.tensor(counters.to_vector(), dtype=torch.float64)
-        vec = torch.cat([flatten(state).double(), extra]).to(self.device)
+        data = _bytes(torch.cat([flatten(state).double(), extra]))
+        tag = wire.sign(self.key, *self._context(node, round_), data) if self.key else wire.NO_TAG
+        vec = _tensor(data + tag, self.device)
         world = dist.get_world_size()
         bucket = [torch.empty_like(vec) for _ in range(world)] if dist.get_rank() == 0 else None
         work = dist.gather(vec, bucket, dst=0, async_op=True)
@@ -94,7 +95,31 @@ class P2PTransport:
         if bucket is None:
             return None
         n = numel(state)
-        return [
-            (unflatten(b[:n].cpu().float(), state), NodeCounters.from_vector(b[n:].cpu().numpy()))
-            for b in bucket
-        ]
+        out = []
+        for j, b in enumerate(bucket):
+            got = self._check(j, _bytes(b), round_, n)
+            out.append((unflatten(got[:n].float(), state), NodeCounters.from_vector(got[n:])))
+        return out
+
+    def _context(self, node: int, round_: int) -> tuple[bytes, ...]:
+        return b"gather", self.run, struct.pack("<II", node, round_)
+
+    def _check(self, node: int, raw: bytes, round_: int, n: int) -> torch.Tensor:
+        """Node ``node``'s gathered vector (``n`` adapter values, then counters, which may
+        hold NaN for a node that sat a round out), or a PeerError naming it."""
+        data, tag = raw[: -wire.TAG_SIZE], raw[-wire.TAG_SIZE :]
+        if self.key and not wire.verify(self.key, tag, *self._context(node, round_), data):
+            raise PeerError(
+                f"round {round_}: node {node}'s state for evaluation fails its HMAC tag "
+                "(another key, or altered): nothing of it is evaluated or exported"
+            )
+        vec = torch.frombuffer(bytearray(data), dtype=torch.float64)
+        if not bool(torch.isfinite(vec[:n]).all()):
+            raise PeerError(f"round {round_}: node {node}'s state for evaluation is not finite")
+        return vec
+
+    def after_evaluation(self, round_: int) -> None:
+        """Every rank waits for rank 0's word that it has evaluated (the start-up timeout
+        applies here, not peer_timeout)."""
+        flag = torch.tensor([round_], dtype=torch.int64, device=self.device)
+        dist.broadcast(flag, src=0)

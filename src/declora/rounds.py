@@ -1,20 +1,23 @@
 """One round for the nodes a process holds, over a transport: the round is written once, here.
 
-The runtimes differ only in their transport: the simulator holds every node and moves frames
+The runtimes differ only in their transport: the simulator holds every node and moves bytes
 in memory (:class:`declora.sim.MemoryTransport`); a distributed process holds one node and
-moves frames with point-to-point torch.distributed (:class:`declora.p2p.P2PTransport`); the
-tests wrap either in one that drops, corrupts, forges, delays or crashes.
+moves bytes with point-to-point torch.distributed (:class:`declora.p2p.P2PTransport`); the
+tests wrap either in one that drops, corrupts, forges, replays, delays or crashes.
 
 Round t, for every node i the process holds (:func:`play_round`):
 
 1. local steps: ``steps`` optimizer steps on its own rows, unless the round's plan
-   (:mod:`declora.faults`) sits it out or the round is a gossip-only finishing round;
+   (:mod:`declora.faults`) sits it out or the round is a gossip-only finishing round; a
+   non-finite training loss stops the run (:class:`Diverged`);
 2. message: if it has a live neighbour in the round's W, its :class:`~declora.gossip.Exchange`
-   payload, sealed in a frame (:mod:`declora.wire`: sender, round, checksum, optional HMAC);
-3. transport: the frame to each live neighbour, and theirs back;
-4. mixing: each received frame is opened and checked; a refused one is logged and its weight
-   goes to the node itself; then :meth:`Exchange.incoming` mixes; steps 2-4 repeat
-   ``gossip_steps`` times (the same W);
+   payload, sealed in a frame (:mod:`declora.wire`: run, sender, round, step, checksum,
+   optional HMAC);
+3. transport: lengths, acknowledgements and frames on each live edge (:mod:`declora.edges`);
+4. mixing: each received frame is opened and checked; a refused one is logged; both ends
+   tell each other their verdict, and an edge mixes only when both accepted (its weight goes
+   to the nodes themselves otherwise), so W stays doubly stochastic under any refusal; then
+   :meth:`Exchange.incoming` mixes; steps 2-4 repeat ``gossip_steps`` times (the same W);
 5. counters: samples, bytes, refusals (:class:`Counters`).
 """
 
@@ -31,6 +34,7 @@ import numpy as np
 from torch import nn
 
 from declora import wire
+from declora.edges import Inbox, Outgoing, Step
 from declora.faults import RoundPlan
 from declora.gossip import Exchange, row_weights
 from declora.methods import Method
@@ -90,23 +94,18 @@ def _nan(value):
     return math.nan if value is None else value
 
 
-@dataclass(frozen=True)
-class Outgoing:
-    """One node's frame for this round and the live neighbours it goes to."""
-
-    peers: list[int]
-    frame: bytes
-
-
-# receiver -> sender -> the frame, or why it was refused before it arrived
-Inbox = dict[int, dict[int, bytes | str]]
-
-
 class Transport(Protocol):
-    """How frames and evaluation data move between the nodes of a run."""
+    """How frames, control values and evaluation data move between the nodes of a run
+    (:class:`declora.edges.Links` writes the phases once over a transport's byte mover)."""
 
-    def swap(self, outbox: dict[int, Outgoing], round_: int) -> Inbox:
-        """Deliver each held node's frame to its peers; return what each held node received."""
+    def swap(self, outbox: dict[int, Outgoing], step: Step) -> Inbox:
+        """Each held node's frame to the peers that take it; what each held node received."""
+        ...
+
+    def tell(
+        self, values: dict[int, dict[int, int]], kind: str, step: Step
+    ) -> dict[int, dict[int, int | wire.Refused]]:
+        """One number from each held node to each peer, and theirs back."""
         ...
 
     def gather(
@@ -115,6 +114,15 @@ class Transport(Protocol):
         """Every node's adapter and counters, in node order, on the process that evaluates
         (evaluation and outputs only: training never goes through it); None elsewhere."""
         ...
+
+    def after_evaluation(self, round_: int) -> None:
+        """Every process waits here until the evaluating one has evaluated round ``round_``
+        (so that evaluation time never counts against ``peer_timeout``)."""
+        ...
+
+
+class Diverged(RuntimeError):
+    """A node's training loss is not finite: the run stops at that round."""
 
 
 @dataclass
@@ -134,6 +142,7 @@ class Party:
     finish_rounds: int = 0  # gossip-only rounds after them
     gossip_steps: int = 1  # mixing steps in each round
     key: bytes | None = None  # HMAC key of security.key_file
+    run: bytes = bytes(wire.RUN_BYTES)  # run id bound into every message (agreed at start)
     counters: Counters = field(default_factory=Counters)
     warn: Callable[[str], None] = say
 
@@ -158,6 +167,11 @@ def play_round(
         active = bool(plan.active[node.node_id])
         c.loss = train_steps(party.model, node, steps, party.collate) if active else math.nan
         c.grad_norm = node.last_grad_norm
+        if active and steps and not math.isfinite(c.loss):
+            raise Diverged(
+                f"node {node.node_id} diverged at round {t}: its training loss is {c.loss} "
+                "(lower lr, or lora.alpha)"
+            )
     party.counters.samples += int(plan.active.sum()) * steps * party.batch_size
     if plan.W is not None:
         for step in range(party.gossip_steps):
@@ -165,12 +179,14 @@ def play_round(
 
 
 def communicate(party: Party, W: np.ndarray, t: int, transport: Transport, step: int = 0) -> None:
-    """Every held node with a live edge sends its frame, then mixes what it accepts (gossip
-    step ``step`` of round t: its frames carry round t; its rounding noise is its own).
+    """Every held node with a live edge sends its frame, then mixes over the edges whose two
+    ends accepted each other's frames (gossip step ``step`` of round t: its frames carry
+    round t and the step; its rounding noise is its own).
 
     A node with no live edge this round (faults) neither sends nor mixes. Bytes count each
-    payload once per neighbour, or once for a server (fedavg); the frame's header is not
-    counted (``wire.HEADER.size``, + ``wire.TAG_SIZE`` with a key, per message).
+    payload once per neighbour, or once for a server (fedavg); the frame's header and the
+    control messages are not counted (``wire.HEADER.size`` + ``wire.TAG_SIZE`` with a key per
+    frame, and 3 or 4 of ``wire.CONTROL_SIZE`` bytes per edge and step).
     """
     outbox, weights = {}, {}
     for node, ex in zip(party.nodes, party.exchanges):
@@ -183,31 +199,65 @@ def communicate(party: Party, W: np.ndarray, t: int, transport: Transport, step:
         c = party.counters.nodes[i]
         c.payload = len(payload)
         c.sent += len(payload) * (1 if party.method.server else len(peers))
-        outbox[i] = Outgoing(peers, wire.seal(payload, i, t, _dtype(ex), party.key))
-    inbox = transport.swap(outbox, t)
+        stamp = wire.Stamp(party.run, t, step)
+        outbox[i] = Outgoing(peers, wire.seal(payload, i, stamp, _dtype(ex), party.key))
+    if not outbox:
+        return
+    ex0 = party.exchanges[0]
+    call = Step(wire.Stamp(party.run, t, step), party.key, wire.max_frame_size(ex0.sizes))
+    inbox = transport.swap(outbox, call)
+    accepted = {
+        i: accept(party, ex, i, inbox.get(i, {}), outbox[i].peers, call)
+        for i, ex in zip(_ids(party), party.exchanges)
+        if i in outbox
+    }
+    verdicts = {i: {j: int(j in got) for j in outbox[i].peers} for i, got in accepted.items()}
+    theirs = transport.tell(verdicts, "verdict", call)
+    committed = None
+    if party.exchanges[0].spec.scheme == "choco":  # a message counts where all took it
+        mine = {i: int(all(v == 1 for v in theirs[i].values())) for i in outbox}
+        told = transport.tell(
+            {i: dict.fromkeys(outbox[i].peers, v) for i, v in mine.items()}, "commit", call
+        )
+        committed = {i: {i} if mine[i] else set() for i in outbox}
+        for i in outbox:
+            committed[i] |= {j for j, v in told[i].items() if v == 1}
     for node, ex in zip(party.nodes, party.exchanges):
         i = node.node_id
-        if i in outbox:
-            received = accept(party, ex, i, inbox.get(i, {}), outbox[i].peers, weights[i], t)
-            node.set_state(ex.incoming(node.state(), received, weights[i]))
+        if i not in outbox:
+            continue
+        got, row = accepted[i], weights[i]
+        for j in outbox[i].peers:  # an edge mixes only when both ends accepted
+            if not (j in got and theirs[i][j] == 1):
+                row[i] += row.pop(j)
+        mixed = got if committed is not None else {j: got[j] for j in row if j in got}
+        kept = None if committed is None else committed[i]
+        node.set_state(ex.incoming(node.state(), mixed, row, committed=kept))
 
 
-def accept(party: Party, ex: Exchange, i: int, got: dict, peers, weights, t: int) -> dict:
-    """The payloads node i accepts from its peers; a refused peer's weight goes to i itself."""
+def accept(party: Party, ex: Exchange, i: int, got: dict, peers, call: Step) -> dict:
+    """The payloads node i accepts from its peers (a refusal is logged and counted)."""
     received = {}
     for j in peers:
+        frame = got.get(j, "no message arrived")
+        if frame is None:  # the peer closed the edge; it says why
+            continue
         try:
-            frame = got.get(j, "no message arrived")
             if isinstance(frame, str):
                 raise wire.Refused(frame)
-            body = wire.open_frame(frame, j, t, _dtype(ex), party.key)
+            body = wire.open_frame(frame, j, call.stamp, _dtype(ex), party.key)
             wire.check_payload(body, ex.sizes)
             received[j] = body
         except wire.Refused as why:
-            party.warn(f"declora: node {i} refused the message from node {j} at round {t}: {why}")
-            weights[i] += weights.pop(j)
+            t, step = call.stamp.round, call.stamp.step
+            at = f"round {t}" + (f" step {step}" if party.gossip_steps > 1 else "")
+            party.warn(f"declora: node {i} refused the message from node {j} at {at}: {why}")
             party.counters.nodes[i].refused += 1
     return received
+
+
+def _ids(party: Party) -> list[int]:
+    return [n.node_id for n in party.nodes]
 
 
 def _dtype(ex: Exchange):

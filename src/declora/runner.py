@@ -53,11 +53,11 @@ def play_rounds(
     log: RunLog | None,
     progress: Progress,
     start: int = 0,
-    checkpoints: Path | None = None,
+    checkpoints: checkpoint.Store | None = None,
 ) -> list[State] | None:
     """Rounds ``start + 1 ..`` the party's last (the ``finish_rounds`` after its ``rounds``
     only gossip); returns every node's final adapter on the process that evaluates
-    (None elsewhere). ``checkpoints``: the folder of per-node checkpoints, written every
+    (None elsewhere). ``checkpoints``: where per-node checkpoints go, written every
     ``checkpoint_every`` rounds."""
     cfg = s.cfg
     total = party.total_rounds
@@ -90,19 +90,20 @@ def evaluate_and_log(
 ) -> list[State] | None:
     """Round t's record, written by the process that evaluates; returns the gathered states."""
     states, per_node = gather(party, transport, t)
-    if states is None:
-        return None
-    rec = round_record(s, party.method.name, t, states, per_node, party.counters)
-    if log is not None:
-        log.write(rec)
-    progress.evaluated(rec)
+    if states is not None:
+        rec = round_record(s, party.method.name, t, states, per_node, party.counters)
+        if log is not None:
+            log.write(rec)
+        progress.evaluated(rec)
+    transport.after_evaluation(t)  # the next exchange's peer_timeout starts after evaluation
     return states
 
 
-def save_checkpoints(party: Party, root: Path, t: int) -> None:
+def save_checkpoints(party: Party, store: checkpoint.Store, t: int) -> None:
     for node, ex in zip(party.nodes, party.exchanges):
         counters = party.counters.state_dict(node.node_id)
-        checkpoint.save(root, node, t, counters, ex.state_dict())
+        extra = ex.state_dict()
+        checkpoint.save(store.root, node, t, counters, extra, store.fingerprint, store.keep)
 
 
 def resume(party: Party, root: Path, t: int) -> None:

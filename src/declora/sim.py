@@ -1,7 +1,7 @@
 """In-process runtime: all nodes in one process over ONE frozen base model.
 
 Memory is base + N x (adapter + optimizer state), not N x model. The round is
-:func:`declora.rounds.play_round`, as in the distributed runtime; here its frames move in
+:func:`declora.rounds.play_round`, as in the distributed runtime; here its bytes move in
 memory (:class:`MemoryTransport`) and every method of the config runs in turn.
 """
 
@@ -13,16 +13,18 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from declora.config import Config
+from declora.edges import Links, Mail
 from declora.methods import METHODS
 from declora.outputs import (
     describe_run,
     finish_method,
     make_out_dir,
+    plot_curves,
     write_run_files,
     write_summary,
 )
-from declora.report import RunLog, headline, start_summary
-from declora.rounds import Inbox, NodeCounters, Outgoing, Transport
+from declora.report import RunLog, headline, start_summary, write_json
+from declora.rounds import Diverged, NodeCounters, Transport
 from declora.runner import play_rounds
 from declora.session import Session, party_for, prepare
 from declora.tensors import State
@@ -30,20 +32,28 @@ from declora.tensors import State
 Wrap = Callable[[Transport], Transport]  # tests: a transport around the real one
 
 
-class MemoryTransport:
-    """Frames move between the nodes of this process as bytes, as they would on a wire."""
+class MemoryTransport(Links):
+    """Bytes move between the nodes of this process as they would on a wire, in the same
+    phases (:mod:`declora.edges`)."""
 
-    def swap(self, outbox: dict[int, Outgoing], round_: int) -> Inbox:
-        missing = "sent nothing this round"
-        return {
-            i: {j: outbox[j].frame if j in outbox else missing for j in out.peers}
-            for i, out in outbox.items()
-        }
+    def post(self, outbox: Mail, expect: dict[int, dict[int, int]], round_: int) -> Mail:
+        got: Mail = {}
+        for i, row in expect.items():
+            got[i] = {}
+            for j, n in row.items():
+                data = outbox.get(j, {}).get(i)
+                if data is None or len(data) != n:  # the distributed runtime would hang
+                    raise RuntimeError(f"round {round_}: node {j} posted no {n} bytes to node {i}")
+                got[i][j] = data
+        return got
 
     def gather(
         self, held: dict[int, tuple[State, NodeCounters]], round_: int
     ) -> list[tuple[State, NodeCounters]]:
         return [held[i] for i in sorted(held)]
+
+    def after_evaluation(self, round_: int) -> None:
+        pass
 
 
 class Bar:
@@ -85,9 +95,15 @@ def run(cfg: Config, echo=print, wrap: Wrap | None = None) -> tuple[Path, dict]:
         echo(line)
     log = RunLog(out)
     summary = start_summary(s)
-    for method in cfg.methods:
-        last, states = run_method(s, method, log, wrap)
-        finish_method(s, out, summary, method, last, states)
+    try:
+        for method in cfg.methods:
+            last, states = run_method(s, method, log, wrap)
+            finish_method(s, out, summary, method, last, states)
+    except Diverged as err:  # keep what ran: the methods before, the curves up to that round
+        summary["stopped"] = str(err)
+        write_json(out / "summary.json", summary)
+        plot_curves(log.records, out / "curves.png")
+        raise Diverged(f"{err}; what ran until then is in {out}") from None
     summary["runtime"] = {"processes": 1, "backend": "memory"}
     write_summary(out, log, summary, echo)
     return out, summary

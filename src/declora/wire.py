@@ -1,24 +1,34 @@
-"""One message on the wire: a fixed header, the payload, and an optional HMAC-SHA256 tag.
+"""What crosses a process boundary: frames (an adapter message), control messages (one number
+on an edge), and the HMAC-SHA256 tags that authenticate both.
 
-Layout (little-endian)::
+Frame layout (little-endian)::
 
     offset  size  field
     0       4     magic b"DLRW"
-    4       1     version (1)
+    4       1     version (2)
     5       1     dtype of the adapter the payload encodes (code in DTYPES)
     6       2     flags: bit 0 = a 32-byte HMAC-SHA256 tag follows the payload
     8       4     sender node id
     12      4     round
-    16      8     payload length in bytes
-    24      4     CRC-32 of the payload
-    28      n     payload: Exchange.outgoing's bytes (format in declora.compress)
-    28+n    32    HMAC-SHA256(key, header + payload), when flagged
+    16      2     gossip step within the round
+    18      2     reserved (0)
+    20      8     run id (agreed by every process at start)
+    28      8     payload length in bytes
+    36      4     CRC-32 of the payload
+    40      n     payload: Exchange.outgoing's bytes (format in declora.compress)
+    40+n    32    HMAC-SHA256(key, header + payload), when flagged
 
-The tag covers the header, so it binds the payload to its sender and its round: a process
-without the key can neither inject a message nor replay one from another round or node.
-The receiver trusts nothing: :func:`open_frame` checks the framing, sender, round, dtype,
-length, checksum and tag, then :func:`check_payload` decodes the payload (never unpickles) and
-refuses non-finite values. Each check raises :class:`Refused` with a one-line reason.
+A control message (:func:`seal_control`) is 68 bytes: magic b"DLRC", version, kind, sender,
+receiver, round, step, run id, a signed 64-bit value, and a 32-byte tag (zeros without a key).
+The round's phases use it for frame lengths, acknowledgements and verdicts
+(:mod:`declora.edges`).
+
+A tag covers the header, so it binds the payload to its run, sender, round and step: a process
+without the key can neither inject a message nor replay one from another run, round, step or
+node. The receiver trusts nothing: :func:`open_frame` checks the framing, run, sender, round,
+step, dtype, length, checksum and tag, then :func:`check_payload` decodes the payload (never
+unpickles) and refuses non-finite values. Each check raises :class:`Refused` with a one-line
+reason.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import hmac
 import struct
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,16 +47,34 @@ from declora import compress
 from declora.config import ConfigError
 
 MAGIC = b"DLRW"
-VERSION = 1
-HEADER = struct.Struct("<4sBBHIIQI")  # magic, version, dtype, flags, sender, round, length, crc
+VERSION = 2
+# magic, version, dtype, flags, sender, round, step, reserved, run, length, crc
+HEADER = struct.Struct("<4sBBHIIHH8sQI")
 TAG_SIZE = 32
 TAGGED = 1
 DTYPES = {torch.float32: 1, torch.float16: 2, torch.bfloat16: 3, torch.float64: 4}
 MIN_KEY_BYTES = 16
+RUN_BYTES = 8
+NO_TAG = bytes(TAG_SIZE)
+
+CONTROL_MAGIC = b"DLRC"
+# magic, version, kind, reserved, sender, receiver, round, step, reserved, run, value
+CONTROL = struct.Struct("<4sBBHIIIHH8sq")
+CONTROL_SIZE = CONTROL.size + TAG_SIZE
+KINDS = {"length": 1, "ack": 2, "verdict": 3, "commit": 4}
 
 
 class Refused(ValueError):
     """A received message that fails a check; the message is the reason, for the log."""
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """Where a message belongs: the run, the round and the gossip step within it."""
+
+    run: bytes = bytes(RUN_BYTES)
+    round: int = 0
+    step: int = 0
 
 
 def read_key(path: str | Path) -> bytes:
@@ -62,12 +91,21 @@ def read_key(path: str | Path) -> bytes:
     return key
 
 
-def _tag(key: bytes, data: bytes | memoryview) -> bytes:
-    return hmac.new(key, data, hashlib.sha256).digest()
+def sign(key: bytes, *parts: bytes | memoryview) -> bytes:
+    """HMAC-SHA256 of the parts (each prefixed with its length, so parts cannot shift)."""
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for part in parts:
+        mac.update(struct.pack("<Q", len(part)))
+        mac.update(part)
+    return mac.digest()
+
+
+def verify(key: bytes, tag: bytes | memoryview, *parts: bytes | memoryview) -> bool:
+    return hmac.compare_digest(sign(key, *parts), bytes(tag))
 
 
 def seal(
-    payload: bytes, sender: int, round_: int, dtype: torch.dtype, key: bytes | None = None
+    payload: bytes, sender: int, stamp: Stamp, dtype: torch.dtype, key: bytes | None = None
 ) -> bytes:
     """Frame ``payload`` for sending; with ``key``, append the HMAC-SHA256 tag."""
     head = HEADER.pack(
@@ -76,12 +114,15 @@ def seal(
         DTYPES[dtype],
         TAGGED if key else 0,
         sender,
-        round_,
+        stamp.round,
+        stamp.step,
+        0,
+        stamp.run,
         len(payload),
         zlib.crc32(payload),
     )
     frame = head + payload
-    return frame + _tag(key, frame) if key else frame
+    return frame + sign(key, frame) if key else frame
 
 
 def max_frame_size(sizes: Sequence[int]) -> int:
@@ -97,15 +138,15 @@ def max_frame_size(sizes: Sequence[int]) -> int:
 def open_frame(
     frame: bytes | memoryview,
     sender: int,
-    round_: int,
+    stamp: Stamp,
     dtype: torch.dtype,
     key: bytes | None = None,
 ) -> bytes:
-    """The payload of a frame from node ``sender`` for round ``round_``; raises :class:`Refused`."""
+    """The payload of a frame from node ``sender`` for ``stamp``; raises :class:`Refused`."""
     frame = memoryview(frame)
     if len(frame) < HEADER.size:
         raise Refused(f"frame of {len(frame)} bytes is shorter than the header")
-    magic, version, code, flags, who, rnd, length, crc = HEADER.unpack_from(frame)
+    magic, version, code, flags, who, rnd, step, _, run, length, crc = HEADER.unpack_from(frame)
     if magic != MAGIC or version != VERSION:
         raise Refused(f"not a declora v{VERSION} frame (magic {bytes(magic)!r}, version {version})")
     tagged = bool(flags & TAGGED)
@@ -118,18 +159,27 @@ def open_frame(
         raise Refused(f"frame has {len(frame)} bytes, its header says {expected}")
     if tagged:
         body, tag = frame[: HEADER.size + length], frame[HEADER.size + length :]
-        if not hmac.compare_digest(_tag(key, body), bytes(tag)):
+        if not verify(key, tag, body):
             raise Refused("HMAC tag does not match (wrong key, or the message was altered)")
-    if who != sender:
-        raise Refused(f"frame claims sender {who}")
-    if rnd != round_:
-        raise Refused(f"frame is for round {rnd}, not {round_} (replayed or out of step)")
+    _check_stamp(who, sender, run, rnd, step, stamp)
     if code != DTYPES[dtype]:
         raise Refused(f"dtype code {code}, expected {DTYPES[dtype]} ({dtype})")
     payload = frame[HEADER.size : HEADER.size + length]
     if zlib.crc32(payload) != crc:
         raise Refused("checksum mismatch (the message was corrupted)")
     return payload.tobytes()
+
+
+def _check_stamp(who: int, sender: int, run: bytes, rnd: int, step: int, stamp: Stamp) -> None:
+    if who != sender:
+        raise Refused(f"message claims sender {who}")
+    if run != stamp.run:
+        raise Refused(f"message is from another run ({run.hex()}, this run is {stamp.run.hex()})")
+    if (rnd, step) != (stamp.round, stamp.step):
+        raise Refused(
+            f"message is for round {rnd} step {step}, not round {stamp.round} step {stamp.step} "
+            "(replayed or out of step)"
+        )
 
 
 def check_payload(payload: bytes, sizes: Sequence[int]) -> None:
@@ -145,3 +195,50 @@ def check_payload(payload: bytes, sizes: Sequence[int]) -> None:
     if not bool(torch.isfinite(flat).all()):
         bad = int((~torch.isfinite(flat)).sum())
         raise Refused(f"{bad} non-finite values")
+
+
+def seal_control(
+    kind: str, value: int, sender: int, receiver: int, stamp: Stamp, key: bytes | None = None
+) -> bytes:
+    """One number from ``sender`` to ``receiver`` (a frame length, an acknowledgement, a
+    verdict), always ``CONTROL_SIZE`` bytes; tagged with ``key``."""
+    body = CONTROL.pack(
+        CONTROL_MAGIC,
+        VERSION,
+        KINDS[kind],
+        0,
+        sender,
+        receiver,
+        stamp.round,
+        stamp.step,
+        0,
+        stamp.run,
+        value,
+    )
+    return body + (sign(key, body) if key else NO_TAG)
+
+
+def open_control(
+    message: bytes | memoryview,
+    kind: str,
+    sender: int,
+    receiver: int,
+    stamp: Stamp,
+    key: bytes | None = None,
+) -> int:
+    """The value of a control message from ``sender`` to ``receiver``; raises :class:`Refused`."""
+    message = memoryview(message)
+    if len(message) != CONTROL_SIZE:
+        raise Refused(f"control message of {len(message)} bytes, expected {CONTROL_SIZE}")
+    body, tag = message[: CONTROL.size], message[CONTROL.size :]
+    magic, version, code, _, who, to, rnd, step, _, run, value = CONTROL.unpack_from(body)
+    if magic != CONTROL_MAGIC or version != VERSION:
+        raise Refused(f"not a declora v{VERSION} control message")
+    if key and not verify(key, tag, body):
+        raise Refused(f"the {kind} message's HMAC tag does not match (wrong key, or altered)")
+    if code != KINDS[kind]:
+        raise Refused(f"control message of kind {code}, expected {KINDS[kind]} ({kind})")
+    if to != receiver:
+        raise Refused(f"control message is addressed to node {to}")
+    _check_stamp(who, sender, bytes(run), rnd, step, stamp)
+    return value
