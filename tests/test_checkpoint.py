@@ -73,3 +73,38 @@ def test_checkpoint_is_safetensors_with_json_metadata(setup, tmp_path):
     assert b"\x80\x04" not in raw[:16]  # not a pickle
     kinds = {k.split(".")[0] for k in header if k != "__metadata__"}
     assert kinds == {"adapter", "optim", "rng", "sampler"}
+
+
+def test_a_damaged_foreign_or_misshapen_checkpoint_is_refused(setup, tmp_path):
+    """Bit flips, truncation, another config and other shapes are each refused with a reason,
+    and a node then offers only the rounds it holds intact."""
+    cfg, s = setup
+    node = fresh(cfg, s)
+    shapes = {k: tuple(v.shape) for k, v in node.params.items()}
+    for t in (1, 2, 3, 4):
+        checkpoint.save(tmp_path, node, t, {}, fingerprint="abc", keep=5)
+    folder = checkpoint.node_dir(tmp_path, 1)
+    flipped = bytearray((folder / "round_000004.safetensors").read_bytes())
+    flipped[len(flipped) // 2] ^= 0x01
+    (folder / "round_000004.safetensors").write_bytes(bytes(flipped))
+    raw = (folder / "round_000003.safetensors").read_bytes()
+    (folder / "round_000003.safetensors").write_bytes(raw[: len(raw) // 2])
+    assert "checksum mismatch" in checkpoint.verify(tmp_path, 1, 4, "abc", shapes)
+    assert "unreadable" in checkpoint.verify(tmp_path, 1, 3, "abc", shapes)
+    assert "another config" in checkpoint.verify(tmp_path, 1, 2, "other", shapes)
+    rank1 = {k: (1, *v[1:]) if "lora_A" in k else v for k, v in shapes.items()}
+    assert "has shape" in checkpoint.verify(tmp_path, 1, 2, "abc", rank1)
+    assert checkpoint.verify(tmp_path, 1, 2, "abc", shapes) == ""
+    lines = []
+    assert checkpoint.good_rounds(tmp_path, 1, "abc", shapes, lines.append) == [1, 2]
+    assert [x.split(":")[2].strip() for x in lines] == [
+        "checkpoint of round 3 refused",
+        "checkpoint of round 4 refused",
+    ]
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        checkpoint.load(tmp_path, fresh(cfg, s), 4)
+
+
+def test_a_run_keeps_enough_checkpoints_for_its_nodes_to_meet():
+    assert checkpoint.keep_for(2) == checkpoint.KEEP
+    assert checkpoint.keep_for(16) == 17  # more than any two nodes can be apart on 16 nodes

@@ -4,6 +4,7 @@ loaded back with PEFT give the accuracy that summary.json reports."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -148,3 +149,18 @@ def test_console_script_reports_bad_input_in_one_line(tmp_path):
     assert proc.stderr.strip().count("\n") == 0
     assert "lora.rank" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_diverging_run_stops_at_that_round_in_one_line_and_keeps_what_ran(
+    tiny_model_dir, tiny_csv, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    args = [*tiny_args(tiny_model_dir, tiny_csv, out), "methods=[local,dec-lora]", "rounds=4"]
+    assert main(["run", *args, "per_method.dec-lora.lr=1e30"]) == 3
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("declora:")]
+    assert len(err) == 1 and re.match(
+        r"declora: stopped: node \d diverged at round \d: its training loss is (nan|inf)", err[0]
+    ), err
+    summary = json.loads((out / "summary.json").read_text())
+    assert "diverged" in summary["stopped"] and list(summary["methods"]) == ["local"]
+    assert (out / "curves.png").is_file() and (out / "metrics.jsonl").is_file()
