@@ -214,14 +214,8 @@ def communicate(party: Party, W: np.ndarray, t: int, transport: Transport, step:
     verdicts = {i: {j: int(j in got) for j in outbox[i].peers} for i, got in accepted.items()}
     theirs = transport.tell(verdicts, "verdict", call)
     committed = None
-    if party.exchanges[0].spec.scheme == "choco":  # a message counts where all took it
-        mine = {i: int(all(v == 1 for v in theirs[i].values())) for i in outbox}
-        told = transport.tell(
-            {i: dict.fromkeys(outbox[i].peers, v) for i, v in mine.items()}, "commit", call
-        )
-        committed = {i: {i} if mine[i] else set() for i in outbox}
-        for i in outbox:
-            committed[i] |= {j for j, v in told[i].items() if v == 1}
+    if party.exchanges[0].spec.scheme == "choco":
+        committed = commit(transport, theirs, outbox, call)
     for node, ex in zip(party.nodes, party.exchanges):
         i = node.node_id
         if i not in outbox:
@@ -233,6 +227,18 @@ def communicate(party: Party, W: np.ndarray, t: int, transport: Transport, step:
         mixed = got if committed is not None else {j: got[j] for j in row if j in got}
         kept = None if committed is None else committed[i]
         node.set_state(ex.incoming(node.state(), mixed, row, committed=kept))
+
+
+def commit(transport: Transport, theirs: dict, outbox: dict, call: Step) -> dict[int, set[int]]:
+    """CHOCO's commit phase: node i's message counts (updates every copy of x_hat_i) only if
+    every neighbour accepted it; each node learns which of its neighbours' messages count."""
+    mine = {i: int(all(v == 1 for v in theirs[i].values())) for i in outbox}
+    told = transport.tell(
+        {i: dict.fromkeys(outbox[i].peers, v) for i, v in mine.items()}, "commit", call
+    )
+    return {
+        i: ({i} if mine[i] else set()) | {j for j, v in told[i].items() if v == 1} for i in outbox
+    }
 
 
 def accept(party: Party, ex: Exchange, i: int, got: dict, peers, call: Step) -> dict:
