@@ -3,8 +3,9 @@
 
 Each round every node times its local steps (compute), waits at a barrier (load imbalance,
 reported apart: on a shared CPU the nodes do not finish together), then times its exchange
-step: frame, checksum (and HMAC if a key is set), point-to-point transfer with both neighbours,
-checks of what arrived, and mixing. The exchange share is exchange / (compute + exchange).
+step: frame, checksum (and HMAC if a key is set), the phases of a gossip step with both
+neighbours (authenticated lengths, acknowledgements, frames, verdicts: declora.edges), checks of
+what arrived, and mixing. The exchange share is exchange / (compute + exchange).
 
     .venv/bin/python benchmarks/dist_exchange.py                      # 3 rounds
     .venv/bin/python benchmarks/dist_exchange.py rounds=5 compression.kind=quantize
@@ -44,7 +45,6 @@ def worker() -> None:
     import torch
     import torch.distributed as dist
 
-    from declora import wire
     from declora.config import load_config
     from declora.dist import backend_and_device
     from declora.methods import METHODS
@@ -60,8 +60,7 @@ def worker() -> None:
     dist.init_process_group(backend)
     party = party_for(s, METHODS["dec-lora"], held=[rank])
     node, key = party.nodes[0], party.key
-    max_frame = wire.max_frame_size(party.exchanges[0].sizes)
-    transport = P2PTransport(device, cfg.peer_timeout, max_frame)
+    transport = P2PTransport(device, cfg.peer_timeout, key)
     train_steps(s.model, node, 1, s.collate)  # warm-up (allocator, kernels), not timed
     rows = []
     for t in range(1, cfg.rounds + 1):
