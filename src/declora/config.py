@@ -6,6 +6,7 @@ errors are raised as :class:`ConfigError` with one line that names the key.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -42,7 +43,16 @@ Int = Annotated[int, Strict()]
 
 
 class ConfigError(ValueError):
-    """A bad config value; the message is one line meant for the user."""
+    """A bad config value; the message is one line meant for the user (a line break in the
+    text it quotes, a key or a file name, is shown as \\n)."""
+
+    def __init__(self, message: str):
+        super().__init__(one_line(message))
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks written as ``\\n`` and ``\\r``."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 class _Section(BaseModel):
@@ -367,16 +377,32 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+class _TextDates(yaml.SafeLoader):
+    """YAML's safe loader, except that a date stays text: no config value is a date, and
+    ``out=2024-02-30`` names a folder (PyYAML would fail on the day)."""
+
+
+_TextDates.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+# Reading a YAML text raises YAMLError, but also what PyYAML's constructors' conversions raise
+# for a bad explicit tag (!!int 0xZZ: ValueError, !!bool maybe: KeyError, !!timestamp x:
+# AttributeError) and RecursionError for brackets nested thousands deep. Each means the text
+# is not valid YAML, so both readers below catch Exception.
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """Turn ``["lora.rank=4", "methods=[dec-lora]"]`` into a nested dict (values parsed as YAML)."""
+    """Turn ``["lora.rank=4", "methods=[dec-lora]"]`` into a nested dict (values parsed as
+    YAML; a value that is not valid YAML stays the text it is)."""
     tree: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}' must look like key=value (e.g. lora.rank=4)")
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
+            value = yaml.load(raw, Loader=_TextDates) if raw != "" else None
+        except Exception:  # not valid YAML (see above)
             value = raw
         _set_dotted(tree, key.strip(), value)
     return tree
@@ -394,13 +420,20 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long for the file system names no file
+        return False
+
+
 def resolve_config_path(name: str) -> Path:
     """A YAML path, or the name of a built-in config (``declora configs`` lists them)."""
     path = Path(name)
-    if path.is_file():
+    if _is_file(path):
         return path
     builtin = CONFIG_DIR / f"{name.removesuffix('.yaml')}.yaml"
-    if builtin.is_file():
+    if _is_file(builtin):
         return builtin
     raise ConfigError(
         f"config '{name}' is neither a file nor a built-in config (see: declora configs)"
@@ -426,19 +459,35 @@ def _format_error(err: ValidationError) -> str:
         return f"unknown config key '{loc}'"
     got = e.get("input")
     shown = (
-        "" if isinstance(got, dict) or e["type"].startswith("value_error") else f" (got {got!r})"
+        ""
+        if isinstance(got, dict) or e["type"].startswith("value_error")
+        else f" (got {_clip(repr(got))})"
     )
     return f"{loc}: {msg}{shown}" if loc else msg
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
-    keeps the last one silently)."""
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return _clip(lines[0]) if lines else type(err).__name__
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+class _UniqueKeyLoader(_TextDates):
+    """:class:`_TextDates`, except that a key given twice in one mapping is an error (PyYAML
+    keeps the last one silently). Merge keys (``<<: *defaults``) are YAML's own way of
+    repeating keys and stay allowed."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                break  # PyYAML refuses it below, with its line
             if key in seen:
                 line = key_node.start_mark.line + 1
                 raise yaml.YAMLError(f"line {line}: key '{key}' given twice")
@@ -448,17 +497,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
     """Build a Config from an optional YAML file plus ``key=value`` overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        file = resolve_config_path(path)
-        try:
-            data = yaml.load(file.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
-        except UnicodeDecodeError as err:
-            raise ConfigError(f"{file}: not UTF-8 text (byte {err.start})") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{file}: not valid YAML ({str(err).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{file}: expected a mapping of config keys at the top level")
+    data = {} if path is None else _read_yaml(resolve_config_path(path))
     extra = parse_overrides(overrides or [])
     dotted = any(
         item.partition("=")[0].strip().startswith("per_method.") for item in overrides or []
@@ -468,11 +507,30 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         # `per_method={...}` still gives the whole mapping
         default = Config.model_fields["per_method"].default_factory()
         data["per_method"] = {m: v.model_dump(exclude_none=True) for m, v in default.items()}
-    data = _merge(data, extra)
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(_merge(data, extra))
     except ValidationError as err:
         raise ConfigError(f"config error: {_format_error(err)}") from None
+    except RecursionError:  # a YAML alias that holds itself, in the file and an override
+        raise ConfigError("config error: values nested too deeply") from None
+
+
+def _read_yaml(file: Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML config file; anything else is one ConfigError line."""
+    try:
+        data = yaml.load(file.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{file}: not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"{file}: cannot read ({err.strerror})") from None
+    except Exception as err:  # not valid YAML (see above _TextDates)
+        reason = "nested too deeply" if isinstance(err, RecursionError) else _first_line(err)
+        raise ConfigError(f"{file}: not valid YAML ({reason})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: expected a mapping of config keys at the top level")
+    return data
 
 
 def dump_config(cfg: Config) -> str:
