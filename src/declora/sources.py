@@ -4,7 +4,8 @@
 
 Every row comes with where it was read (``file:line``), so that an error about a row names it.
 A file that does not decode in ``data.encoding`` is refused with the line of the first bad byte
-and the encoding charset-normalizer guesses for it.
+and the encoding charset-normalizer guesses for it; a byte-order mark in front is dropped.
+Whatever a file holds, reading it gives rows or one DataError line (tests/test_properties.py).
 """
 
 from __future__ import annotations
@@ -14,12 +15,18 @@ import io
 import json
 from pathlib import Path
 
+from declora.config import one_line
+
 BUNDLED = ("bundled:rotten_tomatoes", "bundled:imdb")
 csv.field_size_limit(2**31 - 1)  # a long review is data, not an error (the default is 128 kB)
 
 
 class DataError(ValueError):
-    """Bad or unusable data; the message is one line meant for the user."""
+    """Bad or unusable data; the message is one line meant for the user (a line break in the
+    text it quotes, a column name or a value, is shown as \\n)."""
+
+    def __init__(self, message: str):
+        super().__init__(one_line(message))
 
 
 def _bundled_rows(name: str) -> tuple[list[dict], list[str]]:
@@ -37,12 +44,18 @@ def _bundled_rows(name: str) -> tuple[list[dict], list[str]]:
 
 
 def _decode(path: Path, encoding: str) -> str:
-    raw = path.read_bytes()
+    """The file's text; a byte-order mark in front (as Excel writes UTF-8) is not part of it."""
     try:
-        return raw.decode(encoding)
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"data.path={path}: cannot read ({err.strerror})") from None
+    try:
+        return raw.decode(encoding).removeprefix("\ufeff")
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
         raise DataError(f"{path}:{line}: not {encoding} text{_guess(raw)}") from None
+    except UnicodeError as err:  # codecs such as idna fail on a whole label, not a byte
+        raise DataError(f"{path}: not {encoding} text ({err})") from None
     except LookupError:
         raise DataError(f"data.encoding={encoding}: unknown encoding") from None
 
@@ -72,21 +85,31 @@ def _csv_rows(text: str, path: Path) -> tuple[list[dict], list[str]]:
 def _json_rows(text: str, path: Path) -> tuple[list[dict], list[str]]:
     """JSON lines (one object a line), or a .json file holding one array of objects."""
     if path.suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+        items = _loads(text, path, 1)
         where = [f"{path}: item {k}" for k in range(1, len(items) + 1)]
         return _objects(items, where), where
     items, where = [], []
-    for n, line in enumerate(text.splitlines(), 1):
+    # JSON lines end at \n only: str.splitlines() would also cut at U+2028 or \x85, which a
+    # JSON string may hold as they are
+    for n, line in enumerate(text.split("\n"), 1):
         if line.strip():
-            try:
-                items.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise DataError(f"{path}:{n}: not a JSON object per line") from None
+            items.append(_loads(line, path, n, "not a JSON object per line"))
             where.append(f"{path}:{n}")
     return _objects(items, where), where
+
+
+def _loads(text: str, path: Path, line: int, bad: str | None = None):
+    """``json.loads``; ``text`` starts on ``line`` of ``path``. Every failure is one DataError
+    line: ``bad`` (else the decoder's reason) where the text is not JSON."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        at = line + err.lineno - 1
+        raise DataError(f"{path}:{at}: {bad or f'not valid JSON ({err.msg})'}") from None
+    except ValueError:  # an integer longer than Python converts (sys.get_int_max_str_digits)
+        raise DataError(f"{path}:{line}: a number too long to read") from None
+    except RecursionError:
+        raise DataError(f"{path}:{line}: JSON nested too deeply") from None
 
 
 def _objects(items: list, where: list[str]) -> list[dict]:
@@ -128,7 +151,11 @@ def read_table(path: str, encoding: str = "utf-8") -> tuple[list[dict], list[str
     if path in BUNDLED:
         return _bundled_rows(path)
     file = Path(path)
-    if file.is_file():
+    try:
+        is_file = file.is_file()
+    except OSError:  # a name too long for the file system names no file
+        is_file = False
+    if is_file:
         return _file_rows(file, encoding)
     if path.startswith("bundled:"):
         raise DataError(f"data.path={path}: unknown bundled dataset (choose from {BUNDLED})")
