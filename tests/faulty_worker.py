@@ -3,7 +3,7 @@
     python -m torch.distributed.run ... -m tests.faulty_worker SPEC [CONFIG] [key=value ...]
 
 Besides the transport's faults, ``wrongkey=NODE@0`` gives that node's process another key
-file. Run from the repository root, so that ``tests`` is importable.
+file and ``otherconfig=NODE@0`` another learning rate. Run from the repository root, so that ``tests`` is importable.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ def main(argv: list[str]) -> int:
         with tempfile.NamedTemporaryFile("wb", suffix=".key", delete=False) as f:
             f.write(WRONG_KEY)
         items = [*items, f"security.key_file={f.name}"]
-    spec = ",".join(x for x in spec.split(",") if not x.strip().startswith("wrongkey"))
+    if parse(spec).get((rank, 0)) == "otherconfig":
+        items = [*items, "lr=0.123"]
+    spec = ",".join(x for x in spec.split(",") if not x.strip().endswith("@0"))
 
     def wrap(transport, cfg):
         key = wire.read_key(cfg.security.key_file) if cfg.security.key_file else None

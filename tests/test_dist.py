@@ -269,3 +269,16 @@ def test_dist_matches_simulator_on_a_tiny_llama(tiny_llama_dir, tiny_csv, tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_metrics(records(sim_out), records(dist_out))
     assert (dist_out / "adapters" / "dec-lora" / "node_3" / "adapter_config.json").is_file()
+
+
+def test_the_fingerprint_covers_the_shared_config_only(tmp_path):
+    from declora.dist import fingerprint
+
+    key, other = tmp_path / "a.key", tmp_path / "b.key"
+    base = fingerprint(load_config(None, ["out=runs/a"]))
+    assert fingerprint(load_config(None, ["out=/elsewhere"])) == base  # site-local
+    assert fingerprint(load_config(None, ["lr=0.5"])) != base
+    assert fingerprint(load_config(None, ["lora.rank=4"])) != base
+    with_key = fingerprint(load_config(None, [f"security.key_file={key}"]))
+    assert with_key != base  # whether there is a key is shared; where it lies is not
+    assert fingerprint(load_config(None, [f"security.key_file={other}"])) == with_key

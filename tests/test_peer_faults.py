@@ -91,17 +91,23 @@ def test_a_crash_resumes_from_the_newest_intact_round_and_the_average_is_kept(ar
     assert_average_kept(tmp_path / "dist")
 
 
+START = {  # fault spec -> what the other nodes say about node 3 before any round
+    "wrongkey=3@0": "node 3's start-up message fails its HMAC",
+    "otherconfig=3@0": "node 3 runs another config",
+}
+
+
 @pytest.mark.multiprocess
-def test_a_node_with_another_key_stops_every_process_at_start_naming_it(args, tmp_path):
-    proc = faulty_launch(args, "wrongkey=3@0")
+@pytest.mark.parametrize("spec", list(START))
+def test_a_node_with_another_key_or_config_stops_every_process_at_start_naming_it(
+    args, tmp_path, spec
+):
+    proc = faulty_launch(args, spec)
     assert proc.returncode != 0
-    lines = [x for x in proc.stderr.splitlines() if "start-up message" in x]
     for honest in (0, 1, 2):
-        assert any(
-            x.startswith(f"declora: node {honest}: node 3's start-up message fails its HMAC")
-            for x in lines
-        ), proc.stderr[-3000:]
-    assert any(x.startswith("declora: node 3: the start-up message of every other") for x in lines)
+        assert f"declora: node {honest}: {START[spec]}" in proc.stderr, proc.stderr[-3000:]
+    if spec.startswith("wrongkey"):
+        assert "declora: node 3: the start-up message of every other node" in proc.stderr
     assert not (tmp_path / "dist" / "metrics.jsonl").exists()  # no round was played
 
 
