@@ -13,7 +13,9 @@
 - ``replay``: sealed under another run id, as a frame recorded in an earlier run would be;
 - ``delay``: the node sleeps ``delay_s`` seconds before sending;
 - ``crash``: the process exits before sending, once (a marker file in ``marker_dir``);
-- ``corrupt``: as ``crash``, after flipping a byte of the node's newest checkpoint.
+- ``corrupt``: as ``crash``, after flipping a byte of the node's newest checkpoint;
+- ``sloweval``: the evaluating process (``NODE`` 0) takes ``delay_s`` seconds more to evaluate
+  that round, as a large test set would.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class FaultyTransport:
         outbox, round_ = dict(outbox), step.stamp.round
         for i, out in list(outbox.items()):
             action = self.actions.get((i, round_)) if step.stamp.step == 0 else None
-            if action is not None:
+            if action not in (None, "sloweval"):  # sloweval acts in gather
                 frame = self.misbehave(action, i, round_, out.frame, step.limit)
                 outbox[i] = Outgoing(out.peers, frame)
         return self.inner.swap(outbox, step)
@@ -70,7 +72,10 @@ class FaultyTransport:
         return self.inner.tell(values, kind, step)
 
     def gather(self, held, round_):
-        return self.inner.gather(held, round_)
+        got = self.inner.gather(held, round_)
+        if got is not None and self.actions.get((0, round_)) == "sloweval":
+            time.sleep(self.delay_s)
+        return got
 
     def after_evaluation(self, round_):
         return self.inner.after_evaluation(round_)

@@ -123,3 +123,12 @@ def test_a_hanging_peer_fails_its_neighbours_within_peer_timeout_naming_it(args)
             re.M,
         ), proc.stderr[-3000:]
     assert time.monotonic() - began < 120  # start-up and two rounds, then 3 s, not 3 x 3 s
+
+
+@pytest.mark.multiprocess
+def test_a_slow_evaluation_does_not_count_against_peer_timeout(args, tmp_path):
+    """Rank 0 evaluates for 3 x peer_timeout while its neighbours wait to exchange: they wait
+    for its word that it has evaluated, not for peer_timeout."""
+    proc = faulty_launch([*args, "peer_timeout=3", "eval_every=1"], "sloweval=0@2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "did not answer" not in proc.stderr

@@ -46,6 +46,7 @@ from declora.report import RunLog, start_summary
 from declora.rounds import Transport, say
 from declora.runner import Quiet, play_rounds, resume
 from declora.session import Session, party_for, prepare
+from declora.sizes import check_sizes
 from declora.tensors import State
 
 STARTUP_S = 900.0  # seconds every process may take to load model and data before the first round
@@ -310,6 +311,7 @@ def launch(
     if cfg.security.key_file:
         wire.read_key(cfg.security.key_file)
     check_out_dir(cfg)
+    check_sizes(cfg, held=1, processes=n)  # every process of this machine, before torchrun
     if others:
         print(f"declora: launch runs dec-lora only ({others}: see declora run)", file=sys.stderr)
     cmd = [
