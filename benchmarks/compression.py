@@ -62,7 +62,7 @@ def run_variant(s: session.Session, name: str, folder: Path) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.jsonl").unlink(missing_ok=True)
     start = time.perf_counter()
-    last, _ = sim.run_method(dataclasses.replace(s, cfg=cfg), "dec-lora", RunLog(folder))
+    last, _, _ = sim.run_method(dataclasses.replace(s, cfg=cfg), "dec-lora", RunLog(folder))
     c = cfg.compression
     return {
         "name": name,

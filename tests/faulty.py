@@ -77,6 +77,9 @@ class FaultyTransport:
             time.sleep(self.delay_s)
         return got
 
+    def gather_vectors(self, held, round_):
+        return self.inner.gather_vectors(held, round_)
+
     def after_evaluation(self, round_):
         return self.inner.after_evaluation(round_)
 

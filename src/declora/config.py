@@ -179,6 +179,35 @@ class DataConfig(_Section):
     chat_template: bool = Field(
         True, description="causal_lm: wrap prompts in the tokenizer's chat template if it has one"
     )
+    labels: list[str] | None = Field(
+        None,
+        min_length=2,
+        description="the classes, in id order, agreed by every site (required with per-site "
+        "files: data.path with {node})",
+    )
+    eval_size: float = Field(
+        0.1,
+        gt=0,
+        description="per-site files: rows each site holds out for validation and as many for "
+        "test, a count (>= 1) or a fraction of its rows (< 1)",
+    )
+
+    @property
+    def per_site(self) -> bool:
+        """One file per node: data.path holds {node}."""
+        return "{node}" in self.path
+
+    def site_path(self, node: int) -> str:
+        return self.path.replace("{node}", str(node))
+
+
+class EvalConfig(_Section):
+    gather: bool | None = Field(
+        None,
+        description="rank 0 gathers every adapter and scores it on one common set (research; "
+        "with per-site files, site 0's held-out rows); default: on for one file, off for "
+        "per-site files, where each site scores its own rows and only scalars leave it",
+    )
 
 
 class MethodSettings(_Section):
@@ -292,6 +321,7 @@ class Config(_Section):
     export_adapters: bool = Field(True, description="save PEFT adapters under out/adapters")
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     checkpoint_every: Int = Field(
         0, ge=0, description="launch: each node checkpoints every this many rounds (0 = never)"
@@ -299,6 +329,11 @@ class Config(_Section):
     peer_timeout: float = Field(
         300.0, gt=0, description="launch: seconds to wait for a neighbour before failing a round"
     )
+
+    @property
+    def gather(self) -> bool:
+        """Whether evaluation gathers the adapters to rank 0 (``eval.gather``, resolved)."""
+        return (not self.data.per_site) if self.eval.gather is None else self.eval.gather
 
     @model_validator(mode="before")
     @classmethod
@@ -331,6 +366,8 @@ class Config(_Section):
                 "mixed as factors, not products)"
             )
         d = self.data
+        if d.per_site:
+            _check_per_site(self)
         if d.text_column == d.label_column:
             raise ValueError(f"data.text_column and data.label_column are both '{d.text_column}'")
         if self.task == "causal_lm":
@@ -536,3 +573,20 @@ def _read_yaml(file: Path) -> dict[str, Any]:
 def dump_config(cfg: Config) -> str:
     """The resolved config as YAML (written next to every run's outputs)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def _check_per_site(cfg: Config) -> None:
+    """Per-site files (data.path with {node}): the labels are agreed in the config, and the
+    source is a file per node."""
+    d = cfg.data
+    if d.path.startswith("bundled:") or not Path(d.path).suffix:
+        raise ValueError(
+            f"data.path={d.path}: {{node}} names one CSV / JSONL / JSON file per site "
+            "(e.g. sites/site_{node}.csv), not a single dataset"
+        )
+    if d.labels is None:
+        raise ValueError("data.labels=[...] is required with per-site files (data.path has {node})")
+    if cfg.task != "classification":
+        raise ValueError("per-site files (data.path with {node}) need task=classification")
+    if d.eval_size >= 1 and not float(d.eval_size).is_integer():
+        raise ValueError(f"data.eval_size={d.eval_size}: a fraction (< 1) or a whole count")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,15 @@ class Dataset:
         targets = None if self.targets is None else [self.targets[i] for i in idx]
         ids = [self.input_ids[i] for i in idx]
         return Dataset(ids, self.labels[idx], self.label_names, targets, self.choices)
+
+
+def concat(parts: list[Dataset]) -> Dataset:
+    """The rows of several datasets of the same classes, in order."""
+    first = parts[0]
+    targets = None if first.targets is None else [t for d in parts for t in d.targets]
+    ids = [row for d in parts for row in d.input_ids]
+    labels = np.concatenate([d.labels for d in parts])
+    return Dataset(ids, labels, first.label_names, targets, first.choices)
 
 
 # the task's builder: (cfg, tokenizer, rows, texts, labels, label names) -> the full Dataset
@@ -124,6 +134,40 @@ def load_rows(cfg: Config) -> Rows:
     return Rows(rows, texts, labels, names, np.sort(train_idx), val_idx, test_idx)
 
 
+def load_site_rows(cfg: Config, node: int) -> Rows:
+    """Node ``node``'s own file (``data.path`` with {node}), its labels mapped to ids by
+    ``data.labels``, and its own held-out rows: ``data.eval_size`` for validation and as many
+    for test, drawn with ``data.split_seed`` and the node."""
+    d = cfg.data
+    path = d.site_path(node)
+    if not Path(path).is_file():
+        raise DataError(f"site {node}: data.path={path}: file not found")
+    rows, where = read_table(path, d.encoding)
+    if not rows:
+        raise DataError(f"site {node}: {path}: no rows")
+    _check_columns(rows, where, (d.text_column, d.label_column), path)
+    index = {_label_key(name): i for i, name in enumerate(d.labels)}
+    labels = np.empty(len(rows), dtype=np.int64)
+    for k, row in enumerate(rows):
+        key = _label_key(row[d.label_column])
+        if key not in index:
+            raise DataError(
+                f"{where[k]}: label {row[d.label_column]!r} is not in data.labels {d.labels}"
+            )
+        labels[k] = index[key]
+    n = len(rows)
+    held = int(d.eval_size) if d.eval_size >= 1 else max(1, round(d.eval_size * n))
+    if 2 * held >= n:
+        raise DataError(
+            f"site {node}: {path} has {n} rows; its held-out part needs 2 x {held} "
+            "(data.eval_size, validation and test) and at least one training row"
+        )
+    order = np.random.default_rng([d.split_seed, node]).permutation(n)
+    texts = [str(r[d.text_column] or "") for r in rows]
+    test_idx, val_idx, train_idx = order[:held], order[held : 2 * held], order[2 * held :]
+    return Rows(rows, texts, labels, list(d.labels), np.sort(train_idx), val_idx, test_idx)
+
+
 def _check_columns(rows: list[dict], where: list[str], columns, path: str) -> None:
     for col in columns:
         if col not in rows[0]:
@@ -145,10 +189,11 @@ class Splits:
     test: Dataset
 
 
-def load_dataset(cfg: Config, tokenizer, build: Build) -> Splits:
-    """The splits of a Config's rows (:func:`load_rows`); ``build`` (the task's,
-    :mod:`declora.tasks`) turns the rows into token ids."""
-    r = load_rows(cfg)
+def load_dataset(cfg: Config, tokenizer, build: Build, node: int | None = None) -> Splits:
+    """The splits of a Config's rows (:func:`load_rows`), or of site ``node``'s own file
+    (:func:`load_site_rows`); ``build`` (the task's, :mod:`declora.tasks`) turns the rows into
+    token ids."""
+    r = load_rows(cfg) if node is None else load_site_rows(cfg, node)
     full = build(cfg, tokenizer, r.rows, r.texts, r.labels, r.names)
     return Splits(full.subset(r.train_idx), full.subset(r.val_idx), full.subset(r.test_idx))
 

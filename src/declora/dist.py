@@ -37,12 +37,13 @@ from declora.methods import METHODS
 from declora.outputs import (
     create_dir,
     describe_run,
+    export_site,
     finish_method,
     write_run_files,
     write_summary,
 )
 from declora.p2p import P2PTransport, PeerError
-from declora.report import RunLog, start_summary
+from declora.report import RunLog, start_summary, write_json
 from declora.rounds import Transport, say
 from declora.runner import Quiet, play_rounds, resume
 from declora.session import Session, party_for, prepare
@@ -257,15 +258,37 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
     log = open_log(s, out, start, echo) if rank == 0 else None
     progress = Lines(party.total_rounds, echo) if rank == 0 else Quiet()
     states = play_rounds(s, party, wrapped, log, progress, start=start, checkpoints=store)
+    if not cfg.gather:  # per-site evaluation: each site keeps its own adapter and figures
+        write_site(s, out, rank, node.state())
     if rank == 0:
-        finish(s, out, log, states, {"processes": world, "backend": backend}, echo)
+        runtime = {"processes": world, "backend": backend}
+        finish(s, out, log, states, runtime, echo, party.final)
     dist.destroy_process_group()
 
 
-def finish(s: Session, out: Path, log: RunLog, states: list[State], runtime: dict, echo) -> None:
+def write_site(s: Session, out: Path, node: int, state: State) -> None:
+    """out/node_<i>/ on this site's machine: its adapter (PEFT) and its own test figures."""
+    folder = out / f"node_{node}"
+    if s.cfg.export_adapters:
+        export_site(s, out, node, state)
+    folder.mkdir(parents=True, exist_ok=True)
+    own = s.task.evaluate(s.model, state, s.site_test[node])
+    rows = sum(len(b["labels"]) for b in s.site_test[node])
+    write_json(folder / "site.json", {"node": node, "rows": rows, **own})
+
+
+def finish(
+    s: Session,
+    out: Path,
+    log: RunLog,
+    states: list[State] | None,
+    runtime: dict,
+    echo,
+    final: dict | None = None,
+) -> None:
     """Rank 0: the summary (as the simulator writes it), adapters and curves."""
     summary = start_summary(s)
-    finish_method(s, out, summary, "dec-lora", log.records[-1], states)
+    finish_method(s, out, summary, "dec-lora", log.records[-1], states, final)
     summary["runtime"] = runtime
     write_summary(out, log, summary, echo)
 

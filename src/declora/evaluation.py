@@ -1,12 +1,16 @@
 """Evaluation: during training, the curves on validation rows (the network's adapter on all of
 them, each node's own on the first ``node_eval_size``, and the consensus distances); at the
-end, every node's own adapter and the network average on a whole split (the test rows, once)."""
+end, every node's own adapter and the network average on a whole split (the test rows, once).
+
+With per-site files each site scores the adapter it holds on its own rows and only counts
+leave it (:func:`site_counts`); network figures are pooled from them (:func:`pool_sites`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from declora.consensus import consensus_distances, network_average
+from declora.scores import from_counts
 from declora.session import Session
 from declora.tensors import State
 
@@ -58,3 +62,26 @@ def evaluate_untrained(s: Session) -> dict:
     """The starting point every method shares (LoRA B = 0: the base model, and a random head),
     on the test rows."""
     return s.task.evaluate(s.model, s.init, s.test)
+
+
+def site_counts(s: Session, states: dict[int, State], batches: dict[int, list[dict]]) -> dict:
+    """Each site's counts (:func:`declora.scores.counts`) of the adapter it holds on its own
+    rows: ``states[i]`` on ``batches[i]``; one state (a pooled model) is scored on every site."""
+    if len(states) == 1 and len(batches) > 1:
+        (only,) = states.values()
+        states = dict.fromkeys(batches, only)
+    return {i: s.task.counts(s.model, states[i], batches[i]) for i in sorted(batches)}
+
+
+def pool_sites(counts: list[np.ndarray]) -> dict:
+    """Network figures from the sites' counts alone: the pooled figure (every site's rows
+    together), each site's, and their mean and worst (``node_*`` keys, as for nodes)."""
+    own = [{"node": i, "rows": int(c[0]), **from_counts(c)} for i, c in enumerate(counts)]
+    out = {"rows": int(sum(c[0] for c in counts)), "pooled": from_counts(np.sum(counts, axis=0))}
+    for key in ("accuracy", "f1", "loss"):
+        values = np.array([o[key] for o in own])
+        out[f"node_mean_{key}"] = float(values.mean())
+        worst = values.max() if key == "loss" else values.min()
+        out[f"node_{'max' if key == 'loss' else 'min'}_{key}"] = float(worst)
+    out["sites"] = own
+    return out

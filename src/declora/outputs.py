@@ -72,13 +72,31 @@ def describe_run(s: Session, out: Path) -> list[str]:
 
 
 def finish_method(
-    s: Session, out: Path, summary: dict, method: str, last: dict, states: list[State]
+    s: Session,
+    out: Path,
+    summary: dict,
+    method: str,
+    last: dict,
+    states: list[State] | None,
+    final: dict | None = None,
 ) -> None:
-    """Score what the method's nodes hold on the test rows, add it and the last validation
-    record to the summary, and export its adapters."""
-    summary["methods"][method] = method_summary(method, last, final_figures(s, states))
-    if s.cfg.export_adapters:
+    """Score what the method's nodes hold on the test rows (or take ``final``, the sites'
+    figures on their own test rows), add it and the last validation record to the summary,
+    and export its adapters (where this process holds them all)."""
+    final = final or final_figures(s, states)
+    summary["methods"][method] = method_summary(method, last, final)
+    if "sites" in final:  # per-site files: the split sizes and the start, pooled over sites
+        summary.update(test_rows=final["rows"], untrained=final["untrained"])
+        summary["validation_rows"] = last["node_eval_rows"]
+    if s.cfg.export_adapters and states is not None:
         export_method(s, method, states, out / "adapters" / method)
+
+
+def export_site(s: Session, out: Path, node: int, state: State) -> Path:
+    """A site's own outputs, on its own machine: out/node_<i>/adapter (PEFT)."""
+    folder = out / f"node_{node}"
+    export_adapter(s.model, state, folder / "adapter")
+    return folder
 
 
 def export_method(s: Session, method: str, states: list[State], path: Path) -> None:

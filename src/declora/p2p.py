@@ -14,6 +14,7 @@ import struct
 import time
 from datetime import timedelta
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -84,27 +85,39 @@ class P2PTransport(Links):
         """Rank 0 gets every node's adapter and counters, as float64 (which holds float32
         values and byte counts exactly), each checked; None on the other ranks."""
         ((node, (state, counters)),) = held.items()
-        extra = torch.tensor(counters.to_vector(), dtype=torch.float64)
-        data = _bytes(torch.cat([flatten(state).double(), extra]))
+        n = numel(state)
+        vec = np.concatenate([flatten(state).double().numpy(), counters.to_vector()])
+        got = self.gather_vectors({node: vec}, round_, finite=n)
+        if got is None:
+            return None
+        return [
+            (unflatten(torch.from_numpy(v[:n]).float(), state), NodeCounters.from_vector(v[n:]))
+            for v in got
+        ]
+
+    def gather_vectors(
+        self, held: dict[int, np.ndarray], round_: int, finite: int | None = None
+    ) -> list[np.ndarray] | None:
+        """Rank 0 gets every node's float64 vector (all of the same length), each tagged with
+        the run, node and round when a key is set and checked (its first ``finite`` values,
+        all by default, must be finite); None on the other ranks."""
+        ((node, vec),) = held.items()
+        data = np.asarray(vec, dtype=np.float64).tobytes()
         tag = wire.sign(self.key, *self._context(node, round_), data) if self.key else wire.NO_TAG
-        vec = _tensor(data + tag, self.device)
+        mine = _tensor(data + tag, self.device)
         world = dist.get_world_size()
-        bucket = [torch.empty_like(vec) for _ in range(world)] if dist.get_rank() == 0 else None
-        work = dist.gather(vec, bucket, dst=0, async_op=True)
+        bucket = [torch.empty_like(mine) for _ in range(world)] if dist.get_rank() == 0 else None
+        work = dist.gather(mine, bucket, dst=0, async_op=True)
         self.wait([work], [0] if bucket is None else list(range(1, world)), round_)
         if bucket is None:
             return None
-        n = numel(state)
-        out = []
-        for j, b in enumerate(bucket):
-            got = self._check(j, _bytes(b), round_, n)
-            out.append((unflatten(got[:n].float(), state), NodeCounters.from_vector(got[n:])))
-        return out
+        n = len(vec) if finite is None else finite
+        return [self._check(j, _bytes(b), round_, n) for j, b in enumerate(bucket)]
 
     def _context(self, node: int, round_: int) -> tuple[bytes, ...]:
         return b"gather", self.run, struct.pack("<II", node, round_)
 
-    def _check(self, node: int, raw: bytes, round_: int, n: int) -> torch.Tensor:
+    def _check(self, node: int, raw: bytes, round_: int, n: int) -> np.ndarray:
         """Node ``node``'s gathered vector (``n`` adapter values, then counters, which may
         hold NaN for a node that sat a round out), or a PeerError naming it."""
         data, tag = raw[: -wire.TAG_SIZE], raw[-wire.TAG_SIZE :]
@@ -113,8 +126,8 @@ class P2PTransport(Links):
                 f"round {round_}: node {node}'s state for evaluation fails its HMAC tag "
                 "(another key, or altered): nothing of it is evaluated or exported"
             )
-        vec = torch.frombuffer(bytearray(data), dtype=torch.float64)
-        if not bool(torch.isfinite(vec[:n]).all()):
+        vec = np.frombuffer(data, dtype=np.float64).copy()
+        if not np.isfinite(vec[:n]).all():
             raise PeerError(f"round {round_}: node {node}'s state for evaluation is not finite")
         return vec
 

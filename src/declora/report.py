@@ -10,7 +10,13 @@ from pathlib import Path
 import numpy as np
 
 from declora import topology as topo
-from declora.evaluation import evaluate_nodes, evaluate_round, evaluate_untrained, rows_of
+from declora.evaluation import (
+    evaluate_nodes,
+    evaluate_round,
+    evaluate_untrained,
+    pool_sites,
+    rows_of,
+)
 from declora.methods import HEADLINES, METHODS
 from declora.rounds import Counters, NodeCounters
 from declora.scores import mean_finite
@@ -53,8 +59,33 @@ def round_record(
 ) -> dict:
     """One metrics.jsonl record: the evaluation of ``states``, then the round's counters."""
     rec = evaluate_round(s, states)
+    rec.update(_counter_fields(method, t, per_node, c))
+    return rec
+
+
+def site_record(
+    method: str, t: int, counts: list[np.ndarray], per_node: list[NodeCounters], c: Counters
+) -> dict:
+    """The record of a round evaluated on each site's own rows (per-site files): pooled
+    figures, the sites' mean and worst, each site's accuracy, then the counters."""
+    p = pool_sites(counts)
+    rec = {
+        **p["pooled"],
+        "split": "validation (each site's own rows)",
+        "node_accuracy_mean": p["node_mean_accuracy"],
+        "node_accuracy_min": p["node_min_accuracy"],
+        "node_f1_mean": p["node_mean_f1"],
+        "node_loss_mean": p["node_mean_loss"],
+        "node_eval_rows": p["rows"],
+        "site_accuracy": [x["accuracy"] for x in p["sites"]],
+    }
+    rec.update(_counter_fields(method, t, per_node, c))
+    return rec
+
+
+def _counter_fields(method: str, t: int, per_node: list[NodeCounters], c: Counters) -> dict:
     sent = np.array([n.sent for n in per_node])
-    rec.update(
+    return dict(
         method=method,
         round=t,
         samples_seen=c.samples,
@@ -66,7 +97,6 @@ def round_record(
         messages_refused=sum(n.refused for n in per_node),
         wall_s=c.wall_s,
     )
-    return rec
 
 
 # what a method's summary keeps of its last validation record
@@ -119,16 +149,25 @@ def method_summary(method: str, last: dict, final: dict) -> dict:
     :func:`final_figures`) is what its sites hold (:data:`declora.methods.HEADLINES`), then
     the worst node and the network average, the last validation record and the counters."""
     keys = ("accuracy", "f1", "loss")
-    if "nodes" in final:
+    spread_method = METHODS[method].headline == "nodes"
+    if "sites" in final:  # per-site files: each site's own test rows, pooled from counts
+        node_mean = {k: final[f"node_mean_{k}"] for k in keys}
+        head = node_mean if spread_method else final["pooled"]
+        spread = {k: v for k, v in final.items() if k.startswith("node_") or k == "pooled"}
+        spread["sites"] = final["sites"]
+        where = f"each site's own test rows ({final['rows']} in all)"
+    elif "nodes" in final:
         head = {k: final[f"node_mean_{k}"] for k in keys if f"node_mean_{k}" in final}
         spread = {k: v for k, v in final.items() if k.startswith("node_")}
         spread["average_adapter"] = final["average_adapter"]
         spread["nodes"] = final["nodes"]
+        where = f"test rows ({final['rows']})"
     else:
         head, spread = final["model"], {}
+        where = f"test rows ({final['rows']})"
     out = {
         **head,
-        "evaluated": f"test rows ({final['rows']}): {HEADLINES[METHODS[method].headline]}",
+        "evaluated": f"{where}: {HEADLINES[METHODS[method].headline]}",
         **spread,
         "validation": {k: v for k, v in last.items() if k in VALIDATION_KEYS},
         "bytes_sent_per_node": last["bytes_sent"],

@@ -115,6 +115,11 @@ class Transport(Protocol):
         (evaluation and outputs only: training never goes through it); None elsewhere."""
         ...
 
+    def gather_vectors(self, held: dict[int, np.ndarray], round_: int) -> list[np.ndarray] | None:
+        """Every node's float64 vector (per-site evaluation counts and counters), in node
+        order, on the process that evaluates; None elsewhere."""
+        ...
+
     def after_evaluation(self, round_: int) -> None:
         """Every process waits here until the evaluating one has evaluated round ``round_``
         (so that evaluation time never counts against ``peer_timeout``)."""
@@ -145,6 +150,7 @@ class Party:
     run: bytes = bytes(wire.RUN_BYTES)  # run id bound into every message (agreed at start)
     counters: Counters = field(default_factory=Counters)
     warn: Callable[[str], None] = say
+    final: dict | None = None  # per-site files: the sites' test figures, on the evaluating process
 
     @property
     def total_rounds(self) -> int:

@@ -8,10 +8,14 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
+
 from declora import checkpoint, faults
 from declora.config import Config
-from declora.report import RunLog, round_record
-from declora.rounds import Party, Transport, play_round
+from declora.evaluation import pool_sites, site_counts
+from declora.report import RunLog, round_record, site_record
+from declora.rounds import NodeCounters, Party, Transport, play_round
+from declora.scores import from_counts
 from declora.session import Session
 from declora.tensors import State
 
@@ -67,11 +71,14 @@ def play_rounds(
         play_round(party, t, plan_of_round(s, party, t), transport, train=t <= party.rounds)
         party.counters.wall_s = wall0 + time.perf_counter() - began
         if is_eval_round(cfg, t, total):
-            states = evaluate_and_log(s, party, transport, t, log, progress)
+            evaluate = evaluate_and_log if cfg.gather else evaluate_sites
+            states = evaluate(s, party, transport, t, log, progress)
         if checkpoints is not None and cfg.checkpoint_every and t % cfg.checkpoint_every == 0:
             save_checkpoints(party, checkpoints, t)
         progress.round_done(t)
-    if start == total:  # resumed after the last round: gather the final states again
+    if not cfg.gather:  # each site's own test rows, pooled from counts
+        party.final = final_sites(s, party, transport, total)
+    elif start == total:  # resumed after the last round: gather the final states again
         states = gather(party, transport, start)[0]
     return states
 
@@ -97,6 +104,47 @@ def evaluate_and_log(
         progress.evaluated(rec)
     transport.after_evaluation(t)  # the next exchange's peer_timeout starts after evaluation
     return states
+
+
+def _held(s: Session, party: Party, split: dict[int, list[dict]], extra) -> dict:
+    """Each held site's counts on ``split`` (its own rows), then ``extra(node)``'s values; a
+    pooled model (one node) is scored on every site's rows."""
+    by_id = {n.node_id: n for n in party.nodes}
+    counts = site_counts(s, {i: n.state() for i, n in by_id.items()}, split)
+    return {i: np.concatenate([c, extra(by_id.get(i, party.nodes[0]))]) for i, c in counts.items()}
+
+
+def evaluate_sites(
+    s: Session, party: Party, transport: Transport, t: int, log: RunLog | None, progress: Progress
+) -> None:
+    """Round t evaluated where the rows are: each site scores the adapter it holds on its own
+    validation rows, and only the counts (and its counters) reach the evaluating process."""
+    held = _held(s, party, s.site_val, lambda n: party.counters.nodes[n.node_id].to_vector())
+    got = transport.gather_vectors(held, t)
+    if got is not None:
+        k = len(got[0]) - len(NodeCounters().to_vector())
+        counters = [NodeCounters.from_vector(v[k:]) for v in got]
+        if party.method.pooled:
+            counters = counters[:1]
+        rec = site_record(party.method.name, t, [v[:k] for v in got], counters, party.counters)
+        if log is not None:
+            log.write(rec)
+        progress.evaluated(rec)
+    transport.after_evaluation(t)
+
+
+def final_sites(s: Session, party: Party, transport: Transport, t: int) -> dict | None:
+    """Each site's own test rows: the adapter it holds and the untrained start, pooled from
+    counts on the evaluating process (None elsewhere)."""
+    init = {i: s.task.counts(s.model, s.init, b) for i, b in s.site_test.items()}
+    held = _held(s, party, s.site_test, lambda n: np.zeros(0))
+    got = transport.gather_vectors({i: np.concatenate([v, init[i]]) for i, v in held.items()}, t)
+    if got is None:
+        return None
+    k = len(got[0]) // 2
+    final = pool_sites([v[:k] for v in got])
+    final["untrained"] = from_counts(np.sum([v[k:] for v in got], axis=0))
+    return final
 
 
 def save_checkpoints(party: Party, store: checkpoint.Store, t: int) -> None:

@@ -3,7 +3,7 @@ and the party of nodes a process plays for each method. Both runtimes start here
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from torch import nn
@@ -13,7 +13,7 @@ from declora import topology as topo
 from declora import wire
 from declora.adapters import build_model, load_tokenizer, trainable_state
 from declora.config import Config, ConfigError
-from declora.data import Dataset
+from declora.data import Dataset, concat
 from declora.gossip import Exchange
 from declora.methods import Method
 from declora.rounds import Party
@@ -43,6 +43,8 @@ class Session:
     val_nodes: list[dict]  # the first node_eval_size validation rows: each node's own curve
     test: list[dict]  # test batches: scored once, at the end
     key: bytes | None  # HMAC key (security.key_file)
+    site_val: dict[int, list[dict]] = field(default_factory=dict)  # per-site files: own rows
+    site_test: dict[int, list[dict]] = field(default_factory=dict)
 
     def collate(self, ds: Dataset, idx) -> dict:
         """A training batch of rows ``idx`` of ``ds``, as the task builds it."""
@@ -83,6 +85,8 @@ def prepare(cfg: Config, node: int | None = None) -> Session:
     adj, W = graph_for(cfg)
     key = wire.read_key(cfg.security.key_file) if cfg.security.key_file else None
     task, tok = task_for(cfg), load_tokenizer(cfg)
+    if cfg.data.per_site:
+        return _prepare_sites(cfg, node, adj, W, key, task, tok)
     splits = load_task_data(cfg, tok)
     train = splits.train
     parts = split(cfg, train.labels)
@@ -90,12 +94,7 @@ def prepare(cfg: Config, node: int | None = None) -> Session:
     if node is not None:
         train = train.subset(parts[node])
         parts = [np.arange(len(train)) if i == node else ix[:0] for i, ix in enumerate(parts)]
-    model = build_model(cfg, num_labels=len(train.label_names))
-    init = trainable_state(model)
-    if not init:
-        raise ConfigError("lora.targets matched no trainable tensors")
-    for p in model.parameters():  # nodes own the trainable tensors; the module stays frozen
-        p.requires_grad_(False)
+    model, init = _model(cfg, train)
     pad = tok.pad_token_id
     return Session(
         cfg=cfg,
@@ -113,6 +112,52 @@ def prepare(cfg: Config, node: int | None = None) -> Session:
         test=task.eval_batches(splits.test, pad),
         key=key,
     )
+
+
+def _prepare_sites(cfg: Config, node: int | None, adj, W, key, task, tok) -> Session:
+    """Per-site files: the process reads only the files of the nodes it holds (all of them in
+    the simulator); each keeps its own validation and test rows. The common set of
+    ``eval.gather`` is site 0's held-out rows (empty where site 0 is not held)."""
+    held = range(cfg.nodes) if node is None else [node]
+    splits = {i: load_task_data(cfg, tok, node=i) for i in held}
+    train = concat([sp.train for sp in splits.values()])
+    sizes, parts, start = [0] * cfg.nodes, [np.arange(0)] * cfg.nodes, 0
+    for i, sp in splits.items():
+        sizes[i], parts[i] = len(sp.train), np.arange(start, start + len(sp.train))
+        start += len(sp.train)
+    model, init = _model(cfg, train)
+    pad = tok.pad_token_id
+    batches = lambda ds, limit=None: task.eval_batches(ds, pad, limit)  # noqa: E731
+    common = splits.get(0)
+    return Session(
+        cfg=cfg,
+        task=task,
+        model=model,
+        pad_id=pad,
+        train=train,
+        parts=parts,
+        sizes=sizes,
+        adj=adj,
+        W=W,
+        init=init,
+        val=batches(common.val) if common else [],
+        val_nodes=batches(common.val, cfg.node_eval_size) if common else [],
+        test=batches(common.test) if common else [],
+        key=key,
+        site_val={i: batches(sp.val) for i, sp in splits.items()},
+        site_test={i: batches(sp.test) for i, sp in splits.items()},
+    )
+
+
+def _model(cfg: Config, train: Dataset):
+    """The frozen base with LoRA, and the starting adapter every node shares."""
+    model = build_model(cfg, num_labels=len(train.label_names))
+    init = trainable_state(model)
+    if not init:
+        raise ConfigError("lora.targets matched no trainable tensors")
+    for p in model.parameters():  # nodes own the trainable tensors; the module stays frozen
+        p.requires_grad_(False)
+    return model, init
 
 
 def party_for(s: Session, method: Method, held: list[int] | None = None) -> Party:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from declora.config import Config
@@ -52,6 +53,9 @@ class MemoryTransport(Links):
     ) -> list[tuple[State, NodeCounters]]:
         return [held[i] for i in sorted(held)]
 
+    def gather_vectors(self, held: dict[int, np.ndarray], round_: int) -> list[np.ndarray]:
+        return [held[i] for i in sorted(held)]
+
     def after_evaluation(self, round_: int) -> None:
         pass
 
@@ -74,8 +78,9 @@ class Bar:
 
 def run_method(
     s: Session, method: str, log: RunLog, wrap: Wrap | None = None
-) -> tuple[dict, list[State]]:
-    """Train one method for ``rounds`` rounds; its last record and every node's adapter."""
+) -> tuple[dict, list[State], dict | None]:
+    """Train one method for ``rounds`` rounds; its last record, every node's adapter and,
+    with per-site files, the sites' test figures."""
     party = party_for(s, METHODS[method])
     transport = MemoryTransport() if wrap is None else wrap(MemoryTransport())
     bar = Bar(method, party.total_rounds)
@@ -83,7 +88,9 @@ def run_method(
         states = play_rounds(s, party, transport, log, bar)
     finally:
         bar.bar.close()
-    return log.records[-1], states
+    if states is None:  # per-site evaluation gathers no adapter; this process holds them all
+        states = [n.state() for n in party.nodes]
+    return log.records[-1], states, party.final
 
 
 def run(cfg: Config, echo=print, wrap: Wrap | None = None) -> tuple[Path, dict]:
@@ -97,8 +104,8 @@ def run(cfg: Config, echo=print, wrap: Wrap | None = None) -> tuple[Path, dict]:
     summary = start_summary(s)
     try:
         for method in cfg.methods:
-            last, states = run_method(s, method, log, wrap)
-            finish_method(s, out, summary, method, last, states)
+            last, states, final = run_method(s, method, log, wrap)
+            finish_method(s, out, summary, method, last, states, final)
     except Diverged as err:  # keep what ran: the methods before, the curves up to that round
         summary["stopped"] = str(err)
         write_json(out / "summary.json", summary)

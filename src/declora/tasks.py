@@ -14,10 +14,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from declora import lm
+from declora import lm, scores
 from declora.config import Config, TaskName
 from declora.data import Dataset, Splits, load_dataset, pad_right
-from declora.scores import macro_f1
 from declora.tensors import State
 
 EVAL_BATCH = 64  # rows per classification eval batch
@@ -60,8 +59,8 @@ class Classification:
         ]
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, params: State, batches: list[dict]) -> dict:
-        """Accuracy, macro-F1 and mean cross-entropy of one adapter on fixed batches."""
+    def counts(self, model: nn.Module, params: State, batches: list[dict]) -> np.ndarray:
+        """One adapter's evaluation on fixed batches as pooled counts (:func:`scores.counts`)."""
         model.eval()
         preds, golds, loss_sum = [], [], 0.0
         for batch in batches:
@@ -69,12 +68,12 @@ class Classification:
             loss_sum += float(out.loss) * len(batch["labels"])
             preds.append(out.logits.argmax(-1).numpy())
             golds.append(batch["labels"].numpy())
-        pred, gold = np.concatenate(preds), np.concatenate(golds)
-        return {
-            "accuracy": float(np.mean(pred == gold)),
-            "f1": macro_f1(pred, gold, int(out.logits.shape[-1])),
-            "loss": loss_sum / len(gold),
-        }
+        n_classes = int(out.logits.shape[-1])
+        return scores.counts(np.concatenate(preds), np.concatenate(golds), loss_sum, n_classes)
+
+    def evaluate(self, model: nn.Module, params: State, batches: list[dict]) -> dict:
+        """Accuracy, macro-F1 and mean cross-entropy of one adapter on fixed batches."""
+        return scores.from_counts(self.counts(model, params, batches))
 
 
 class CausalLM:
@@ -101,6 +100,7 @@ def task_for(cfg: Config) -> Task:
     return TASKS[cfg.task]
 
 
-def load_task_data(cfg: Config, tok) -> Splits:
-    """Training, validation and test rows of the config's data, built by its task."""
-    return load_dataset(cfg, tok, task_for(cfg).dataset)
+def load_task_data(cfg: Config, tok, node: int | None = None) -> Splits:
+    """Training, validation and test rows of the config's data (or of site ``node``'s own
+    file), built by its task."""
+    return load_dataset(cfg, tok, task_for(cfg).dataset, node)

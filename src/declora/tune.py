@@ -337,6 +337,11 @@ def tune(cfg: Config, echo=print) -> tuple[Path, dict[str, optuna.Study]]:
     """Search every configured method; write tuned.yaml, trials.csv and tune.png."""
     if cfg.seeds is not None:
         raise ConfigError("declora tune searches at one seed (seed=N); seeds= is for declora run")
+    if cfg.data.per_site:
+        raise ConfigError(
+            "declora tune reads one data file; per-site files (data.path with {node}) are not "
+            "searched yet"
+        )
     s = prepare(cfg)
     out = open_out(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,0 +1,98 @@
+"""Per-site files (issue 12): each node reads only its own file, holds out its own rows, and
+only counts leave it for evaluation; bad per-site input is refused in one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from declora.cli import main
+from declora.config import ConfigError, load_config
+from declora.data import load_site_rows
+from declora.sources import DataError
+from tests.helpers import records, run_sim, synthetic_rows, tiny_args, write_csv
+
+SIZES = (90, 60, 120, 70)  # rows of each site
+POSITIVE_SHARE = (0.8, 0.5, 0.2, 0.6)
+
+
+def write_sites(folder, sizes=SIZES, shares=POSITIVE_SHARE) -> str:
+    """One CSV per site with its own size and label mix; returns data.path with {node}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pool = synthetic_rows(4 * sum(sizes), seed=7)
+    pos = [r for r in pool if r["label"] == "positive"]
+    neg = [r for r in pool if r["label"] == "negative"]
+    for i, (n, share) in enumerate(zip(sizes, shares)):
+        k = round(n * share)
+        rows = pos[:k] + neg[: n - k]
+        pos, neg = pos[k:], neg[n - k :]
+        np.random.default_rng(i).shuffle(rows)
+        write_csv(folder / f"site_{i}.csv", rows)
+    return str(folder / "site_{node}.csv")
+
+
+def site_args(model_dir, path, out) -> list[str]:
+    keep = [a for a in tiny_args(model_dir, "x", out) if not a.startswith(("data.", "partition."))]
+    return [*keep, f"data.path={path}", "data.labels=[negative,positive]"]
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory):
+    return write_sites(tmp_path_factory.mktemp("sites"))
+
+
+def test_a_site_reads_its_own_file_and_holds_out_its_own_rows(sites):
+    cfg = load_config(None, [f"data.path={sites}", "data.labels=[negative,positive]"])
+    rows = [load_site_rows(cfg, i) for i in range(4)]
+    for r, n, share in zip(rows, SIZES, POSITIVE_SHARE):
+        held = round(0.1 * n)
+        assert len(r.test_idx) == len(r.val_idx) == held and len(r.train_idx) == n - 2 * held
+        assert r.labels.mean() == pytest.approx(share, abs=0.02)  # positive is class 1
+        assert not set(r.test_idx) & set(r.val_idx) and not set(r.train_idx) & set(r.test_idx)
+    assert rows[0].names == ["negative", "positive"]
+
+
+def test_bad_per_site_input_is_one_line(sites, tmp_path):
+    labels = "data.labels=[negative,positive]"
+    with pytest.raises(ConfigError, match=r"data.labels=\[...\] is required"):
+        load_config(None, [f"data.path={sites}"])
+    with pytest.raises(ConfigError, match="one CSV / JSONL / JSON file per site"):
+        load_config(None, ["data.path=bundled:rotten_tomatoes{node}", labels])
+    cfg = load_config(None, [f"data.path={tmp_path}/missing_{{node}}.csv", labels])
+    with pytest.raises(DataError, match=r"site 2: data.path=.*missing_2.csv: file not found"):
+        load_site_rows(cfg, 2)
+    cfg = load_config(None, [f"data.path={sites}", "data.labels=[negative,neutral]"])
+    with pytest.raises(DataError, match=r"site_0.csv:\d+: label 'positive' is not in data.labels"):
+        load_site_rows(cfg, 0)
+    cfg = load_config(None, [f"data.path={sites}", labels, "data.eval_size=30"])
+    with pytest.raises(DataError, match="site 1: .*site_1.csv has 60 rows; its held-out part"):
+        load_site_rows(cfg, 1)
+
+
+def test_the_cli_refuses_a_small_site_before_writing_anything(
+    tiny_model_dir, sites, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    assert main(["run", *site_args(tiny_model_dir, sites, out), "data.eval_size=30"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "site 1:" in err and not out.exists()
+
+
+def test_a_run_on_per_site_files_reports_every_site(tiny_model_dir, sites, tmp_path):
+    out = tmp_path / "run"
+    run_sim([*site_args(tiny_model_dir, sites, out), "methods=[dec-lora,centralized,local]"])
+    summary = json.loads((out / "summary.json").read_text())
+    dec = summary["methods"]["dec-lora"]
+    assert [s["node"] for s in dec["sites"]] == [0, 1, 2, 3]
+    assert [s["rows"] for s in dec["sites"]] == [round(0.1 * n) for n in SIZES] == [9, 6, 12, 7]
+    assert summary["test_rows"] == 34
+    # the pooled figure is every site's rows together: the row-weighted mean of the sites'
+    acc = [s["accuracy"] for s in dec["sites"]]
+    rows = [s["rows"] for s in dec["sites"]]
+    assert dec["pooled"]["accuracy"] == pytest.approx(np.dot(acc, rows) / sum(rows))
+    assert dec["accuracy"] == pytest.approx(np.mean(acc)) and dec["node_min_accuracy"] == min(acc)
+    assert "sites" in summary["methods"]["centralized"]  # one model, scored on each site's rows
+    rec = records(out)[-1]
+    assert rec["split"] == "validation (each site's own rows)" and len(rec["site_accuracy"]) == 4
