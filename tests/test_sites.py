@@ -4,6 +4,11 @@ only counts leave it for evaluation; bad per-site input is refused in one line."
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +17,16 @@ from declora.cli import main
 from declora.config import ConfigError, load_config
 from declora.data import load_site_rows
 from declora.sources import DataError
-from tests.helpers import records, run_sim, synthetic_rows, tiny_args, write_csv
+from tests.helpers import (
+    TIMEOUT_S,
+    env,
+    records,
+    run_sim,
+    synthetic_rows,
+    tiny_args,
+    write_csv,
+)
+from tests.test_dist import assert_same_metrics, free_port
 
 SIZES = (90, 60, 120, 70)  # rows of each site
 POSITIVE_SHARE = (0.8, 0.5, 0.2, 0.6)
@@ -96,3 +110,83 @@ def test_a_run_on_per_site_files_reports_every_site(tiny_model_dir, sites, tmp_p
     assert "sites" in summary["methods"]["centralized"]  # one model, scored on each site's rows
     rec = records(out)[-1]
     assert rec["split"] == "validation (each site's own rows)" and len(rec["site_accuracy"]) == 4
+
+
+def two_agents(root, args: list[str]) -> list[subprocess.CompletedProcess]:
+    """Two torchrun agents on this machine, as two machines would run: agent g hosts nodes 2g
+    and 2g+1 and runs in root/agent_g, which holds only those sites' files."""
+    port = free_port()
+    cmds, procs = [], []
+    for g in (0, 1):
+        cwd = root / f"agent_{g}"
+        cmds.append(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                f"--node-rank={g}",
+                "--nproc-per-node=2",
+                f"--rdzv-endpoint=127.0.0.1:{port}",
+                "-m",
+                "declora.cli",
+                "worker",
+                *args,
+            ]
+        )
+        procs.append(
+            subprocess.Popen(
+                cmds[-1],
+                cwd=cwd,
+                env=env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+        )
+    try:
+        done = [p.communicate(timeout=TIMEOUT_S) for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            os.killpg(p.pid, signal.SIGKILL)
+        pytest.fail("two-agent run timed out")
+    return [subprocess.CompletedProcess(c, p.returncode, *o) for c, p, o in zip(cmds, procs, done)]
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("gather", [True, False])
+def test_two_agents_holding_only_their_own_sites_match_the_simulator(
+    tiny_model_dir, tmp_path, gather
+):
+    everything = write_sites(tmp_path / "all")
+    for g in (0, 1):  # agent g's folder holds only its own sites' files
+        folder = tmp_path / f"agent_{g}" / "sites"
+        folder.mkdir(parents=True)
+        for i in (2 * g, 2 * g + 1):
+            shutil.copy(tmp_path / "all" / f"site_{i}.csv", folder)
+    args = [
+        *site_args(tiny_model_dir, "sites/site_{node}.csv", "run"),
+        "methods=[dec-lora]",
+        f"eval.gather={str(gather).lower()}",
+    ]
+    procs = two_agents(tmp_path, args)
+    assert [p.returncode for p in procs] == [0, 0], procs[0].stderr[-3000:]
+    sim_out = tmp_path / "sim"
+    sim_args = [a for a in args if not a.startswith(("data.path", "out="))]
+    run_sim([*sim_args, f"data.path={everything}", f"out={sim_out}"])
+    dist_out = tmp_path / "agent_0" / "run"
+    assert_same_metrics(records(sim_out), records(dist_out))
+    if gather:
+        return
+    summary = json.loads((dist_out / "summary.json").read_text())["methods"]["dec-lora"]
+    # each site's own figures, written on its own agent, pool to the network figure
+    own = [
+        json.loads((tmp_path / f"agent_{i // 2}" / "run" / f"node_{i}" / "site.json").read_text())
+        for i in range(4)
+    ]
+    correct = sum(o["accuracy"] * o["rows"] for o in own)
+    assert summary["pooled"]["accuracy"] == pytest.approx(correct / sum(o["rows"] for o in own))
+    assert [o["rows"] for o in own] == [s["rows"] for s in summary["sites"]]
+    assert (tmp_path / "agent_1" / "run" / "node_3" / "adapter" / "adapter_config.json").is_file()
+    assert not (tmp_path / "agent_1" / "run" / "summary.json").exists()  # rank 0's, on agent 0
