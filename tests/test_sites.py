@@ -190,3 +190,23 @@ def test_two_agents_holding_only_their_own_sites_match_the_simulator(
     assert [o["rows"] for o in own] == [s["rows"] for s in summary["sites"]]
     assert (tmp_path / "agent_1" / "run" / "node_3" / "adapter" / "adapter_config.json").is_file()
     assert not (tmp_path / "agent_1" / "run" / "summary.json").exists()  # rank 0's, on agent 0
+
+
+def test_survey_reads_the_per_site_files(sites, tmp_path):
+    from declora.survey import write_survey
+
+    cfg = load_config(
+        None,
+        [
+            "nodes=4",
+            f"data.path={sites}",
+            "data.labels=[negative,positive]",
+            f"out={tmp_path / 's'}",
+        ],
+    )
+    out, sv = write_survey(cfg, echo=lambda line: None)
+    assert [n["rows"] for n in sv["nodes"]] == [n - 2 * round(0.1 * n) for n in SIZES]
+    shares = [n["shares"]["positive"] for n in sv["nodes"]]
+    assert shares == pytest.approx(POSITIVE_SHARE, abs=0.1)  # training rows, held-out gone
+    assert sv["partition"] == "per-site files" and sv["heterogeneity"]["tv_max"] > 0.25
+    assert (out / "survey.png").is_file()

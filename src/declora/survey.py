@@ -4,8 +4,8 @@ For each node: its training rows, their label histogram and the length of their 
 words; across nodes, how far apart their label mixes are: the total-variation distance of each
 node's label shares from the pooled shares, 0.5 * sum_c |p_ic - p_c| (0 when a node holds the
 pooled mix, near 1 when it holds classes the others barely have). The rows and the split are
-exactly those a run of the same config trains on (same held-out rows, same partition); no model
-is loaded. Writes ``survey.json`` and ``survey.png`` (label shares per node).
+exactly those a run of the same config trains on (same held-out rows, same partition; with
+per-site files, each site's own file and held-out rows); no model is loaded. Writes ``survey.json`` and ``survey.png`` (label shares per node).
 """
 
 from __future__ import annotations
@@ -16,18 +16,32 @@ from pathlib import Path
 import numpy as np
 
 from declora.config import Config
-from declora.data import load_rows
+from declora.data import load_rows, load_site_rows
 from declora.outputs import make_out_dir
 from declora.session import split
 
 
+def _nodes(cfg: Config) -> tuple[list[np.ndarray], list[np.ndarray], list[str], int, int]:
+    """Each node's training labels and words per text, the label names, and the validation
+    and test rows held out: from the partition of one file, or from each site's own file."""
+    if cfg.data.per_site:
+        sites = [load_site_rows(cfg, i) for i in range(cfg.nodes)]
+        labels = [r.labels[r.train_idx] for r in sites]
+        words = [np.array([len(r.texts[i].split()) for i in r.train_idx]) for r in sites]
+        held = [sum(len(r.val_idx) for r in sites), sum(len(r.test_idx) for r in sites)]
+        return labels, words, sites[0].names, *held
+    r = load_rows(cfg)
+    all_labels = r.labels[r.train_idx]  # (train rows,)
+    all_words = np.array([len(r.texts[i].split()) for i in r.train_idx])  # (train rows,)
+    parts = split(cfg, all_labels)
+    labels, words = [all_labels[p] for p in parts], [all_words[p] for p in parts]
+    return labels, words, r.names, len(r.val_idx), len(r.test_idx)
+
+
 def survey(cfg: Config) -> dict:
     """Per-node rows, label counts and shares, text lengths, and the label heterogeneity."""
-    r = load_rows(cfg)
-    labels = r.labels[r.train_idx]  # (train rows,)
-    words = np.array([len(r.texts[i].split()) for i in r.train_idx])  # (train rows,)
-    parts = split(cfg, labels)
-    counts = np.stack([np.bincount(labels[p], minlength=len(r.names)) for p in parts])  # (n, C)
+    node_labels, node_words, names, val_rows, test_rows = _nodes(cfg)
+    counts = np.stack([np.bincount(x, minlength=len(names)) for x in node_labels])  # (n, C)
     shares = counts / counts.sum(1, keepdims=True)
     pooled = counts.sum(0) / counts.sum()  # (C,)
     tv = 0.5 * np.abs(shares - pooled).sum(1)  # (n,)
@@ -35,22 +49,22 @@ def survey(cfg: Config) -> dict:
         {
             "node": i,
             "rows": int(counts[i].sum()),
-            "counts": dict(zip(r.names, counts[i].tolist())),
-            "shares": dict(zip(r.names, shares[i].round(4).tolist())),
-            "words_mean": round(float(words[p].mean()), 1),
-            "words_max": int(words[p].max()),
+            "counts": dict(zip(names, counts[i].tolist())),
+            "shares": dict(zip(names, shares[i].round(4).tolist())),
+            "words_mean": round(float(w.mean()), 1) if len(w) else 0.0,
+            "words_max": int(w.max()) if len(w) else 0,
             "tv_from_pooled": round(float(tv[i]), 4),
         }
-        for i, p in enumerate(parts)
+        for i, w in enumerate(node_words)
     ]
     return {
         "data": cfg.data.path,
-        "partition": cfg.partition.model_dump(),
-        "labels": r.names,
+        "partition": "per-site files" if cfg.data.per_site else cfg.partition.model_dump(),
+        "labels": names,
         "rows": int(counts.sum()),
-        "validation_rows": len(r.val_idx),
-        "test_rows": len(r.test_idx),
-        "pooled_shares": dict(zip(r.names, pooled.round(4).tolist())),
+        "validation_rows": val_rows,
+        "test_rows": test_rows,
+        "pooled_shares": dict(zip(names, pooled.round(4).tolist())),
         "heterogeneity": {"tv_mean": float(tv.mean()), "tv_max": float(tv.max())},
         "nodes": nodes,
     }
