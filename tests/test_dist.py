@@ -282,3 +282,17 @@ def test_the_fingerprint_covers_the_shared_config_only(tmp_path):
     with_key = fingerprint(load_config(None, [f"security.key_file={key}"]))
     assert with_key != base  # whether there is a key is shared; where it lies is not
     assert fingerprint(load_config(None, [f"security.key_file={other}"])) == with_key
+    sites = ["data.labels=[a,b]"]  # per-site files: each machine names where its files are
+    here = fingerprint(load_config(None, [*sites, "data.path=/mnt/a/site_{node}.csv"]))
+    assert fingerprint(load_config(None, [*sites, "data.path=s/{node}.json"])) == here
+
+
+def test_the_first_differing_key_is_named():
+    from declora.dist import key_digests
+
+    names, mine = key_digests(load_config(None, []))
+    _, theirs = key_digests(load_config(None, ["lora.alpha=4", "rounds=3"]))
+    differ = [
+        n for k, n in enumerate(names) if mine[4 * k : 4 * k + 4] != theirs[4 * k : 4 * k + 4]
+    ]
+    assert differ == ["rounds", "lora.alpha"] and len(mine) == 4 * len(names)

@@ -93,7 +93,7 @@ def test_a_crash_resumes_from_the_newest_intact_round_and_the_average_is_kept(ar
 
 START = {  # fault spec -> what the other nodes say about node 3 before any round
     "wrongkey=3@0": "node 3's start-up message fails its HMAC",
-    "otherconfig=3@0": "node 3 runs another config",
+    "otherconfig=3@0": "node 3 runs another config (first difference: lr;",
 }
 
 

@@ -107,18 +107,36 @@ OFFER_SLOTS = 64  # checkpoint rounds a node offers at start (the newest ones)
 SITE_LOCAL = ("out",)  # config keys each site may set for itself
 
 
-def fingerprint(cfg: Config) -> str:
-    """SHA-256 of the config every process must share: all of it but the site-local keys and
-    the key file's path (whether there is a key counts; the secret itself never leaves)."""
-    shared = cfg.model_copy(
+def _shared(cfg: Config) -> Config:
+    """The config every process must share: all of it but the site-local keys, the key
+    file's path (whether there is a key counts; the secret itself never leaves) and, with
+    per-site files, where each machine keeps its files."""
+    key = "set" if cfg.security.key_file else None
+    site_files = cfg.data.per_site  # then each machine may name its own files
+    return cfg.model_copy(
         update={
             **dict.fromkeys(SITE_LOCAL),
-            "security": cfg.security.model_copy(
-                update={"key_file": "set" if cfg.security.key_file else None}
-            ),
+            "security": cfg.security.model_copy(update={"key_file": key}),
+            "data": cfg.data.model_copy(update={"path": "{node}"}) if site_files else cfg.data,
         }
     )
-    return hashlib.sha256(dump_config(shared).encode()).hexdigest()
+
+
+def fingerprint(cfg: Config) -> str:
+    """SHA-256 of the shared config (:func:`_shared`)."""
+    return hashlib.sha256(dump_config(_shared(cfg)).encode()).hexdigest()
+
+
+def key_digests(cfg: Config) -> tuple[list[str], bytes]:
+    """The shared config's keys (a section's fields one by one) and 4 bytes of SHA-256 of each
+    value: enough to name the first key on which two processes differ."""
+    names, digest = [], b""
+    for top, value in _shared(cfg).model_dump(mode="json").items():
+        section = isinstance(value, dict) and top in Config.model_fields and top != "per_method"
+        for name, v in value.items() if section else [(None, value)]:
+            names.append(top if name is None else f"{top}.{name}")
+            digest += hashlib.sha256(json.dumps(v, sort_keys=True).encode()).digest()[:4]
+    return names, digest
 
 
 @dataclass(frozen=True)
@@ -129,9 +147,10 @@ class Start:
     round: int  # the newest round every node holds an intact checkpoint of (0: afresh)
 
 
-def _offer(nonce: bytes, print_: str, have: list[int], rank: int, key: bytes | None) -> bytes:
+def _offer(cfg: Config, nonce: bytes, have: list[int], rank: int, key: bytes | None) -> bytes:
     slots = (have[-OFFER_SLOTS:] + [-1] * OFFER_SLOTS)[:OFFER_SLOTS]
-    body = nonce + bytes.fromhex(print_) + struct.pack(f"<{OFFER_SLOTS}q", *slots)
+    print_ = bytes.fromhex(fingerprint(cfg)) + key_digests(cfg)[1]
+    body = nonce + print_ + struct.pack(f"<{OFFER_SLOTS}q", *slots)
     return body + (wire.sign(key, b"start", struct.pack("<I", rank), body) if key else wire.NO_TAG)
 
 
@@ -146,7 +165,7 @@ def agree_on_start(
 ) -> Start:
     """One all_gather of every node's offer (also the first collective, so every process is up
     before the first exchange); refuses a wrong key or another config, naming the node."""
-    mine = _offer(os.urandom(NONCE_BYTES), fingerprint(cfg), have, rank, key)
+    mine = _offer(cfg, os.urandom(NONCE_BYTES), have, rank, key)
     local = torch.frombuffer(bytearray(mine), dtype=torch.uint8).to(device)
     bucket = [torch.empty_like(local) for _ in range(world)]
     dist.all_gather(bucket, local)
@@ -169,15 +188,27 @@ def agree_on_start(
                 f"node {bad[0]}'s start-up message fails its HMAC tag: it has another "
                 "security.key_file (or an altered message); no round was played"
             )
-    prints = [o[NONCE_BYTES : NONCE_BYTES + 32] for o in offers]
+    names, digests = key_digests(cfg)
+    end = NONCE_BYTES + 32 + len(digests)
+    prints = [o[NONCE_BYTES:end] for o in offers]
     differ = [j for j, fp in enumerate(prints) if fp != prints[rank]]
     if differ:
+        j = differ[0]
+        theirs = prints[j][32:]
+        first = next(
+            (
+                n
+                for k, n in enumerate(names)
+                if theirs[4 * k : 4 * k + 4] != digests[4 * k : 4 * k + 4]
+            ),
+            "?",
+        )
         raise PeerError(
-            f"node {differ[0]} runs another config (its fingerprint differs from this node's; "
-            "only out= and security.key_file may differ): start every node with the same config"
+            f"node {j} runs another config (first difference: {first}; only out= and "
+            "security.key_file may differ): start every node with the same config"
         )
     run = hashlib.sha256(b"".join(o[:NONCE_BYTES] for o in offers)).digest()[: wire.RUN_BYTES]
-    lists = [struct.unpack_from(f"<{OFFER_SLOTS}q", o, NONCE_BYTES + 32) for o in offers]
+    lists = [struct.unpack_from(f"<{OFFER_SLOTS}q", o, end) for o in offers]
     common = set.intersection(*(set(x) - {-1} for x in lists))
     if not common and any(x[0] != -1 for x in lists) and rank == 0:
         warn(
