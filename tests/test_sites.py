@@ -20,6 +20,7 @@ from declora.sources import DataError
 from tests.helpers import (
     TIMEOUT_S,
     env,
+    launch,
     records,
     run_sim,
     synthetic_rows,
@@ -210,3 +211,41 @@ def test_survey_reads_the_per_site_files(sites, tmp_path):
     assert shares == pytest.approx(POSITIVE_SHARE, abs=0.1)  # training rows, held-out gone
     assert sv["partition"] == "per-site files" and sv["heterogeneity"]["tv_max"] > 0.25
     assert (out / "survey.png").is_file()
+
+
+@pytest.mark.multiprocess
+def test_a_missing_site_file_stops_every_process_with_a_line_naming_the_site(
+    tiny_model_dir, sites, tmp_path
+):
+    folder = tmp_path / "three"
+    folder.mkdir()
+    for i in range(3):  # site 3's file is missing
+        shutil.copy(sites.replace("{node}", str(i)), folder)
+    out = tmp_path / "run"
+    proc = launch(site_args(tiny_model_dir, str(folder / "site_{node}.csv"), out))
+    assert proc.returncode != 0
+    for rank in range(4):
+        line = f"declora: node {rank}: node 3 could not start: site 3: data.path="
+        assert line in proc.stderr, proc.stderr[-3000:]
+    assert not out.exists()  # nothing half-written
+
+
+def test_declora_run_refuses_a_missing_site_file_in_one_line(
+    tiny_model_dir, sites, tmp_path, capsys
+):
+    path = sites.replace("site_{node}", "nowhere_{node}")
+    out = tmp_path / "run"
+    assert main(["run", *site_args(tiny_model_dir, path, out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "site 0: data.path=" in err and "file not found" in err
+    assert not out.exists()
+
+
+def test_a_run_says_that_partition_settings_do_not_apply(tiny_model_dir, sites, tmp_path):
+    from declora.outputs import describe_run
+    from declora.session import prepare
+
+    cfg = load_config(None, [*site_args(tiny_model_dir, sites, tmp_path), "partition.alpha=0.1"])
+    lines = describe_run(prepare(cfg), tmp_path)
+    assert "partition settings do not apply: each site's file is its data" in lines
+    assert any(x.startswith("data: one file per site") for x in lines)

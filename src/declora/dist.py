@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from declora import checkpoint, wire
+from declora.adapters import ModelError
 from declora.config import Config, ConfigError, dump_config, load_config
 from declora.methods import METHODS
 from declora.outputs import (
@@ -48,6 +49,7 @@ from declora.rounds import Transport, say
 from declora.runner import Quiet, play_rounds, resume
 from declora.session import Session, party_for, prepare
 from declora.sizes import check_sizes
+from declora.sources import DataError
 from declora.tensors import State
 
 STARTUP_S = 900.0  # seconds every process may take to load model and data before the first round
@@ -104,6 +106,8 @@ def check_out_dir(cfg: Config) -> bool:
 
 NONCE_BYTES = 16
 OFFER_SLOTS = 64  # checkpoint rounds a node offers at start (the newest ones)
+REASON_BYTES = 240  # why a node could not start (its own data or config), told to every node
+STARTUP_ERRORS = (ConfigError, DataError, ModelError)  # a node's own input: told to all
 SITE_LOCAL = ("out",)  # config keys each site may set for itself
 
 
@@ -147,11 +151,34 @@ class Start:
     round: int  # the newest round every node holds an intact checkpoint of (0: afresh)
 
 
-def _offer(cfg: Config, nonce: bytes, have: list[int], rank: int, key: bytes | None) -> bytes:
+def _offer(
+    cfg: Config, nonce: bytes, have: list[int], rank: int, key: bytes | None, failure: str
+) -> bytes:
     slots = (have[-OFFER_SLOTS:] + [-1] * OFFER_SLOTS)[:OFFER_SLOTS]
     print_ = bytes.fromhex(fingerprint(cfg)) + key_digests(cfg)[1]
-    body = nonce + print_ + struct.pack(f"<{OFFER_SLOTS}q", *slots)
+    why = failure.encode()[:REASON_BYTES].ljust(REASON_BYTES, b"\0")
+    body = nonce + print_ + struct.pack(f"<{OFFER_SLOTS}q", *slots) + why
     return body + (wire.sign(key, b"start", struct.pack("<I", rank), body) if key else wire.NO_TAG)
+
+
+def _check_tags(offers: list[bytes], key: bytes, rank: int, size: int) -> None:
+    """Every start-up offer's HMAC tag; a bad one names its node (or this node's key)."""
+    bad = [
+        j
+        for j, o in enumerate(offers)
+        if not wire.verify(key, o[size:], b"start", struct.pack("<I", j), o[:size])
+    ]
+    others = [j for j in range(len(offers)) if j != rank]
+    if others and set(others) <= set(bad):
+        raise PeerError(
+            "the start-up message of every other node fails its HMAC tag: this node's "
+            "security.key_file differs from theirs"
+        )
+    if bad:
+        raise PeerError(
+            f"node {bad[0]}'s start-up message fails its HMAC tag: it has another "
+            "security.key_file (or an altered message); no round was played"
+        )
 
 
 def agree_on_start(
@@ -162,32 +189,23 @@ def agree_on_start(
     key: bytes | None,
     have: list[int],
     warn,
+    failure: str = "",
 ) -> Start:
     """One all_gather of every node's offer (also the first collective, so every process is up
-    before the first exchange); refuses a wrong key or another config, naming the node."""
-    mine = _offer(cfg, os.urandom(NONCE_BYTES), have, rank, key)
+    before the first exchange); refuses a wrong key or another config, naming the node, and
+    stops every process with the reason of a node that could not start (``failure``)."""
+    mine = _offer(cfg, os.urandom(NONCE_BYTES), have, rank, key, failure)
     local = torch.frombuffer(bytearray(mine), dtype=torch.uint8).to(device)
     bucket = [torch.empty_like(local) for _ in range(world)]
     dist.all_gather(bucket, local)
     offers = [b.cpu().numpy().tobytes() for b in bucket]
     size = len(mine) - wire.TAG_SIZE
     if key:
-        bad = [
-            j
-            for j, o in enumerate(offers)
-            if not wire.verify(key, o[size:], b"start", struct.pack("<I", j), o[:size])
-        ]
-        others = [j for j in range(world) if j != rank]
-        if others and set(others) <= set(bad):
-            raise PeerError(
-                "the start-up message of every other node fails its HMAC tag: this node's "
-                "security.key_file differs from theirs"
-            )
-        if bad:
-            raise PeerError(
-                f"node {bad[0]}'s start-up message fails its HMAC tag: it has another "
-                "security.key_file (or an altered message); no round was played"
-            )
+        _check_tags(offers, key, rank, size)
+    for j, o in enumerate(offers):
+        why = o[size - REASON_BYTES : size].rstrip(b"\0").decode(errors="replace")
+        if why:
+            raise PeerError(f"node {j} could not start: {why}")
     names, digests = key_digests(cfg)
     end = NONCE_BYTES + 32 + len(digests)
     prints = [o[NONCE_BYTES:end] for o in offers]
@@ -265,10 +283,13 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
     rank, world = check_world(cfg)
     fresh = rank == 0 and not check_out_dir(cfg)
     out = Path(cfg.out)
-    s = prepare(cfg, node=rank)  # keeps this node's rows only
-    if fresh:
-        create_dir(out)
-        write_run_files(s, out)
+    key = wire.read_key(cfg.security.key_file) if cfg.security.key_file else None
+    try:
+        s = prepare(cfg, node=rank)  # reads this node's rows (or its own file) only
+    except STARTUP_ERRORS as err:  # every process is told, then all stop
+        backend, device = connect(cfg, rank, world)
+        agree_on_start(cfg, rank, world, device, key, [], say, failure=f"{err}")
+        raise
     backend, device = connect(cfg, rank, world)
     party = party_for(s, METHODS["dec-lora"], held=[rank])
     transport = P2PTransport(device, cfg.peer_timeout, party.key)
@@ -283,6 +304,9 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
     agreed = agree_on_start(cfg, rank, world, device, party.key, have, say)
     party.run = transport.run = agreed.run
     start = agreed.round
+    if fresh:  # every node has started: only now is anything written
+        create_dir(out)
+        write_run_files(s, out)
     if start:
         resume(party, root, start)
     wrapped: Transport = wrap(transport) if wrap else transport

@@ -62,6 +62,11 @@ def describe_run(s: Session, out: Path) -> list[str]:
         f"adapter {numel(s.init):,} values; output in {out}",
         f"messages: {describe(comp)}; scheme {scheme}",
     ]
+    if cfg.data.per_site:
+        how = "off: each site scores its own rows" if not cfg.gather else "on: site 0's rows"
+        lines.append(f"data: one file per site ({cfg.data.path}); eval.gather {how}")
+        if "partition" in cfg.model_fields_set:
+            lines.append("partition settings do not apply: each site's file is its data")
     f = cfg.faults
     if f.link_drop or f.node_drop:
         lines.append(
