@@ -249,3 +249,20 @@ def test_a_run_says_that_partition_settings_do_not_apply(tiny_model_dir, sites, 
     lines = describe_run(prepare(cfg), tmp_path)
     assert "partition settings do not apply: each site's file is its data" in lines
     assert any(x.startswith("data: one file per site") for x in lines)
+
+
+def test_each_machine_surveys_its_own_sites_and_the_counts_combine(sites, tmp_path, capsys):
+    """Two machines survey their own sites' files; combining the two survey.json files (counts
+    only) gives the survey of all four files read in one place."""
+    base = ["survey", f"data.path={sites}", "data.labels=[negative,positive]", "nodes=4"]
+    assert main([*base, f"out={tmp_path / 'all'}"]) == 0
+    assert main([*base, f"out={tmp_path / 'm0'}", "--nodes", "0,1"]) == 0
+    assert main([*base, f"out={tmp_path / 'm1'}", "--nodes", "2,3"]) == 0
+    parts = [str(tmp_path / m / "survey.json") for m in ("m0", "m1")]
+    assert main(["survey", f"out={tmp_path / 'both'}", "--combine", *parts]) == 0
+    whole = json.loads((tmp_path / "all" / "survey.json").read_text())
+    combined = json.loads((tmp_path / "both" / "survey.json").read_text())
+    assert combined == whole
+    assert (tmp_path / "both" / "survey.png").is_file()
+    assert main(["survey", f"out={tmp_path / 'dup'}", "--combine", parts[0], parts[0]]) == 2
+    assert "a node appears in two surveys" in capsys.readouterr().err

@@ -66,7 +66,13 @@ def cmd_survey(args: argparse.Namespace) -> int:
     from declora.survey import write_survey
 
     path, overrides = _split_args(args.items)
-    write_survey(load_config(path, overrides))
+    only = None
+    if args.nodes:
+        try:
+            only = [int(x) for x in args.nodes.split(",")]
+        except ValueError:
+            raise ConfigError(f"--nodes {args.nodes}: expected node ids, e.g. 2,3") from None
+    write_survey(load_config(path, overrides), only=only, parts=args.combine)
     return 0
 
 
@@ -188,6 +194,12 @@ def _add_small_commands(sub) -> None:
         "for the same split a run would train on. Writes survey.json and survey.png to out=.",
     )
     survey.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]")
+    survey.add_argument(
+        "--nodes", help="per-site files: survey only these sites' files (e.g. 2,3: this machine's)"
+    )
+    survey.add_argument(
+        "--combine", nargs="+", metavar="SURVEY_JSON", help="combine sites' survey.json files"
+    )
     survey.set_defaults(func=cmd_survey)
     worker = sub.add_parser("worker")  # hidden: the body of one torchrun process
     worker.add_argument("items", nargs="*")

@@ -149,10 +149,8 @@ def method_summary(method: str, last: dict, final: dict) -> dict:
     :func:`final_figures`) is what its sites hold (:data:`declora.methods.HEADLINES`), then
     the worst node and the network average, the last validation record and the counters."""
     keys = ("accuracy", "f1", "loss")
-    spread_method = METHODS[method].headline == "nodes"
     if "sites" in final:  # per-site files: each site's own test rows, pooled from counts
-        node_mean = {k: final[f"node_mean_{k}"] for k in keys}
-        head = node_mean if spread_method else final["pooled"]
+        head = {k: final[f"node_mean_{k}"] for k in keys}  # mean over sites, every method
         spread = {k: v for k, v in final.items() if k.startswith("node_") or k == "pooled"}
         spread["sites"] = final["sites"]
         where = f"each site's own test rows ({final['rows']} in all)"
@@ -189,18 +187,22 @@ def results_table(summary: dict) -> str:
         f"{'method':<12} {'accuracy':>8} {'f1':>6} {'loss':>6} {'node min':>8} {'average':>8} "
         f"{'MB sent/node':>12} {'wall s':>7}"
     )
-    lines = [
-        f"test rows ({summary['test_rows']}): accuracy, f1, loss = mean over the nodes' own "
+    sites = any("sites" in m for m in summary["methods"].values())
+    first = (
+        f"each site's own test rows ({summary['test_rows']} in all): accuracy, f1, loss = mean "
+        "over the sites of the adapter each holds (centralized: its one model on each site's "
+        "rows); node min = the worst site; average = pooled, every site's rows together"
+        if sites
+        else f"test rows ({summary['test_rows']}): accuracy, f1, loss = mean over the nodes' own "
         "adapters (what each site holds; centralized: its one model); node min = the worst "
-        "node; average = the network-average adapter, which no site holds",
-        head,
-        "-" * len(head),
-    ]
+        "node; average = the network-average adapter, which no site holds"
+    )
+    lines = [first, head, "-" * len(head)]
     for name, m in summary["methods"].items():
         # no F1 for instruction pairs, no node figures for one model; NaN (null) if it diverged
         acc, loss = _fmt(m["accuracy"], "nan"), _fmt(m["loss"], "nan")
         f1, low = _fmt(m.get("f1")), _fmt(m.get("node_min_accuracy"))
-        avg = _fmt(m.get("average_adapter", {}).get("accuracy"))
+        avg = _fmt(m.get("average_adapter", m.get("pooled", {})).get("accuracy"))
         lines.append(
             f"{name:<12} {acc:>8} {f1:>6} {loss:>6} {low:>8} {avg:>8} "
             f"{m['bytes_sent_per_node'] / 1e6:>12.2f} {m['wall_s']:>7.1f}"

@@ -5,7 +5,9 @@ words; across nodes, how far apart their label mixes are: the total-variation di
 node's label shares from the pooled shares, 0.5 * sum_c |p_ic - p_c| (0 when a node holds the
 pooled mix, near 1 when it holds classes the others barely have). The rows and the split are
 exactly those a run of the same config trains on (same held-out rows, same partition; with
-per-site files, each site's own file and held-out rows); no model is loaded. Writes ``survey.json`` and ``survey.png`` (label shares per node).
+per-site files, each site's own file and held-out rows); no model is loaded. Writes ``survey.json`` and ``survey.png`` (label shares per node). In a deployment
+each machine surveys its own sites' files (``--nodes``), and the survey.json files, which hold
+only counts, are combined into one (``--combine``).
 """
 
 from __future__ import annotations
@@ -15,59 +17,101 @@ from pathlib import Path
 
 import numpy as np
 
-from declora.config import Config
+from declora.config import Config, ConfigError
 from declora.data import load_rows, load_site_rows
 from declora.outputs import make_out_dir
 from declora.session import split
 
 
-def _nodes(cfg: Config) -> tuple[list[np.ndarray], list[np.ndarray], list[str], int, int]:
-    """Each node's training labels and words per text, the label names, and the validation
-    and test rows held out: from the partition of one file, or from each site's own file."""
+def _nodes(cfg: Config, only: list[int] | None) -> tuple[dict, list[str], int, int]:
+    """{node: (training labels, words per text)}, the label names, and the validation and test
+    rows held out: from the partition of one file, or from each site's own file (``only``:
+    the sites whose files this machine holds)."""
     if cfg.data.per_site:
-        sites = [load_site_rows(cfg, i) for i in range(cfg.nodes)]
-        labels = [r.labels[r.train_idx] for r in sites]
-        words = [np.array([len(r.texts[i].split()) for i in r.train_idx]) for r in sites]
-        held = [sum(len(r.val_idx) for r in sites), sum(len(r.test_idx) for r in sites)]
-        return labels, words, sites[0].names, *held
+        ids = range(cfg.nodes) if only is None else only
+        sites = {i: load_site_rows(cfg, i) for i in ids}
+        per = {
+            i: (r.labels[r.train_idx], np.array([len(r.texts[k].split()) for k in r.train_idx]))
+            for i, r in sites.items()
+        }
+        held = [
+            sum(len(r.val_idx) for r in sites.values()),
+            sum(len(r.test_idx) for r in sites.values()),
+        ]
+        return per, list(cfg.data.labels), *held
+    if only is not None:
+        raise ConfigError("--nodes surveys some sites' own files: data.path needs {node}")
     r = load_rows(cfg)
     all_labels = r.labels[r.train_idx]  # (train rows,)
     all_words = np.array([len(r.texts[i].split()) for i in r.train_idx])  # (train rows,)
     parts = split(cfg, all_labels)
-    labels, words = [all_labels[p] for p in parts], [all_words[p] for p in parts]
-    return labels, words, r.names, len(r.val_idx), len(r.test_idx)
+    per = {i: (all_labels[p], all_words[p]) for i, p in enumerate(parts)}
+    return per, r.names, len(r.val_idx), len(r.test_idx)
 
 
-def survey(cfg: Config) -> dict:
-    """Per-node rows, label counts and shares, text lengths, and the label heterogeneity."""
-    node_labels, node_words, names, val_rows, test_rows = _nodes(cfg)
-    counts = np.stack([np.bincount(x, minlength=len(names)) for x in node_labels])  # (n, C)
-    shares = counts / counts.sum(1, keepdims=True)
-    pooled = counts.sum(0) / counts.sum()  # (C,)
-    tv = 0.5 * np.abs(shares - pooled).sum(1)  # (n,)
+def survey(cfg: Config, only: list[int] | None = None) -> dict:
+    """Per-node rows, label counts, text lengths, and the label heterogeneity (``only``: the
+    given sites' files alone, to be combined later with :func:`combine`)."""
+    per, names, val_rows, test_rows = _nodes(cfg, only)
     nodes = [
         {
             "node": i,
-            "rows": int(counts[i].sum()),
-            "counts": dict(zip(names, counts[i].tolist())),
-            "shares": dict(zip(names, shares[i].round(4).tolist())),
+            "counts": dict(zip(names, np.bincount(labels, minlength=len(names)).tolist())),
             "words_mean": round(float(w.mean()), 1) if len(w) else 0.0,
             "words_max": int(w.max()) if len(w) else 0,
-            "tv_from_pooled": round(float(tv[i]), 4),
         }
-        for i, w in enumerate(node_words)
+        for i, (labels, w) in per.items()
     ]
-    return {
+    head = {
         "data": cfg.data.path,
         "partition": "per-site files" if cfg.data.per_site else cfg.partition.model_dump(),
         "labels": names,
-        "rows": int(counts.sum()),
         "validation_rows": val_rows,
         "test_rows": test_rows,
+    }
+    return summarize(head, nodes)
+
+
+def summarize(head: dict, nodes: list[dict]) -> dict:
+    """The survey from each node's label counts alone: shares, pooled shares and the
+    total-variation distance of each node from the pooled mix."""
+    names = head["labels"]
+    counts = np.array([[n["counts"][c] for c in names] for n in nodes], dtype=float)  # (n, C)
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    pooled = counts.sum(0) / counts.sum()  # (C,)
+    tv = 0.5 * np.abs(shares - pooled).sum(1)  # (n,)
+    for n, c, sh, d in zip(nodes, counts, shares, tv):
+        n.update(rows=int(c.sum()), shares=dict(zip(names, sh.round(4).tolist())))
+        n["tv_from_pooled"] = round(float(d), 4)
+    return {
+        **head,
+        "rows": int(counts.sum()),
         "pooled_shares": dict(zip(names, pooled.round(4).tolist())),
         "heterogeneity": {"tv_mean": float(tv.mean()), "tv_max": float(tv.max())},
-        "nodes": nodes,
+        "nodes": sorted(nodes, key=lambda n: n["node"]),
     }
+
+
+def combine(paths: list[str]) -> dict:
+    """One survey from several sites' survey.json files: only their label counts and text
+    lengths are read, never a row."""
+    parts = []
+    for path in paths:
+        try:
+            parts.append(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"--combine {path}: not a survey.json ({err})") from None
+    names = parts[0]["labels"]
+    if any(p["labels"] != names for p in parts):
+        raise ConfigError(f"--combine: the surveys name different labels ({names}, ...)")
+    nodes = [dict(n) for p in parts for n in p["nodes"]]
+    ids = [n["node"] for n in nodes]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"--combine: a node appears in two surveys ({sorted(ids)})")
+    head = {k: parts[0][k] for k in ("data", "partition", "labels")}
+    head["validation_rows"] = sum(p["validation_rows"] for p in parts)
+    head["test_rows"] = sum(p["test_rows"] for p in parts)
+    return summarize(head, nodes)
 
 
 def format_survey(sv: dict) -> str:
@@ -118,9 +162,12 @@ def plot_survey(sv: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_survey(cfg: Config, echo=print) -> tuple[Path, dict]:
-    """Survey the config's data; write survey.json and survey.png to a new ``out`` folder."""
-    sv = survey(cfg)
+def write_survey(
+    cfg: Config, echo=print, only: list[int] | None = None, parts: list[str] | None = None
+) -> tuple[Path, dict]:
+    """Survey the config's data (``only`` some sites' files; or combine the ``parts``,
+    survey.json files of sites); write survey.json and survey.png to a new ``out`` folder."""
+    sv = combine(parts) if parts else survey(cfg, only)
     out = make_out_dir(cfg)
     (out / "survey.json").write_text(json.dumps(sv, indent=2))
     plot_survey(sv, out / "survey.png")
