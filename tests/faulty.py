@@ -77,8 +77,8 @@ class FaultyTransport:
             time.sleep(self.delay_s)
         return got
 
-    def gather_vectors(self, held, round_):
-        return self.inner.gather_vectors(held, round_)
+    def gather_vectors(self, held, round_, finite=None):
+        return self.inner.gather_vectors(held, round_, finite)
 
     def after_evaluation(self, round_):
         return self.inner.after_evaluation(round_)

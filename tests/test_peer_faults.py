@@ -75,6 +75,8 @@ def test_a_bad_frame_is_refused_by_both_neighbours_and_the_average_is_kept(args,
     lines = [x for x in proc.stderr.splitlines() if "refused the message" in x]
     assert len(lines) == 2, lines  # the ring: two neighbours, and no one else
     assert all(f"from node {node} at round {round_}: {REFUSED[spec]}" in x for x in lines), lines
+    own_log = tmp_path / "dist" / f"node_{(node + 1) % 4}" / "log.txt"  # a neighbour's own log
+    assert f"refused the message from node {node} at round {round_}" in own_log.read_text()
     assert_average_kept(tmp_path / "dist")
 
 

@@ -310,6 +310,7 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
     if start:
         resume(party, root, start)
     wrapped: Transport = wrap(transport) if wrap else transport
+    party.warn = site_log(out, rank)
     log = open_log(s, out, start, echo) if rank == 0 else None
     progress = Lines(party.total_rounds, echo) if rank == 0 else Quiet()
     states = play_rounds(s, party, wrapped, log, progress, start=start, checkpoints=store)
@@ -321,8 +322,22 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
     dist.destroy_process_group()
 
 
+def site_log(out: Path, node: int):
+    """What the node says (refusals) goes to stderr and to its own out/node_<i>/log.txt."""
+    path = out / f"node_{node}" / "log.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def warn(line: str) -> None:
+        say(line)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(f"{datetime.now():%Y-%m-%d %H:%M:%S} {line}\n")
+
+    return warn
+
+
 def write_site(s: Session, out: Path, node: int, state: State) -> None:
-    """out/node_<i>/ on this site's machine: its adapter (PEFT) and its own test figures."""
+    """out/node_<i>/ on this site's machine: its adapter (PEFT) and its own test figures
+    (beside its log.txt)."""
     folder = out / f"node_{node}"
     if s.cfg.export_adapters:
         export_site(s, out, node, state)

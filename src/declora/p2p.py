@@ -135,4 +135,9 @@ class P2PTransport(Links):
         """Every rank waits for rank 0's word that it has evaluated (the start-up timeout
         applies here, not peer_timeout)."""
         flag = torch.tensor([round_], dtype=torch.int64, device=self.device)
-        dist.broadcast(flag, src=0)
+        try:
+            dist.broadcast(flag, src=0)
+        except RuntimeError as err:
+            raise PeerError(
+                f"round {round_}: node 0 stopped while evaluating: {_reason(err)}"
+            ) from None

@@ -115,9 +115,12 @@ class Transport(Protocol):
         (evaluation and outputs only: training never goes through it); None elsewhere."""
         ...
 
-    def gather_vectors(self, held: dict[int, np.ndarray], round_: int) -> list[np.ndarray] | None:
+    def gather_vectors(
+        self, held: dict[int, np.ndarray], round_: int, finite: int | None = None
+    ) -> list[np.ndarray] | None:
         """Every node's float64 vector (per-site evaluation counts and counters), in node
-        order, on the process that evaluates; None elsewhere."""
+        order, on the process that evaluates; None elsewhere. Its first ``finite`` values (all
+        by default) must be finite; the rest may hold NaN (a node that did not train)."""
         ...
 
     def after_evaluation(self, round_: int) -> None:

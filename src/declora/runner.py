@@ -120,9 +120,9 @@ def evaluate_sites(
     """Round t evaluated where the rows are: each site scores the adapter it holds on its own
     validation rows, and only the counts (and its counters) reach the evaluating process."""
     held = _held(s, party, s.site_val, lambda n: party.counters.nodes[n.node_id].to_vector())
-    got = transport.gather_vectors(held, t)
+    k = len(next(iter(held.values()))) - len(NodeCounters().to_vector())  # counts, then counters
+    got = transport.gather_vectors(held, t, finite=k)
     if got is not None:
-        k = len(got[0]) - len(NodeCounters().to_vector())
         counters = [NodeCounters.from_vector(v[k:]) for v in got]
         if party.method.pooled:
             counters = counters[:1]

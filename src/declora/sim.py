@@ -53,7 +53,9 @@ class MemoryTransport(Links):
     ) -> list[tuple[State, NodeCounters]]:
         return [held[i] for i in sorted(held)]
 
-    def gather_vectors(self, held: dict[int, np.ndarray], round_: int) -> list[np.ndarray]:
+    def gather_vectors(
+        self, held: dict[int, np.ndarray], round_: int, finite: int | None = None
+    ) -> list[np.ndarray]:
         return [held[i] for i in sorted(held)]
 
     def after_evaluation(self, round_: int) -> None:
