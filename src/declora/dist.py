@@ -310,7 +310,7 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
     if start:
         resume(party, root, start)
     wrapped: Transport = wrap(transport) if wrap else transport
-    party.warn = site_log(out, rank)
+    party.warn = site_log(out, rank, agreed)
     log = open_log(s, out, start, echo) if rank == 0 else None
     progress = Lines(party.total_rounds, echo) if rank == 0 else Quiet()
     states = play_rounds(s, party, wrapped, log, progress, start=start, checkpoints=store)
@@ -322,15 +322,21 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
     dist.destroy_process_group()
 
 
-def site_log(out: Path, node: int):
-    """What the node says (refusals) goes to stderr and to its own out/node_<i>/log.txt."""
+def site_log(out: Path, node: int, agreed: Start):
+    """What the node says (refusals) goes to stderr and to its own out/node_<i>/log.txt,
+    which opens with the run it joined."""
     path = out / f"node_{node}" / "log.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    def warn(line: str) -> None:
-        say(line)
+    def write(line: str) -> None:
         with path.open("a", encoding="utf-8") as f:
             f.write(f"{datetime.now():%Y-%m-%d %H:%M:%S} {line}\n")
+
+    write(f"node {node} joined run {agreed.run.hex()} after round {agreed.round}")
+
+    def warn(line: str) -> None:
+        say(line)
+        write(line)
 
     return warn
 
