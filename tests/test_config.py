@@ -80,7 +80,7 @@ def test_yaml_file_then_overrides(tmp_path):
         ),
         (["per_method={magic: {lr: 0.1}}"], "per_method"),
         (["data.val_size=0"], "data.val_size"),
-        (["data.eval_size=100"], "unknown config key 'data.eval_size'"),
+        (["data.eval_rows=100"], "unknown config key 'data.eval_rows'"),
         (["tune.trials=0"], "tune.trials"),
     ],
 )

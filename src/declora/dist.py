@@ -181,6 +181,30 @@ def _check_tags(offers: list[bytes], key: bytes, rank: int, size: int) -> None:
         )
 
 
+def _check_configs(cfg: Config, offers: list[bytes], rank: int) -> int:
+    """Every node's config fingerprint must equal this node's; a mismatch names the node and
+    the first key on which they differ. Returns where the fingerprints end in an offer."""
+    names, digests = key_digests(cfg)
+    end = NONCE_BYTES + 32 + len(digests)
+    prints = [o[NONCE_BYTES:end] for o in offers]
+    differ = [j for j, fp in enumerate(prints) if fp != prints[rank]]
+    if differ:
+        theirs = prints[differ[0]][32:]
+        first = next(
+            (
+                n
+                for k, n in enumerate(names)
+                if theirs[4 * k : 4 * k + 4] != digests[4 * k : 4 * k + 4]
+            ),
+            "?",
+        )
+        raise PeerError(
+            f"node {differ[0]} runs another config (first difference: {first}; only out= and "
+            "security.key_file may differ): start every node with the same config"
+        )
+    return end
+
+
 def agree_on_start(
     cfg: Config,
     rank: int,
@@ -200,31 +224,13 @@ def agree_on_start(
     dist.all_gather(bucket, local)
     offers = [b.cpu().numpy().tobytes() for b in bucket]
     size = len(mine) - wire.TAG_SIZE
-    if key:
-        _check_tags(offers, key, rank, size)
-    for j, o in enumerate(offers):
+    for j, o in enumerate(offers):  # first: a node that could not start may lack the key too
         why = o[size - REASON_BYTES : size].rstrip(b"\0").decode(errors="replace")
         if why:
             raise PeerError(f"node {j} could not start: {why}")
-    names, digests = key_digests(cfg)
-    end = NONCE_BYTES + 32 + len(digests)
-    prints = [o[NONCE_BYTES:end] for o in offers]
-    differ = [j for j, fp in enumerate(prints) if fp != prints[rank]]
-    if differ:
-        j = differ[0]
-        theirs = prints[j][32:]
-        first = next(
-            (
-                n
-                for k, n in enumerate(names)
-                if theirs[4 * k : 4 * k + 4] != digests[4 * k : 4 * k + 4]
-            ),
-            "?",
-        )
-        raise PeerError(
-            f"node {j} runs another config (first difference: {first}; only out= and "
-            "security.key_file may differ): start every node with the same config"
-        )
+    if key:
+        _check_tags(offers, key, rank, size)
+    end = _check_configs(cfg, offers, rank)
     run = hashlib.sha256(b"".join(o[:NONCE_BYTES] for o in offers)).digest()[: wire.RUN_BYTES]
     lists = [struct.unpack_from(f"<{OFFER_SLOTS}q", o, end) for o in offers]
     common = set.intersection(*(set(x) - {-1} for x in lists))
@@ -283,8 +289,9 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
     rank, world = check_world(cfg)
     fresh = rank == 0 and not check_out_dir(cfg)
     out = Path(cfg.out)
-    key = wire.read_key(cfg.security.key_file) if cfg.security.key_file else None
+    key = None
     try:
+        key = wire.read_key(cfg.security.key_file) if cfg.security.key_file else None
         s = prepare(cfg, node=rank)  # reads this node's rows (or its own file) only
     except STARTUP_ERRORS as err:  # every process is told, then all stop
         backend, device = connect(cfg, rank, world)
