@@ -8,6 +8,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 
@@ -139,3 +140,49 @@ def launch(args: list[str], *flags: str, **environ) -> subprocess.CompletedProce
     """``declora launch`` in a subprocess (torchrun, 4 gloo processes on loopback)."""
     cmd = [sys.executable, "-m", "declora.cli", "launch", *flags, *args]
     return run_cmd(cmd, env(**environ))
+
+
+def torchrun_agents(
+    args: list[str], cwds: list, nproc: int = 2
+) -> list[subprocess.CompletedProcess]:
+    """One torchrun agent per folder in ``cwds``, as separate machines would run them
+    (``--nnodes``, one rendezvous on 127.0.0.1; agent g hosts nodes g*nproc ...), each running
+    ``declora.cli worker ARGS``; every agent's whole process group is killed on timeout."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmds, procs = [], []
+    for g, cwd in enumerate(cwds):
+        cmds.append(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                f"--nnodes={len(cwds)}",
+                f"--node-rank={g}",
+                f"--nproc-per-node={nproc}",
+                f"--rdzv-endpoint=127.0.0.1:{port}",
+                "-m",
+                "declora.cli",
+                "worker",
+                *args,
+            ]
+        )
+        procs.append(
+            subprocess.Popen(
+                cmds[-1],
+                cwd=cwd,
+                env=env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+        )
+    try:
+        done = [p.communicate(timeout=TIMEOUT_S) for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            os.killpg(p.pid, signal.SIGKILL)
+        pytest.fail(f"{len(cwds)} torchrun agents timed out")
+    return [subprocess.CompletedProcess(c, p.returncode, *o) for c, p, o in zip(cmds, procs, done)]

@@ -11,9 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +21,6 @@ from declora.cli import main
 from declora.config import load_config
 from declora.dist import check_out_dir
 from tests.helpers import (
-    TIMEOUT_S,
     env,
     launch,
     records,
@@ -32,6 +28,7 @@ from tests.helpers import (
     run_sim,
     tiny_args,
     tiny_llama_args,
+    torchrun_agents,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,51 +204,14 @@ def test_corrupted_and_forged_messages_are_refused_and_the_run_completes(
     assert np.isfinite(summary["methods"]["dec-lora"]["loss"])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.multiprocess
 def test_two_torchrun_launchers_like_two_machines(
     tiny_model_dir, tiny_csv, tmp_path, sim_reference
 ):
     """The README's several-machine command: machine g hosts nodes 2g and 2g+1."""
     out = tmp_path / "dist"
-    port = free_port()
-    procs = []
-    for g in (0, 1):
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nnodes=2",
-            f"--node-rank={g}",
-            "--nproc-per-node=2",
-            f"--rdzv-endpoint=127.0.0.1:{port}",
-            "-m",
-            "declora.cli",
-            "worker",
-            *base_args(tiny_model_dir, tiny_csv, out),
-        ]
-        procs.append(
-            subprocess.Popen(
-                cmd,
-                env=env(),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                start_new_session=True,
-            )
-        )
-    try:
-        results = [p.communicate(timeout=TIMEOUT_S) for p in procs]
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            os.killpg(p.pid, signal.SIGKILL)
-        pytest.fail("two-launcher run timed out")
-    assert [p.returncode for p in procs] == [0, 0], results[0][1][-3000:]
+    procs = torchrun_agents(base_args(tiny_model_dir, tiny_csv, out), [ROOT, ROOT])
+    assert [p.returncode for p in procs] == [0, 0], procs[0].stderr[-3000:]
     assert_same_metrics(sim_reference["records"], records(out))
 
 

@@ -4,11 +4,7 @@ only counts leave it for evaluation; bad per-site input is refused in one line."
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,16 +14,15 @@ from declora.config import ConfigError, load_config
 from declora.data import load_site_rows
 from declora.sources import DataError
 from tests.helpers import (
-    TIMEOUT_S,
-    env,
     launch,
     records,
     run_sim,
     synthetic_rows,
     tiny_args,
+    torchrun_agents,
     write_csv,
 )
-from tests.test_dist import assert_same_metrics, free_port
+from tests.test_dist import assert_same_metrics
 
 SIZES = (90, 60, 120, 70)  # rows of each site
 POSITIVE_SHARE = (0.8, 0.5, 0.2, 0.6)
@@ -113,48 +108,6 @@ def test_a_run_on_per_site_files_reports_every_site(tiny_model_dir, sites, tmp_p
     assert rec["split"] == "validation (each site's own rows)" and len(rec["site_accuracy"]) == 4
 
 
-def two_agents(root, args: list[str]) -> list[subprocess.CompletedProcess]:
-    """Two torchrun agents on this machine, as two machines would run: agent g hosts nodes 2g
-    and 2g+1 and runs in root/agent_g, which holds only those sites' files."""
-    port = free_port()
-    cmds, procs = [], []
-    for g in (0, 1):
-        cwd = root / f"agent_{g}"
-        cmds.append(
-            [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--nnodes=2",
-                f"--node-rank={g}",
-                "--nproc-per-node=2",
-                f"--rdzv-endpoint=127.0.0.1:{port}",
-                "-m",
-                "declora.cli",
-                "worker",
-                *args,
-            ]
-        )
-        procs.append(
-            subprocess.Popen(
-                cmds[-1],
-                cwd=cwd,
-                env=env(),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                start_new_session=True,
-            )
-        )
-    try:
-        done = [p.communicate(timeout=TIMEOUT_S) for p in procs]
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            os.killpg(p.pid, signal.SIGKILL)
-        pytest.fail("two-agent run timed out")
-    return [subprocess.CompletedProcess(c, p.returncode, *o) for c, p, o in zip(cmds, procs, done)]
-
-
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("gather", [True, False])
 def test_two_agents_holding_only_their_own_sites_match_the_simulator(
@@ -172,7 +125,7 @@ def test_two_agents_holding_only_their_own_sites_match_the_simulator(
         f"eval.gather={str(gather).lower()}",
         "finish_rounds=2",  # evaluated at round 8, a gossip-only round: no training loss
     ]
-    procs = two_agents(tmp_path, args)
+    procs = torchrun_agents(args, [tmp_path / "agent_0", tmp_path / "agent_1"])
     assert [p.returncode for p in procs] == [0, 0], procs[0].stderr[-3000:]
     sim_out = tmp_path / "sim"
     sim_args = [a for a in args if not a.startswith(("data.path", "out="))]

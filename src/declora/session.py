@@ -78,57 +78,19 @@ def prepare(cfg: Config, node: int | None = None) -> Session:
     """Validate the graph and data against the config and load the model (writes nothing).
 
     With ``node`` (a distributed process), ``train`` keeps only that node's rows: the others
-    are dropped right after the partition, and every other node's ``parts`` entry is empty.
-    Sizes that cannot run (:func:`declora.sizes.check_sizes`) are refused first.
+    are dropped right after the partition (or never read: per-site files), and every other
+    node's ``parts`` entry is empty. Sizes that cannot run (:func:`declora.sizes.check_sizes`)
+    are refused first.
     """
     check_sizes(cfg, held=None if node is None else 1)
     adj, W = graph_for(cfg)
     key = wire.read_key(cfg.security.key_file) if cfg.security.key_file else None
     task, tok = task_for(cfg), load_tokenizer(cfg)
-    if cfg.data.per_site:
-        return _prepare_sites(cfg, node, adj, W, key, task, tok)
-    splits = load_task_data(cfg, tok)
-    train = splits.train
-    parts = split(cfg, train.labels)
-    sizes = [len(ix) for ix in parts]
-    if node is not None:
-        train = train.subset(parts[node])
-        parts = [np.arange(len(train)) if i == node else ix[:0] for i, ix in enumerate(parts)]
-    model, init = _model(cfg, train)
-    pad = tok.pad_token_id
-    return Session(
-        cfg=cfg,
-        task=task,
-        model=model,
-        pad_id=pad,
-        train=train,
-        parts=parts,
-        sizes=sizes,
-        adj=adj,
-        W=W,
-        init=init,
-        val=task.eval_batches(splits.val, pad),
-        val_nodes=task.eval_batches(splits.val, pad, limit=cfg.node_eval_size),
-        test=task.eval_batches(splits.test, pad),
-        key=key,
-    )
-
-
-def _prepare_sites(cfg: Config, node: int | None, adj, W, key, task, tok) -> Session:
-    """Per-site files: the process reads only the files of the nodes it holds (all of them in
-    the simulator); each keeps its own validation and test rows. The common set of
-    ``eval.gather`` is site 0's held-out rows (empty where site 0 is not held)."""
-    held = range(cfg.nodes) if node is None else [node]
-    splits = {i: load_task_data(cfg, tok, node=i) for i in held}
-    train = concat([sp.train for sp in splits.values()])
-    sizes, parts, start = [0] * cfg.nodes, [np.arange(0)] * cfg.nodes, 0
-    for i, sp in splits.items():
-        sizes[i], parts[i] = len(sp.train), np.arange(start, start + len(sp.train))
-        start += len(sp.train)
+    load = _sites if cfg.data.per_site else _one_file
+    train, parts, sizes, common, sites = load(cfg, tok, node)
     model, init = _model(cfg, train)
     pad = tok.pad_token_id
     batches = lambda ds, limit=None: task.eval_batches(ds, pad, limit)  # noqa: E731
-    common = splits.get(0)
     return Session(
         cfg=cfg,
         task=task,
@@ -144,9 +106,36 @@ def _prepare_sites(cfg: Config, node: int | None, adj, W, key, task, tok) -> Ses
         val_nodes=batches(common.val, cfg.node_eval_size) if common else [],
         test=batches(common.test) if common else [],
         key=key,
-        site_val={i: batches(sp.val) for i, sp in splits.items()},
-        site_test={i: batches(sp.test) for i, sp in splits.items()},
+        site_val={i: batches(sp.val) for i, sp in sites.items()},
+        site_test={i: batches(sp.test) for i, sp in sites.items()},
     )
+
+
+def _one_file(cfg: Config, tok, node: int | None):
+    """(training rows, each node's row ids into them, every node's training rows, the
+    held-out splits, {}) of one data file."""
+    splits = load_task_data(cfg, tok)
+    train = splits.train
+    parts = split(cfg, train.labels)
+    sizes = [len(ix) for ix in parts]
+    if node is not None:
+        train = train.subset(parts[node])
+        parts = [np.arange(len(train)) if i == node else ix[:0] for i, ix in enumerate(parts)]
+    return train, parts, sizes, splits, {}
+
+
+def _sites(cfg: Config, tok, node: int | None):
+    """Per-site files: only the files of the nodes this process holds (all of them in the
+    simulator), each with its own held-out rows; the common set of ``eval.gather`` is site
+    0's held-out rows (None where site 0 is not held)."""
+    held = range(cfg.nodes) if node is None else [node]
+    sites = {i: load_task_data(cfg, tok, node=i) for i in held}
+    train = concat([sp.train for sp in sites.values()])
+    parts, start = [np.arange(0)] * cfg.nodes, 0
+    for i, sp in sites.items():
+        parts[i] = np.arange(start, start + len(sp.train))
+        start += len(sp.train)
+    return train, parts, [len(ix) for ix in parts], sites.get(0), sites
 
 
 def _model(cfg: Config, train: Dataset):
