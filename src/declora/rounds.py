@@ -197,6 +197,8 @@ def communicate(party: Party, W: np.ndarray, t: int, transport: Transport, step:
     control messages are not counted (``wire.HEADER.size`` + ``wire.TAG_SIZE`` with a key per
     frame, and 3 or 4 of ``wire.CONTROL_SIZE`` bytes per edge and step).
     """
+    limit = wire.max_frame_size(party.exchanges[0].sizes)
+    call = Step(wire.Stamp(party.run, t, step), party.key, limit)
     outbox, weights = {}, {}
     for node, ex in zip(party.nodes, party.exchanges):
         i = node.node_id
@@ -208,12 +210,9 @@ def communicate(party: Party, W: np.ndarray, t: int, transport: Transport, step:
         c = party.counters.nodes[i]
         c.payload = len(payload)
         c.sent += len(payload) * (1 if party.method.server else len(peers))
-        stamp = wire.Stamp(party.run, t, step)
-        outbox[i] = Outgoing(peers, wire.seal(payload, i, stamp, _dtype(ex), party.key))
+        outbox[i] = Outgoing(peers, wire.seal(payload, i, call.stamp, _dtype(ex), party.key))
     if not outbox:
         return
-    ex0 = party.exchanges[0]
-    call = Step(wire.Stamp(party.run, t, step), party.key, wire.max_frame_size(ex0.sizes))
     inbox = transport.swap(outbox, call)
     accepted = {
         i: accept(party, ex, i, inbox.get(i, {}), outbox[i].peers, call)
