@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -47,6 +48,7 @@ from declora.p2p import P2PTransport, PeerError
 from declora.report import RunLog, start_summary, write_json
 from declora.rounds import Transport, say
 from declora.runner import Quiet, play_rounds, resume
+from declora.scores import from_counts
 from declora.session import Session, party_for, prepare
 from declora.sizes import check_sizes
 from declora.sources import DataError
@@ -322,7 +324,7 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
     progress = Lines(party.total_rounds, echo) if rank == 0 else Quiet()
     states = play_rounds(s, party, wrapped, log, progress, start=start, checkpoints=store)
     if not cfg.gather:  # per-site evaluation: each site keeps its own adapter and figures
-        write_site(s, out, rank, node.state())
+        write_site(s, out, rank, node.state(), party.own_test[rank])
     if rank == 0:
         runtime = {"processes": world, "backend": backend}
         finish(s, out, log, states, runtime, echo, party.final)
@@ -348,16 +350,14 @@ def site_log(out: Path, node: int, agreed: Start):
     return warn
 
 
-def write_site(s: Session, out: Path, node: int, state: State) -> None:
-    """out/node_<i>/ on this site's machine: its adapter (PEFT) and its own test figures
-    (beside its log.txt)."""
+def write_site(s: Session, out: Path, node: int, state: State, counts: np.ndarray) -> None:
+    """out/node_<i>/ on this site's machine: its adapter (PEFT) and its own test figures from
+    ``counts``, its scoring at the end (beside its log.txt)."""
     folder = out / f"node_{node}"
     if s.cfg.export_adapters:
         export_site(s, out, node, state)
     folder.mkdir(parents=True, exist_ok=True)
-    own = s.task.evaluate(s.model, state, s.site_test[node])
-    rows = sum(len(b["labels"]) for b in s.site_test[node])
-    write_json(folder / "site.json", {"node": node, "rows": rows, **own})
+    write_json(folder / "site.json", {"node": node, "rows": int(counts[0]), **from_counts(counts)})
 
 
 def finish(

@@ -154,6 +154,7 @@ class Party:
     counters: Counters = field(default_factory=Counters)
     warn: Callable[[str], None] = say
     final: dict | None = None  # per-site files: the sites' test figures, on the evaluating process
+    own_test: dict = field(default_factory=dict)  # per-site files: held sites' test counts
 
     @property
     def total_rounds(self) -> int:

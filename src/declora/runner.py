@@ -138,6 +138,7 @@ def final_sites(s: Session, party: Party, transport: Transport, t: int) -> dict 
     counts on the evaluating process (None elsewhere)."""
     init = {i: s.task.counts(s.model, s.init, b) for i, b in s.site_test.items()}
     held = _held(s, party, s.site_test, lambda n: np.zeros(0))
+    party.own_test = held  # each held site's counts: its site.json, without scoring again
     got = transport.gather_vectors({i: np.concatenate([v, init[i]]) for i, v in held.items()}, t)
     if got is None:
         return None
