@@ -9,8 +9,8 @@ import warnings
 
 from declora.adapters import ModelError
 from declora.config import Config, ConfigError, builtin_configs, load_config
-from declora.rounds import Diverged
 from declora.sources import DataError
+from declora.train import Stopped
 
 USER_ERRORS = (ConfigError, DataError, ModelError)
 
@@ -98,7 +98,7 @@ def worker(items: list[str], wrap=None) -> int:
     cfg = load_config(path, overrides)
     try:
         run_worker(cfg, wrap=None if wrap is None else lambda t: wrap(t, cfg))
-    except (PeerError, Diverged) as err:
+    except (PeerError, Stopped) as err:
         say(f"declora: node {os.environ.get('RANK', '?')}: {err}")
         return 1
     return 0
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"declora: error: {err}", file=sys.stderr)
         return 2
-    except Diverged as err:
+    except Stopped as err:
         print(f"declora: stopped: {err}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:

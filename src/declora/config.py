@@ -115,6 +115,45 @@ class SecurityConfig(_Section):
     key_file: str | None = Field(
         None, description="shared secret file: launch tags every message with HMAC-SHA256"
     )
+    encrypt: bool = Field(
+        False,
+        description="encrypt every adapter message with AES-256-GCM (needs security.key_file); "
+        "a new key file may be given at a restart",
+    )
+
+    @model_validator(mode="after")
+    def _key_for_encryption(self) -> SecurityConfig:
+        if self.encrypt and not self.key_file:
+            raise ValueError(
+                "encrypt=true needs key_file (the shared secret the encryption keys are "
+                "derived from)"
+            )
+        return self
+
+
+class PrivacyConfig(_Section):
+    """DP-SGD on every node (declora.privacy): off unless a noise level or a target is given."""
+
+    noise_multiplier: float | None = Field(
+        None, ge=0, description="Gaussian noise std / clip (DP-SGD sigma); or give privacy.epsilon"
+    )
+    epsilon: float | None = Field(
+        None,
+        gt=0,
+        description="target epsilon at privacy.delta: the noise is computed for the run's "
+        "steps; with noise_multiplier too, a cap at which the run stops",
+    )
+    delta: float = Field(
+        1e-5, gt=0, lt=1, description="delta of (epsilon, delta)-DP; below 1/rows of every site"
+    )
+    clip: float = Field(1.0, gt=0, description="per-example gradient norm bound C")
+    accountant: Literal["rdp", "prv"] = Field(
+        "rdp", description="Opacus accountant: rdp (Renyi DP) or prv (tighter, slower)"
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.noise_multiplier is not None or self.epsilon is not None
 
 
 class LoraSettings(_Section):
@@ -321,6 +360,7 @@ class Config(_Section):
     export_adapters: bool = Field(True, description="save PEFT adapters under out/adapters")
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     checkpoint_every: Int = Field(

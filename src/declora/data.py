@@ -210,10 +210,14 @@ def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 
 class Sampler:
-    """Endless shuffled batches over one node's rows, from its own seeded generator."""
+    """Endless shuffled batches over one node's rows, from its own seeded generator; with
+    ``poisson``, each batch takes every row independently with probability batch_size / rows
+    (DP-SGD's sampling: the batch size varies, its mean is batch_size)."""
 
-    def __init__(self, n_rows: int, batch_size: int, seed: int | tuple[int, ...]):
-        self.n, self.batch_size = n_rows, batch_size
+    def __init__(
+        self, n_rows: int, batch_size: int, seed: int | tuple[int, ...], poisson: bool = False
+    ):
+        self.n, self.batch_size, self.poisson = n_rows, batch_size, poisson
         self.rng = np.random.default_rng(seed)
         self._order, self._pos = self.rng.permutation(n_rows), 0
 
@@ -226,6 +230,8 @@ class Sampler:
         self.rng.bit_generator.state = state["rng"]
 
     def next(self) -> np.ndarray:
+        if self.poisson:
+            return np.flatnonzero(self.rng.random(self.n) < self.batch_size / self.n)
         out = []
         while len(out) < self.batch_size:
             if self._pos == self.n:

@@ -301,7 +301,7 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
         raise
     backend, device = connect(cfg, rank, world)
     party = party_for(s, METHODS["dec-lora"], held=[rank])
-    transport = P2PTransport(device, cfg.peer_timeout, party.key)
+    transport = P2PTransport(device, cfg.peer_timeout, party.key, party.encrypt)
     root = out / "checkpoints"
     store = checkpoint.Store(root, fingerprint(cfg), checkpoint.keep_for(world))
     node = party.nodes[0]

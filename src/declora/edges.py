@@ -36,10 +36,14 @@ Inbox = dict[int, dict[int, bytes | str | None]]
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One node's frame for this step and the live neighbours it goes to."""
+    """One node's frame for this step and the live neighbours it goes to: one frame for all,
+    or one a peer (encrypted frames are sealed for their receiver)."""
 
     peers: list[int]
-    frame: bytes
+    frame: bytes | dict[int, bytes]
+
+    def to(self, peer: int) -> bytes:
+        return self.frame[peer] if isinstance(self.frame, dict) else self.frame
 
 
 @dataclass(frozen=True)
@@ -92,14 +96,14 @@ class Links:
 
     def swap(self, outbox: dict[int, Outgoing], step: Step) -> Inbox:
         """Phases 1-3: each held node's frame to the peers that take it, and theirs back."""
-        sizes = {i: dict.fromkeys(out.peers, len(out.frame)) for i, out in outbox.items()}
+        sizes = {i: {j: len(out.to(j)) for j in out.peers} for i, out in outbox.items()}
         lengths = self.tell(sizes, "length", step)
         why = {i: {j: _takes(n, step.limit) for j, n in row.items()} for i, row in lengths.items()}
         taken = {i: {j: int(r is None) for j, r in row.items()} for i, row in why.items()}
         acks = self.tell(taken, "ack", step)
         both = {i: [j for j in row if row[j] is None and acks[i][j] == 1] for i, row in why.items()}
         got = self.post(
-            {i: dict.fromkeys(js, outbox[i].frame) for i, js in both.items()},
+            {i: {j: outbox[i].to(j) for j in js} for i, js in both.items()},
             {i: {j: lengths[i][j] for j in js} for i, js in both.items()},
             step.stamp.round,
         )

@@ -73,6 +73,30 @@ def describe_run(s: Session, out: Path) -> list[str]:
             f"faults (dec-lora): each link down with p={f.link_drop:g}, each node out with "
             f"p={f.node_drop:g} per round; Metropolis weights on the surviving graph"
         )
+    lines += describe_privacy(s)
+    return lines
+
+
+def describe_privacy(s: Session) -> list[str]:
+    """DP-SGD's settings: each kind of node's noise and the epsilon it ends at; encryption."""
+    p, lines = s.cfg.privacy, []
+    for kind, budgets in s.budgets.items():
+        lo, hi = (f(b.noise for b in budgets.values()) for f in (min, max))
+        end = max(b.spent(b.limit) for b in budgets.values())
+        stop = min(b.limit for b in budgets.values())
+        planned = max(b.steps for b in budgets.values())
+        lines.append(
+            f"privacy ({kind}): DP-SGD, Poisson sampling, clip {p.clip:g}, noise multiplier "
+            f"{lo:.3g}"
+            + (f"-{hi:.3g}" if hi > lo else "")
+            + f"; epsilon {end:.3g} at delta {p.delta:g} by the "
+            "end (largest over nodes, "
+            + p.accountant.upper()
+            + " accountant)"
+            + (f"; the epsilon cap stops training after {stop} steps" if stop < planned else "")
+        )
+    if s.cfg.security.encrypt:
+        lines.append("links: every adapter message is encrypted (AES-256-GCM, a key per run)")
     return lines
 
 
@@ -89,7 +113,9 @@ def finish_method(
     figures on their own test rows), add it and the last validation record to the summary,
     and export its adapters (where this process holds them all)."""
     final = final or final_figures(s, states)
-    summary["methods"][method] = method_summary(method, last, final)
+    summary["methods"][method] = entry = method_summary(method, last, final)
+    if "epsilon" in entry:
+        entry["delta"] = s.cfg.privacy.delta
     if "sites" in final:  # per-site files: the split sizes and the start, pooled over sites
         summary.update(test_rows=final["rows"], untrained=final["untrained"])
         summary["validation_rows"] = last["node_eval_rows"]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from declora import wire
+from declora import crypt, wire
 from declora.edges import Links, Mail
 from declora.rounds import NodeCounters
 from declora.tensors import State, flatten, numel, unflatten
@@ -46,11 +46,15 @@ def _tensor(data: bytes, device: torch.device) -> torch.Tensor:
 class P2PTransport(Links):
     """This process's node talks to its live neighbours only; rank r is node r."""
 
-    def __init__(self, device: torch.device, timeout: float, key: bytes | None = None):
+    def __init__(
+        self, device: torch.device, timeout: float, key: bytes | None = None, encrypt=False
+    ):
         self.device = device
         self.timeout = timeout  # seconds a neighbour may take to answer
         self.key = key
+        self.encrypt = encrypt  # security.encrypt: gathered vectors are AES-256-GCM sealed
         self.run = bytes(wire.RUN_BYTES)  # set once the processes agree on it at start
+        self.gathers = 0  # gathers so far: every process counts the same (a nonce field)
 
     def wait(self, works, peers: list[int], round_: int) -> None:
         """Wait for every request; one that misses the deadline names its peer (when the
@@ -102,9 +106,8 @@ class P2PTransport(Links):
         the run, node and round when a key is set and checked (its first ``finite`` values,
         all by default, must be finite); None on the other ranks."""
         ((node, vec),) = held.items()
-        data = np.asarray(vec, dtype=np.float64).tobytes()
-        tag = wire.sign(self.key, *self._context(node, round_), data) if self.key else wire.NO_TAG
-        mine = _tensor(data + tag, self.device)
+        self.gathers += 1
+        mine = _tensor(self._seal(node, round_, np.asarray(vec, dtype=np.float64)), self.device)
         world = dist.get_world_size()
         bucket = [torch.empty_like(mine) for _ in range(world)] if dist.get_rank() == 0 else None
         work = dist.gather(mine, bucket, dst=0, async_op=True)
@@ -115,17 +118,44 @@ class P2PTransport(Links):
         return [self._check(j, _bytes(b), round_, n) for j, b in enumerate(bucket)]
 
     def _context(self, node: int, round_: int) -> tuple[bytes, ...]:
-        return b"gather", self.run, struct.pack("<II", node, round_)
+        return b"gather", self.run, struct.pack("<III", node, round_, self.gathers)
 
-    def _check(self, node: int, raw: bytes, round_: int, n: int) -> np.ndarray:
-        """Node ``node``'s gathered vector (``n`` adapter values, then counters, which may
-        hold NaN for a node that sat a round out), or a PeerError naming it."""
+    def _seal(self, node: int, round_: int, vec: np.ndarray) -> bytes:
+        """The vector's bytes, then its HMAC tag (zeros without a key); or, encrypted, its
+        AES-GCM ciphertext and tag, sealed for node 0."""
+        data = vec.tobytes()
+        if self.encrypt:
+            aes, where = crypt.cipher(self.key, self.run), self._nonce(node, round_)
+            return crypt.encrypt(aes, where, data, b"".join(self._context(node, round_)))
+        return data + (
+            wire.sign(self.key, *self._context(node, round_), data) if self.key else wire.NO_TAG
+        )
+
+    def _nonce(self, node: int, round_: int) -> bytes:
+        return crypt.nonce(node, 0, round_, self.gathers % 2**16, "gather")
+
+    def _open(self, node: int, raw: bytes, round_: int) -> bytes:
+        context = self._context(node, round_)
+        if self.encrypt:
+            try:
+                aes = crypt.cipher(self.key, self.run)
+                return crypt.decrypt(aes, self._nonce(node, round_), raw, b"".join(context))
+            except crypt.Undecryptable as err:
+                raise PeerError(
+                    f"round {round_}: node {node}'s state for evaluation: {err}"
+                ) from None
         data, tag = raw[: -wire.TAG_SIZE], raw[-wire.TAG_SIZE :]
-        if self.key and not wire.verify(self.key, tag, *self._context(node, round_), data):
+        if self.key and not wire.verify(self.key, tag, *context, data):
             raise PeerError(
                 f"round {round_}: node {node}'s state for evaluation fails its HMAC tag "
                 "(another key, or altered): nothing of it is evaluated or exported"
             )
+        return data
+
+    def _check(self, node: int, raw: bytes, round_: int, n: int) -> np.ndarray:
+        """Node ``node``'s gathered vector (``n`` adapter values, then counters, which may
+        hold NaN for a node that sat a round out), or a PeerError naming it."""
+        data = self._open(node, raw, round_)
         vec = np.frombuffer(data, dtype=np.float64).copy()
         if not np.isfinite(vec[:n]).all():
             raise PeerError(f"round {round_}: node {node}'s state for evaluation is not finite")

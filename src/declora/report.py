@@ -85,6 +85,9 @@ def site_record(
 
 def _counter_fields(method: str, t: int, per_node: list[NodeCounters], c: Counters) -> dict:
     sent = np.array([n.sent for n in per_node])
+    eps = [n.epsilon for n in per_node]
+    spent = [e for e in eps if not math.isnan(e)]
+    private = {"epsilon": max(spent), "epsilon_nodes": eps} if spent else {}  # DP-SGD
     return dict(
         method=method,
         round=t,
@@ -96,6 +99,7 @@ def _counter_fields(method: str, t: int, per_node: list[NodeCounters], c: Counte
         bytes_per_edge_round=max(n.payload for n in per_node),
         messages_refused=sum(n.refused for n in per_node),
         wall_s=c.wall_s,
+        **private,
     )
 
 
@@ -115,6 +119,12 @@ def _fmt(value, missing: str = "") -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return missing
     return f"{value:.4f}"
+
+
+def _eps(value) -> str:
+    if value is None:
+        return ""
+    return "inf" if math.isinf(value) else f"{value:.2f}"
 
 
 def start_summary(s: Session) -> dict:
@@ -178,6 +188,8 @@ def method_summary(method: str, last: dict, final: dict) -> dict:
     }
     if "consensus_ab" in last:
         out["consensus_ab"] = last["consensus_ab"]
+    if "epsilon" in last:  # DP-SGD: the largest over the method's nodes (delta: finish_method)
+        out["epsilon"] = last["epsilon"]
     return out
 
 
@@ -188,6 +200,9 @@ def results_table(summary: dict) -> str:
         f"{'MB sent/node':>12} {'wall s':>7}"
     )
     sites = any("sites" in m for m in summary["methods"].values())
+    private = any("epsilon" in m for m in summary["methods"].values())
+    if private:
+        head += f" {'epsilon':>7}"
     first = (
         f"each site's own test rows ({summary['test_rows']} in all): accuracy, f1, loss = mean "
         "over the sites of the adapter each holds (centralized: its one model on each site's "
@@ -206,7 +221,11 @@ def results_table(summary: dict) -> str:
         lines.append(
             f"{name:<12} {acc:>8} {f1:>6} {loss:>6} {low:>8} {avg:>8} "
             f"{m['bytes_sent_per_node'] / 1e6:>12.2f} {m['wall_s']:>7.1f}"
+            + (f" {_eps(m.get('epsilon')):>7}" if private else "")
         )
+    if private:
+        delta = next(m["delta"] for m in summary["methods"].values() if "delta" in m)
+        lines.append(f"epsilon: DP-SGD privacy spent at delta {delta:g}, the largest over nodes")
     u = summary["untrained"]
     lines.append(
         f"untrained start (LoRA B = 0): accuracy {u['accuracy']:.4f}, loss {u['loss']:.4f}"

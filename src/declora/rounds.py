@@ -34,12 +34,13 @@ import numpy as np
 from torch import nn
 
 from declora import wire
+from declora.dpsgd import Losses
 from declora.edges import Inbox, Outgoing, Step
 from declora.faults import RoundPlan
 from declora.gossip import Exchange, row_weights
 from declora.methods import Method
 from declora.tensors import State
-from declora.train import Collate, Node, train_steps
+from declora.train import Collate, Node, Stopped, train_steps
 
 
 def say(line: str) -> None:
@@ -56,6 +57,7 @@ class NodeCounters:
     sent: int = 0  # payload bytes sent so far, once per receiving neighbour (or server)
     payload: int = 0  # bytes of its latest payload (one edge, one round)
     refused: int = 0  # messages it refused so far
+    epsilon: float = math.nan  # DP: privacy spent so far at the run's delta (NaN without DP)
 
     def to_vector(self) -> list[float]:
         """The fields in order, as floats (float64 holds byte counts exactly)."""
@@ -63,8 +65,8 @@ class NodeCounters:
 
     @classmethod
     def from_vector(cls, values) -> NodeCounters:
-        loss, grad, sent, payload, refused = (float(v) for v in values)
-        return cls(loss, grad, int(sent), int(payload), int(refused))
+        loss, grad, sent, payload, refused, eps = (float(v) for v in values)
+        return cls(loss, grad, int(sent), int(payload), int(refused), eps)
 
 
 @dataclass
@@ -81,7 +83,7 @@ class Counters:
 
     def load_state_dict(self, node_id: int, state: dict) -> None:
         self.samples, self.wall_s = int(state["samples"]), float(state["wall_s"])
-        own = {f.name: state[f.name] for f in dataclasses.fields(NodeCounters)}
+        own = {f.name: state.get(f.name) for f in dataclasses.fields(NodeCounters)}
         self.nodes[node_id] = NodeCounters(**{k: _nan(v) for k, v in own.items()})
 
 
@@ -129,7 +131,7 @@ class Transport(Protocol):
         ...
 
 
-class Diverged(RuntimeError):
+class Diverged(Stopped):
     """A node's training loss is not finite: the run stops at that round."""
 
 
@@ -150,6 +152,8 @@ class Party:
     finish_rounds: int = 0  # gossip-only rounds after them
     gossip_steps: int = 1  # mixing steps in each round
     key: bytes | None = None  # HMAC key of security.key_file
+    encrypt: bool = False  # security.encrypt: frames sealed with AES-256-GCM for each receiver
+    losses: Losses | None = None  # the task's per-row losses (DP-SGD)
     run: bytes = bytes(wire.RUN_BYTES)  # run id bound into every message (agreed at start)
     counters: Counters = field(default_factory=Counters)
     warn: Callable[[str], None] = say
@@ -175,13 +179,18 @@ def play_round(
     for node in party.nodes:
         c = party.counters.nodes[node.node_id]
         active = bool(plan.active[node.node_id])
-        c.loss = train_steps(party.model, node, steps, party.collate) if active else math.nan
-        c.grad_norm = node.last_grad_norm
-        if active and steps and not math.isfinite(c.loss):
+        if active:
+            train_steps(party.model, node, steps, party.collate, party.losses)
+        if active and steps and node.diverged:
             raise Diverged(
-                f"node {node.node_id} diverged at round {t}: its training loss is {c.loss} "
-                "(lower lr, or lora.alpha)"
+                f"node {node.node_id} diverged at round {t}: its training loss is "
+                f"{node.last_loss} (lower lr, or lora.alpha)"
             )
+        # under DP the training loss stays on the site (it is not private); the noisy
+        # gradient's norm and the epsilon spent are
+        private = node.budget is not None
+        c.loss = node.last_loss if active and not private else math.nan
+        c.grad_norm, c.epsilon = node.last_grad_norm, node.epsilon
     party.counters.samples += int(plan.active.sum()) * steps * party.batch_size
     if plan.W is not None:
         for step in range(party.gossip_steps):
@@ -211,7 +220,7 @@ def communicate(party: Party, W: np.ndarray, t: int, transport: Transport, step:
         c = party.counters.nodes[i]
         c.payload = len(payload)
         c.sent += len(payload) * (1 if party.method.server else len(peers))
-        outbox[i] = Outgoing(peers, wire.seal(payload, i, call.stamp, _dtype(ex), party.key))
+        outbox[i] = Outgoing(peers, _frames(party, ex, payload, i, peers, call))
     if not outbox:
         return
     inbox = transport.swap(outbox, call)
@@ -260,7 +269,8 @@ def accept(party: Party, ex: Exchange, i: int, got: dict, peers, call: Step) -> 
         try:
             if isinstance(frame, str):
                 raise wire.Refused(frame)
-            body = wire.open_frame(frame, j, call.stamp, _dtype(ex), party.key)
+            to = i if party.encrypt else None
+            body = wire.open_frame(frame, j, call.stamp, _dtype(ex), party.key, to)
             wire.check_payload(body, ex.sizes)
             received[j] = body
         except wire.Refused as why:
@@ -269,6 +279,12 @@ def accept(party: Party, ex: Exchange, i: int, got: dict, peers, call: Step) -> 
             party.warn(f"declora: node {i} refused the message from node {j} at {at}: {why}")
             party.counters.nodes[i].refused += 1
     return received
+
+
+def _frames(party: Party, ex: Exchange, payload: bytes, i: int, peers, call: Step):
+    """Node i's frame for its peers: one for all, or (encrypted) one sealed for each."""
+    seal = lambda to=None: wire.seal(payload, i, call.stamp, _dtype(ex), party.key, to)  # noqa: E731
+    return {j: seal(j) for j in peers} if party.encrypt else seal()
 
 
 def _ids(party: Party) -> list[int]:

@@ -9,13 +9,14 @@ import numpy as np
 from torch import nn
 
 from declora import partition as part
+from declora import privacy, wire
 from declora import topology as topo
-from declora import wire
 from declora.adapters import build_model, load_tokenizer, trainable_state
 from declora.config import Config, ConfigError
 from declora.data import Dataset, concat
+from declora.dpsgd import ExampleGrads
 from declora.gossip import Exchange
-from declora.methods import Method
+from declora.methods import METHODS, Method
 from declora.rounds import Party
 from declora.sizes import check_sizes
 from declora.tasks import Task, load_task_data, task_for
@@ -43,6 +44,7 @@ class Session:
     val_nodes: list[dict]  # the first node_eval_size validation rows: each node's own curve
     test: list[dict]  # test batches: scored once, at the end
     key: bytes | None  # HMAC key (security.key_file)
+    budgets: dict[str, dict[int, privacy.Budget]] = field(default_factory=dict)  # DP-SGD
     site_val: dict[int, list[dict]] = field(default_factory=dict)  # per-site files: own rows
     site_test: dict[int, list[dict]] = field(default_factory=dict)
 
@@ -88,7 +90,11 @@ def prepare(cfg: Config, node: int | None = None) -> Session:
     task, tok = task_for(cfg), load_tokenizer(cfg)
     load = _sites if cfg.data.per_site else _one_file
     train, parts, sizes, common, sites = load(cfg, tok, node)
+    pooled = node is None and any(METHODS[m].pooled for m in cfg.methods)
+    budgets = privacy.plan(cfg, sizes, pooled)
     model, init = _model(cfg, train)
+    if budgets:  # every trainable tensor must sit in a Linear layer (per-example gradients)
+        ExampleGrads(model, list(init))
     pad = tok.pad_token_id
     batches = lambda ds, limit=None: task.eval_batches(ds, pad, limit)  # noqa: E731
     return Session(
@@ -106,6 +112,7 @@ def prepare(cfg: Config, node: int | None = None) -> Session:
         val_nodes=batches(common.val, cfg.node_eval_size) if common else [],
         test=batches(common.test) if common else [],
         key=key,
+        budgets=budgets,
         site_val={i: batches(sp.val) for i, sp in sites.items()},
         site_test={i: batches(sp.test) for i, sp in sites.items()},
     )
@@ -158,10 +165,15 @@ def party_for(s: Session, method: Method, held: list[int] | None = None) -> Part
         pooled = s.train.subset(np.sort(np.concatenate(s.parts)))
         steps, size, W = cfg.nodes * cfg.local_steps, 1, None
         total = cfg.rounds * steps
-        nodes = [Node.create(0, pooled, s.init, cfg, stream=POOLED_STREAM, total_steps=total)]
+        dp = s.budgets.get("pooled", {}).get(0)
+        nodes = [Node.create(0, pooled, s.init, cfg, POOLED_STREAM, total, budget=dp)]
     else:
         held = range(cfg.nodes) if held is None else held
-        nodes = [Node.create(i, s.train.subset(s.parts[i]), s.init, cfg, stream=i) for i in held]
+        dp = s.budgets.get("nodes", {})
+        nodes = [
+            Node.create(i, s.train.subset(s.parts[i]), s.init, cfg, i, budget=dp.get(i))
+            for i in held
+        ]
         steps, size = cfg.local_steps, cfg.nodes
         W = None if not method.mixes else np.full((size, size), 1 / size) if method.server else s.W
     exchanges = [
@@ -182,4 +194,6 @@ def party_for(s: Session, method: Method, held: list[int] | None = None) -> Part
         finish_rounds=cfg.finish_rounds if method.gossips else 0,
         gossip_steps=cfg.gossip_steps if method.gossips else 1,
         key=s.key,
+        encrypt=cfg.security.encrypt,
+        losses=s.task.example_losses,
     )

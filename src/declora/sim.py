@@ -25,10 +25,11 @@ from declora.outputs import (
     write_summary,
 )
 from declora.report import RunLog, headline, start_summary, write_json
-from declora.rounds import Diverged, NodeCounters, Transport
+from declora.rounds import NodeCounters, Transport
 from declora.runner import play_rounds
 from declora.session import Session, party_for, prepare
 from declora.tensors import State
+from declora.train import Stopped
 
 Wrap = Callable[[Transport], Transport]  # tests: a transport around the real one
 
@@ -108,11 +109,11 @@ def run(cfg: Config, echo=print, wrap: Wrap | None = None) -> tuple[Path, dict]:
         for method in cfg.methods:
             last, states, final = run_method(s, method, log, wrap)
             finish_method(s, out, summary, method, last, states, final)
-    except Diverged as err:  # keep what ran: the methods before, the curves up to that round
+    except Stopped as err:  # keep what ran: the methods before, the curves up to that round
         summary["stopped"] = str(err)
         write_json(out / "summary.json", summary)
         plot_curves(log.records, out / "curves.png")
-        raise Diverged(f"{err}; what ran until then is in {out}") from None
+        raise type(err)(f"{err}; what ran until then is in {out}") from None
     summary["runtime"] = {"processes": 1, "backend": "memory"}
     write_summary(out, log, summary, echo)
     return out, summary

@@ -33,6 +33,10 @@ class Task(Protocol):
 
     def evaluate(self, model: nn.Module, params: State, batches: list[dict]) -> dict: ...
 
+    def example_losses(self, out, batch: dict) -> torch.Tensor:
+        """Each row's own training loss, shape (rows,): DP-SGD clips each row's gradient."""
+        ...
+
 
 class Classification:
     """An encoder with a task head: cross-entropy over the classes; accuracy and macro-F1."""
@@ -75,6 +79,9 @@ class Classification:
         """Accuracy, macro-F1 and mean cross-entropy of one adapter on fixed batches."""
         return scores.from_counts(self.counts(model, params, batches))
 
+    def example_losses(self, out, batch: dict) -> torch.Tensor:
+        return nn.functional.cross_entropy(out.logits, batch["labels"], reduction="none")
+
 
 class CausalLM:
     """A causal LM: instruction pairs or classification as generation (:mod:`declora.lm`)."""
@@ -90,6 +97,11 @@ class CausalLM:
 
     def evaluate(self, model: nn.Module, params: State, batches: list[dict]) -> dict:
         return lm.evaluate_lm(model, params, batches)
+
+    def example_losses(self, out, batch: dict) -> torch.Tensor:
+        """Mean loss over each row's own target tokens."""
+        logp, mask, _ = lm.token_logprobs(out.logits, batch["labels"])
+        return -logp.sum(1) / mask.sum(1).clamp(min=1)
 
 
 TASKS: dict[str, Task] = {"classification": Classification(), "causal_lm": CausalLM()}

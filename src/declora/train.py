@@ -16,11 +16,21 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from declora import dpsgd
 from declora.config import Config
 from declora.data import Dataset, Sampler
+from declora.privacy import Budget
 from declora.tensors import State, is_lora, is_lora_a
 
 Collate = Callable[[Dataset, np.ndarray], dict[str, torch.Tensor]]  # the task's, pad id bound
+
+
+class Stopped(RuntimeError):
+    """The run stops at a round; what ran until then is kept (``declora run`` exits 3)."""
+
+
+class BudgetSpent(Stopped):
+    """One more DP-SGD step would spend more than ``privacy.epsilon``."""
 
 
 def make_optimizer(params: State, cfg: Config) -> torch.optim.Optimizer:
@@ -80,8 +90,16 @@ class Node:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     sampler: Sampler
     rng_state: torch.Tensor  # this node's torch RNG (dropout), so runs do not depend on order
+    budget: Budget | None = None  # DP-SGD (privacy.*): Poisson batches, clipped, noised
     last_loss: float = float("nan")
     last_grad_norm: float = float("nan")
+    diverged: bool = False  # a step's loss was not finite
+
+    @property
+    def epsilon(self) -> float:
+        """Privacy spent so far at the run's delta (NaN without DP): every step is a DP step,
+        and the schedule counts them (checkpoints keep it)."""
+        return self.budget.spent(self.scheduler.last_epoch) if self.budget else math.nan
 
     @classmethod
     def create(
@@ -92,6 +110,7 @@ class Node:
         cfg: Config,
         stream: int,
         total_steps: int | None = None,
+        budget: Budget | None = None,
     ) -> Node:
         """A node starting from ``init``; ``total_steps`` (default rounds x local_steps) sets the
         length of its learning-rate schedule. Under ``consensus=frozen_a`` the LoRA A tensors get
@@ -113,8 +132,9 @@ class Node:
             params=params,
             optimizer=optimizer,
             scheduler=make_schedule(optimizer, cfg, total),
-            sampler=Sampler(len(data), cfg.batch_size, seed=(cfg.seed, stream)),
+            sampler=Sampler(len(data), cfg.batch_size, (cfg.seed, stream), budget is not None),
             rng_state=gen.get_state(),
+            budget=budget,
         )
 
     def state(self) -> State:
@@ -128,25 +148,52 @@ class Node:
             v.copy_(state[k])
 
 
-def train_steps(model: nn.Module, node: Node, steps: int, collate: Collate) -> float:
-    """Run ``steps`` optimizer steps on the node's own data; returns the mean training loss."""
+def train_steps(
+    model: nn.Module,
+    node: Node,
+    steps: int,
+    collate: Collate,
+    losses: dpsgd.Losses | None = None,
+) -> float:
+    """Run ``steps`` optimizer steps on the node's own data; returns the mean training loss.
+    With a DP budget each step is a DP-SGD step (``losses``: the task's per-row losses)."""
     model.train()
     saved_rng = torch.get_rng_state()
     torch.set_rng_state(node.rng_state)
-    losses = []
-    for _ in range(steps):
-        batch = collate(node.data, node.sampler.next())
-        out = functional_call(model, node.params, args=(), kwargs=batch)
-        node.optimizer.zero_grad(set_to_none=False)  # keep the buffers allocate_state made
-        out.loss.backward()
-        grads = [p.grad for p in node.params.values() if p.grad is not None]
-        node.last_grad_norm = float(
-            torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
-        )
-        node.optimizer.step()
-        node.scheduler.step()
-        losses.append(out.loss.detach().item())
-    node.rng_state = torch.get_rng_state()
-    torch.set_rng_state(saved_rng)
-    node.last_loss = sum(losses) / len(losses) if losses else math.nan
+    seen = []
+    try:
+        for _ in range(steps):
+            rows = node.sampler.next()
+            if node.budget is None:
+                out = functional_call(model, node.params, args=(), kwargs=collate(node.data, rows))
+                node.optimizer.zero_grad(set_to_none=False)  # keep allocate_state's buffers
+                out.loss.backward()
+                loss = out.loss.detach().item()
+            else:
+                loss = _private_step(model, node, rows, collate, losses)
+            grads = [p.grad for p in node.params.values() if p.grad is not None]
+            node.last_grad_norm = float(
+                torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+            )
+            node.optimizer.step()
+            node.scheduler.step()
+            if len(rows):
+                seen.append(loss)
+    finally:
+        node.rng_state = torch.get_rng_state()
+        torch.set_rng_state(saved_rng)
+    node.diverged = not all(math.isfinite(v) for v in seen)
+    node.last_loss = sum(seen) / len(seen) if seen else math.nan
     return node.last_loss
+
+
+def _private_step(model: nn.Module, node: Node, rows, collate: Collate, losses) -> float:
+    """Set the node's gradients for one DP-SGD step on ``rows`` (refused past the budget)."""
+    b, done = node.budget, node.scheduler.last_epoch
+    if done >= b.limit:
+        raise BudgetSpent(
+            f"node {node.node_id}: one more DP-SGD step would spend more than "
+            f"privacy.epsilon={b.target:g} (epsilon {b.spent(done):.3g} after {done} steps)"
+        )
+    batch = collate(node.data, rows) if len(rows) else None
+    return dpsgd.private_grads(model, node.params, batch, losses, b, b.rate * len(node.data))

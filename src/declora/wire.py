@@ -7,16 +7,20 @@ Frame layout (little-endian)::
     0       4     magic b"DLRW"
     4       1     version (2)
     5       1     dtype of the adapter the payload encodes (code in DTYPES)
-    6       2     flags: bit 0 = a 32-byte HMAC-SHA256 tag follows the payload
+    6       2     flags: bit 0 = a 32-byte HMAC-SHA256 tag follows the payload;
+                  bit 1 = the payload is AES-256-GCM ciphertext + tag (declora.crypt)
     8       4     sender node id
     12      4     round
     16      2     gossip step within the round
     18      2     reserved (0)
     20      8     run id (agreed by every process at start)
     28      8     payload length in bytes
-    36      4     CRC-32 of the payload
+    36      4     CRC-32 of the payload (0 when encrypted: the GCM tag covers it)
     40      n     payload: Exchange.outgoing's bytes (format in declora.compress)
-    40+n    32    HMAC-SHA256(key, header + payload), when flagged
+    40+n    32    HMAC-SHA256(key, header + payload), when flagged (never with bit 1)
+
+Encrypted (``security.encrypt``), the payload is sealed for one receiver: the nonce binds
+sender, receiver, round and step, the key the run, and the header is the associated data.
 
 A control message (:func:`seal_control`) is 68 bytes: magic b"DLRC", version, kind, sender,
 receiver, round, step, run id, a signed 64-bit value, and a 32-byte tag (zeros without a key).
@@ -43,7 +47,7 @@ from pathlib import Path
 
 import torch
 
-from declora import compress
+from declora import compress, crypt
 from declora.config import ConfigError
 
 MAGIC = b"DLRW"
@@ -52,6 +56,7 @@ VERSION = 2
 HEADER = struct.Struct("<4sBBHIIHH8sQI")
 TAG_SIZE = 32
 TAGGED = 1
+ENCRYPTED = 2
 DTYPES = {torch.float32: 1, torch.float16: 2, torch.bfloat16: 3, torch.float64: 4}
 MIN_KEY_BYTES = 16
 RUN_BYTES = 8
@@ -105,22 +110,34 @@ def verify(key: bytes, tag: bytes | memoryview, *parts: bytes | memoryview) -> b
 
 
 def seal(
-    payload: bytes, sender: int, stamp: Stamp, dtype: torch.dtype, key: bytes | None = None
+    payload: bytes,
+    sender: int,
+    stamp: Stamp,
+    dtype: torch.dtype,
+    key: bytes | None = None,
+    to: int | None = None,
 ) -> bytes:
-    """Frame ``payload`` for sending; with ``key``, append the HMAC-SHA256 tag."""
+    """Frame ``payload`` for sending; with ``key``, append the HMAC-SHA256 tag; with ``key``
+    and ``to`` (``security.encrypt``), encrypt it for node ``to`` instead (AES-256-GCM)."""
+    sealed = to is not None and key is not None
+    size = len(payload) + (crypt.TAG_BYTES if sealed else 0)
+    flags = ENCRYPTED if sealed else TAGGED if key else 0
     head = HEADER.pack(
         MAGIC,
         VERSION,
         DTYPES[dtype],
-        TAGGED if key else 0,
+        flags,
         sender,
         stamp.round,
         stamp.step,
         0,
         stamp.run,
-        len(payload),
-        zlib.crc32(payload),
+        size,
+        0 if sealed else zlib.crc32(payload),
     )
+    if sealed:
+        where = crypt.nonce(sender, to, stamp.round, stamp.step, "gossip")
+        return head + crypt.encrypt(crypt.cipher(key, stamp.run), where, payload, head)
     frame = head + payload
     return frame + sign(key, frame) if key else frame
 
@@ -141,33 +158,50 @@ def open_frame(
     stamp: Stamp,
     dtype: torch.dtype,
     key: bytes | None = None,
+    to: int | None = None,
 ) -> bytes:
-    """The payload of a frame from node ``sender`` for ``stamp``; raises :class:`Refused`."""
+    """The payload of a frame from node ``sender`` for ``stamp`` (encrypted for node ``to``
+    when ``to`` is given: this node requires ``security.encrypt``); raises :class:`Refused`."""
     frame = memoryview(frame)
     if len(frame) < HEADER.size:
         raise Refused(f"frame of {len(frame)} bytes is shorter than the header")
     magic, version, code, flags, who, rnd, step, _, run, length, crc = HEADER.unpack_from(frame)
     if magic != MAGIC or version != VERSION:
         raise Refused(f"not a declora v{VERSION} frame (magic {bytes(magic)!r}, version {version})")
-    tagged = bool(flags & TAGGED)
-    if key and not tagged:
-        raise Refused("no HMAC tag (this node requires one: security.key_file)")
-    if tagged and not key:
-        raise Refused("HMAC-tagged, but this node has no security.key_file")
+    tagged, sealed = bool(flags & TAGGED), bool(flags & ENCRYPTED)
+    _check_flags(tagged, sealed, key, to)
     expected = HEADER.size + length + (TAG_SIZE if tagged else 0)
     if len(frame) != expected:
         raise Refused(f"frame has {len(frame)} bytes, its header says {expected}")
-    if tagged:
-        body, tag = frame[: HEADER.size + length], frame[HEADER.size + length :]
-        if not verify(key, tag, body):
-            raise Refused("HMAC tag does not match (wrong key, or the message was altered)")
+    head, body = frame[: HEADER.size], frame[HEADER.size : HEADER.size + length]
+    if tagged and not verify(key, frame[HEADER.size + length :], frame[: HEADER.size + length]):
+        raise Refused("HMAC tag does not match (wrong key, or the message was altered)")
+    if sealed:
+        try:
+            where = crypt.nonce(sender, to, stamp.round, stamp.step, "gossip")
+            body = memoryview(crypt.decrypt(crypt.cipher(key, stamp.run), where, body, head))
+        except crypt.Undecryptable as err:
+            raise Refused(str(err)) from None
     _check_stamp(who, sender, run, rnd, step, stamp)
     if code != DTYPES[dtype]:
         raise Refused(f"dtype code {code}, expected {DTYPES[dtype]} ({dtype})")
-    payload = frame[HEADER.size : HEADER.size + length]
-    if zlib.crc32(payload) != crc:
+    if not sealed and zlib.crc32(body) != crc:
         raise Refused("checksum mismatch (the message was corrupted)")
-    return payload.tobytes()
+    return body.tobytes()
+
+
+def _check_flags(tagged: bool, sealed: bool, key: bytes | None, to: int | None) -> None:
+    """A frame must be protected exactly as this node requires."""
+    if tagged and sealed:
+        raise Refused("frame claims both an HMAC tag and encryption")
+    if to is not None and not sealed:
+        raise Refused("not encrypted (this node requires security.encrypt)")
+    if sealed and to is None:
+        raise Refused("encrypted, but this node does not use security.encrypt")
+    if key and not (tagged or sealed):
+        raise Refused("no HMAC tag (this node requires one: security.key_file)")
+    if tagged and not key:
+        raise Refused("HMAC-tagged, but this node has no security.key_file")
 
 
 def _check_stamp(who: int, sender: int, run: bytes, rnd: int, step: int, stamp: Stamp) -> None:
