@@ -252,3 +252,16 @@ def test_an_unreachable_target_is_refused_before_anything_is_written(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "cannot be met at node" in err[0], err
     assert not out.exists()
+
+
+def test_launch_refuses_an_unreachable_target_before_torchrun(
+    tiny_model_dir, tiny_csv, tmp_path, capsys
+):
+    from declora.cli import main
+
+    out = tmp_path / "o"
+    args = [*tiny_args(tiny_model_dir, tiny_csv, out), "methods=[dec-lora]"]
+    assert main(["launch", *args, "privacy.epsilon=3", "privacy.delta=0.05"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "must be below 1/rows of every site" in err[0], err
+    assert not out.exists()

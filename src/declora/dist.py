@@ -49,7 +49,7 @@ from declora.report import RunLog, start_summary, write_json
 from declora.rounds import Transport, say
 from declora.runner import Quiet, play_rounds, resume
 from declora.scores import from_counts
-from declora.session import Session, party_for, prepare
+from declora.session import Session, check_privacy, party_for, prepare
 from declora.sizes import check_sizes
 from declora.sources import DataError
 from declora.tensors import State
@@ -418,6 +418,7 @@ def launch(
         wire.read_key(cfg.security.key_file)
     check_out_dir(cfg)
     check_sizes(cfg, held=1, processes=n)  # every process of this machine, before torchrun
+    check_privacy(cfg)  # DP settings against each node's rows (one data file)
     if others:
         print(f"declora: launch runs dec-lora only ({others}: see declora run)", file=sys.stderr)
     cmd = [

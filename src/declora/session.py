@@ -131,6 +131,14 @@ def _one_file(cfg: Config, tok, node: int | None):
     return train, parts, sizes, splits, {}
 
 
+def check_privacy(cfg: Config) -> None:
+    """Refuse DP settings that cannot run on the config's one data file (each node's rows
+    from the partition; no model is loaded): ``declora launch`` calls it before torchrun."""
+    if cfg.privacy.enabled and not cfg.data.per_site:
+        _, _, sizes, _, _ = _one_file(cfg, load_tokenizer(cfg), None)
+        privacy.plan(cfg, sizes, pooled=False)
+
+
 def _sites(cfg: Config, tok, node: int | None):
     """Per-site files: only the files of the nodes this process holds (all of them in the
     simulator), each with its own held-out rows; the common set of ``eval.gather`` is site
