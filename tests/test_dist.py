@@ -202,6 +202,33 @@ def test_crash_recovery_matches_an_uninterrupted_run(
 
 
 @pytest.mark.multiprocess
+def test_crash_recovery_under_dp_and_encryption_matches_the_simulator(
+    tiny_model_dir, tiny_csv, tmp_path
+):
+    """A restarted node resumes its Poisson sampler, its noise stream and its epsilon from
+    the checkpoint, under a new run id (so a new encryption key): the same run as the
+    simulator's, epsilon included."""
+    key = tmp_path / "key"
+    key.write_bytes(os.urandom(32).hex().encode())
+    extra = [
+        "privacy.noise_multiplier=1.0",
+        "privacy.delta=1e-4",
+        f"security.key_file={key}",
+        "security.encrypt=true",
+        "checkpoint_every=1",
+    ]
+    sim_out, out = tmp_path / "sim", tmp_path / "dist"
+    run_sim([*base_args(tiny_model_dir, tiny_csv, sim_out), *extra])
+    proc = faulty_launch([*base_args(tiny_model_dir, tiny_csv, out), *extra], "crash=1@3", 1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / ".crashed_node1_round3").exists()
+    assert re.search(r"resuming after round 2 ", proc.stdout), proc.stdout
+    sim = records(sim_out)
+    assert_same_metrics(sim, records(out))
+    assert sim[-1]["epsilon"] > sim[0]["epsilon"] > 0
+
+
+@pytest.mark.multiprocess
 def test_corrupted_and_forged_messages_are_refused_and_the_run_completes(
     tiny_model_dir, tiny_csv, tmp_path
 ):
