@@ -1,6 +1,7 @@
 """Cost of simulating many nodes: peak RSS and seconds per training sample of an N-node
-Dec-LoRA simulation against a centralized-only run of the same config (bundled MiniLM and
-Rotten Tomatoes). Each measurement runs in a fresh process so peak RSS is its own.
+Dec-LoRA simulation, one node at a time and with ``vectorize=true`` (every node's step in one
+stacked batch), against a centralized-only run of the same config (bundled MiniLM and Rotten
+Tomatoes), side by side. Each measurement runs in a fresh process so peak RSS is its own.
 
     .venv/bin/python benchmarks/sim_cost.py            # 10 nodes, 3 rounds x 5 local steps
     .venv/bin/python benchmarks/sim_cost.py nodes=8 rounds=2
@@ -57,22 +58,29 @@ def main() -> None:
         *sys.argv[1:],
     ]
     t0 = time.time()
-    rows = {m: measure(m, overrides) for m in ("centralized", "dec-lora")}
+    runs = {
+        "centralized only": measure("centralized", overrides),
+        "dec-lora, node by node": measure("dec-lora", [*overrides, "vectorize=false"]),
+        "dec-lora, vectorized": measure("dec-lora", [*overrides, "vectorize=true"]),
+    }
+    c = runs["centralized only"]
+    per = {name: r["train_s"] / r["samples"] for name, r in runs.items()}
     print(f"config: {' '.join(overrides)}")
-    print(f"{'run':<24} {'peak RSS (MB)':>14} {'s / sample':>11} {'samples':>8}")
-    for name, r in (
-        ("centralized only", rows["centralized"]),
-        ("dec-lora simulation", rows["dec-lora"]),
-    ):
-        print(
-            f"{name:<24} {r['peak_rss'] / 1e6:>14.1f} {r['train_s'] / r['samples']:>11.4f} {r['samples']:>8}"
-        )
-    c, d = rows["centralized"], rows["dec-lora"]
     print(
-        f"ratio sim/centralized: RSS {d['peak_rss'] / c['peak_rss']:.3f}x, "
-        f"time per sample {(d['train_s'] / d['samples']) / (c['train_s'] / c['samples']):.3f}x "
-        f"(goal <= 1.05x on both); measured in {time.time() - t0:.0f} s; "
-        f"this process' own peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3:.0f} MB"
+        f"{'run':<26} {'peak RSS (MB)':>14} {'s / sample':>11} {'samples':>8} "
+        f"{'time vs centralized':>20} {'RSS vs centralized':>19}"
+    )
+    for name, r in runs.items():
+        print(
+            f"{name:<26} {r['peak_rss'] / 1e6:>14.1f} {per[name]:>11.4f} {r['samples']:>8} "
+            f"{per[name] / per['centralized only']:>19.3f}x "
+            f"{r['peak_rss'] / c['peak_rss']:>18.3f}x"
+        )
+    loop, batched = per["dec-lora, node by node"], per["dec-lora, vectorized"]
+    print(
+        f"vectorized vs node by node: {loop / batched:.2f}x the samples per second; measured in "
+        f"{time.time() - t0:.0f} s; this process' own peak "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3:.0f} MB"
     )
 
 

@@ -31,21 +31,27 @@ from declora.tensors import State
 Losses = Callable[[object, dict], torch.Tensor]
 
 
+def linear_layers(model: nn.Module, names: list[str], what: str) -> dict[str, nn.Linear]:
+    """The Linear layers that hold the tensors ``names`` (weights and biases), by module
+    name; a tensor anywhere else is a ConfigError naming ``what`` needs Linear layers."""
+    layers: dict[str, nn.Linear] = {}
+    for name in names:
+        prefix, leaf = name.rsplit(".", 1)
+        layer = model.get_submodule(prefix)
+        if not isinstance(layer, nn.Linear) or leaf not in ("weight", "bias"):
+            raise ConfigError(
+                f"{what} cover Linear layers; {name} belongs to a {type(layer).__name__}"
+            )
+        layers[prefix] = layer
+    return layers
+
+
 class ExampleGrads:
     """Per-example gradients of ``names`` (trainable Linear weights and biases) of ``model``,
     captured while the block runs: ``with ExampleGrads(model, names) as eg: ...; eg.grads()``."""
 
     def __init__(self, model: nn.Module, names: list[str]):
-        self.layers: dict[str, nn.Linear] = {}
-        for name in names:
-            prefix, leaf = name.rsplit(".", 1)
-            layer = model.get_submodule(prefix)
-            if not isinstance(layer, nn.Linear) or leaf not in ("weight", "bias"):
-                raise ConfigError(
-                    f"privacy: per-example gradients cover Linear layers; {name} belongs to a "
-                    f"{type(layer).__name__}"
-                )
-            self.layers[prefix] = layer
+        self.layers = linear_layers(model, names, "privacy: per-example gradients")
         self.names = names
         self._acts: dict[str, list] = defaultdict(list)
         self._grads: dict[str, list] = defaultdict(list)

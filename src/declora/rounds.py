@@ -41,6 +41,7 @@ from declora.gossip import Exchange, row_weights
 from declora.methods import Method
 from declora.tensors import State
 from declora.train import Collate, Node, Stopped, train_steps
+from declora.vectorize import Together, train_together
 
 
 def say(line: str) -> None:
@@ -154,6 +155,7 @@ class Party:
     key: bytes | None = None  # HMAC key of security.key_file
     encrypt: bool = False  # security.encrypt: frames sealed with AES-256-GCM for each receiver
     losses: Losses | None = None  # the task's per-row losses (DP-SGD)
+    together: Together | None = None  # vectorize=true: the held nodes train in one batch
     run: bytes = bytes(wire.RUN_BYTES)  # run id bound into every message (agreed at start)
     counters: Counters = field(default_factory=Counters)
     warn: Callable[[str], None] = say
@@ -176,10 +178,13 @@ def play_round(
     """Round ``t`` for the party's nodes: local steps (none in a gossip-only finishing round,
     ``train=False``), then messages and mixing."""
     steps = party.steps if train else 0
+    batched = [n for n in party.nodes if plan.active[n.node_id]] if party.together else []
+    if steps and len(batched) > 1:
+        train_together(party.model, batched, steps, party.collate, party.together)
     for node in party.nodes:
         c = party.counters.nodes[node.node_id]
         active = bool(plan.active[node.node_id])
-        if active:
+        if active and not (steps and len(batched) > 1):
             train_steps(party.model, node, steps, party.collate, party.losses)
         if active and steps and node.diverged:
             raise Diverged(

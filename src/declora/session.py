@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from torch import nn
 
 from declora import partition as part
@@ -22,8 +23,10 @@ from declora.sizes import check_sizes
 from declora.tasks import Task, load_task_data, task_for
 from declora.tensors import State
 from declora.train import Node
+from declora.vectorize import Together
 
 POOLED_STREAM = 10**6  # RNG stream of the pooled model, apart from every node's
+TOGETHER_STREAM = 10**6 + 1  # RNG stream of the nodes' stacked batches (vectorize=true)
 
 
 @dataclass
@@ -204,4 +207,13 @@ def party_for(s: Session, method: Method, held: list[int] | None = None) -> Part
         key=s.key,
         encrypt=cfg.security.encrypt,
         losses=s.task.example_losses,
+        together=_together(s, cfg, len(nodes)),
     )
+
+
+def _together(s: Session, cfg: Config, held: int) -> Together | None:
+    """How the held nodes train in one batch (``vectorize=true`` and more than one node)."""
+    if not cfg.vectorize or held < 2:
+        return None
+    rng = torch.Generator().manual_seed(cfg.seed * 100_003 + TOGETHER_STREAM).get_state()
+    return Together(s.task.loss_terms, s.pad_id, rng)

@@ -33,6 +33,11 @@ class Task(Protocol):
 
     def evaluate(self, model: nn.Module, params: State, batches: list[dict]) -> dict: ...
 
+    def loss_terms(self, out, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's loss sum and the count it averages over (rows,): the training loss of
+        any set of rows is sum(sums) / sum(counts), as the model's own loss computes it."""
+        ...
+
     def example_losses(self, out, batch: dict) -> torch.Tensor:
         """Each row's own training loss, shape (rows,): DP-SGD clips each row's gradient."""
         ...
@@ -79,6 +84,10 @@ class Classification:
         """Accuracy, macro-F1 and mean cross-entropy of one adapter on fixed batches."""
         return scores.from_counts(self.counts(model, params, batches))
 
+    def loss_terms(self, out, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        ce = nn.functional.cross_entropy(out.logits, batch["labels"], reduction="none")
+        return ce, torch.ones_like(ce)
+
     def example_losses(self, out, batch: dict) -> torch.Tensor:
         return nn.functional.cross_entropy(out.logits, batch["labels"], reduction="none")
 
@@ -98,10 +107,15 @@ class CausalLM:
     def evaluate(self, model: nn.Module, params: State, batches: list[dict]) -> dict:
         return lm.evaluate_lm(model, params, batches)
 
+    def loss_terms(self, out, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's summed loss over its target tokens, and how many there are."""
+        logp, mask, _ = lm.token_logprobs(out.logits, batch["labels"])
+        return -logp.sum(1), mask.sum(1).to(logp.dtype)
+
     def example_losses(self, out, batch: dict) -> torch.Tensor:
         """Mean loss over each row's own target tokens."""
-        logp, mask, _ = lm.token_logprobs(out.logits, batch["labels"])
-        return -logp.sum(1) / mask.sum(1).clamp(min=1)
+        sums, counts = self.loss_terms(out, batch)
+        return sums / counts.clamp(min=1)
 
 
 TASKS: dict[str, Task] = {"classification": Classification(), "causal_lm": CausalLM()}
