@@ -4,6 +4,7 @@ adapting, and saving an adapter in PEFT's format. The adapter as tensors: :mod:`
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import importlib.util
 import logging
@@ -194,7 +195,21 @@ def build_model(cfg: Config, num_labels: int) -> nn.Module:
         base.config.pad_token_id = base.config.eos_token_id
     if cfg.model.quantize == "int8":  # bitsandbytes says so on every matmul
         warnings.filterwarnings("ignore", message="MatMul8bitLt")
-    return attach_lora(base, cfg)
+    model = attach_lora(base, cfg)
+    model.declora_precision = cfg.precision  # read by autocast(): training and evaluation
+    return model
+
+
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(model: nn.Module):
+    """The forward and backward of ``model`` in its ``precision`` (``torch.autocast`` on the
+    model's device; fp32: nothing). The adapter tensors and optimizer state stay float32."""
+    dtype = AUTOCAST.get(getattr(model, "declora_precision", "fp32"))
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(next(model.parameters()).device.type, dtype=dtype)
 
 
 def attach_lora(base: nn.Module, cfg: Config) -> nn.Module:

@@ -366,6 +366,11 @@ class Config(_Section):
     checkpoint_every: Int = Field(
         0, ge=0, description="launch: each node checkpoints every this many rounds (0 = never)"
     )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="autocast of the forward and backward (training and evaluation); adapter "
+        "tensors and optimizer state stay float32; fp16 adds a gradient scaler",
+    )
     vectorize: bool = Field(
         False,
         description="declora run: every node's local steps in one batched forward and backward "
@@ -447,6 +452,11 @@ class Config(_Section):
     def _vectorize_checks(self) -> Config:
         if self.vectorize and self.privacy.enabled:
             raise ValueError("vectorize=true does not run DP-SGD (privacy.*): use vectorize=false")
+        if self.precision == "fp16" and (self.vectorize or self.privacy.enabled):
+            raise ValueError(
+                "precision=fp16 (a gradient scaler per node) runs neither vectorize=true nor "
+                "privacy.*: use precision=bf16"
+            )
         return self
 
     def for_method(self, method: str) -> Config:

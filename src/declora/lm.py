@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from declora.adapters import autocast
 from declora.config import Config
 from declora.data import Dataset, pad_right
 from declora.scores import macro_f1
@@ -156,7 +157,8 @@ def evaluate_lm(model: nn.Module, params: State, batches: list[dict]) -> dict[st
     loss_sum, count, hits = 0.0, 0, 0
     for batch in batches:
         inputs = {k: v for k, v in batch.items() if k not in (*META, "labels")}
-        logits = functional_call(model, params, args=(), kwargs=inputs).logits
+        with autocast(model):
+            logits = functional_call(model, params, args=(), kwargs=inputs).logits
         if "choice_ids" in batch:  # one-token label words: read them off the prompt's end
             at = (batch["labels"] != IGNORE).float().argmax(1) - 1  # (rows,) last prompt token
             last = logits[torch.arange(len(at)), at].float().log_softmax(-1)  # (rows, vocab)

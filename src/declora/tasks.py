@@ -15,6 +15,7 @@ from torch import nn
 from torch.func import functional_call
 
 from declora import lm, scores
+from declora.adapters import autocast
 from declora.config import Config, TaskName
 from declora.data import Dataset, Splits, load_dataset, pad_right
 from declora.tensors import State
@@ -73,7 +74,8 @@ class Classification:
         model.eval()
         preds, golds, loss_sum = [], [], 0.0
         for batch in batches:
-            out = functional_call(model, params, args=(), kwargs=batch)
+            with autocast(model):
+                out = functional_call(model, params, args=(), kwargs=batch)
             loss_sum += float(out.loss) * len(batch["labels"])
             preds.append(out.logits.argmax(-1).numpy())
             golds.append(batch["labels"].numpy())

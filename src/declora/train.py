@@ -17,6 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 from declora import dpsgd
+from declora.adapters import autocast
 from declora.config import Config
 from declora.data import Dataset, Sampler
 from declora.privacy import Budget
@@ -94,6 +95,7 @@ class Node:
     last_loss: float = float("nan")
     last_grad_norm: float = float("nan")
     diverged: bool = False  # a step's loss was not finite
+    scaler: torch.amp.GradScaler | None = None  # precision=fp16: the node's loss scale
 
     @property
     def epsilon(self) -> float:
@@ -135,6 +137,7 @@ class Node:
             sampler=Sampler(len(data), cfg.batch_size, (cfg.seed, stream), budget is not None),
             rng_state=gen.get_state(),
             budget=budget,
+            scaler=torch.amp.GradScaler("cpu") if cfg.precision == "fp16" else None,
         )
 
     def state(self) -> State:
@@ -164,18 +167,20 @@ def train_steps(
     try:
         for _ in range(steps):
             rows = node.sampler.next()
-            if node.budget is None:
-                out = functional_call(model, node.params, args=(), kwargs=collate(node.data, rows))
-                node.optimizer.zero_grad(set_to_none=False)  # keep allocate_state's buffers
-                out.loss.backward()
-                loss = out.loss.detach().item()
-            else:
-                loss = _private_step(model, node, rows, collate, losses)
+            with autocast(model):
+                if node.budget is None:
+                    loss = _step(model, node, collate(node.data, rows))
+                else:
+                    loss = _private_step(model, node, rows, collate, losses)
             grads = [p.grad for p in node.params.values() if p.grad is not None]
             node.last_grad_norm = float(
                 torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
             )
-            node.optimizer.step()
+            if node.scaler is None:
+                node.optimizer.step()
+            else:  # skips the step when the scaled gradients overflowed
+                node.scaler.step(node.optimizer)
+                node.scaler.update()
             node.scheduler.step()
             if len(rows):
                 seen.append(loss)
@@ -185,6 +190,18 @@ def train_steps(
     node.diverged = not all(math.isfinite(v) for v in seen)
     node.last_loss = sum(seen) / len(seen) if seen else math.nan
     return node.last_loss
+
+
+def _step(model: nn.Module, node: Node, batch: dict) -> float:
+    """Set the node's gradients for one step on ``batch`` (unscaled under fp16)."""
+    out = functional_call(model, node.params, args=(), kwargs=batch)
+    node.optimizer.zero_grad(set_to_none=False)  # keep allocate_state's buffers
+    if node.scaler is None:
+        out.loss.backward()
+    else:
+        node.scaler.scale(out.loss).backward()
+        node.scaler.unscale_(node.optimizer)
+    return out.loss.detach().item()
 
 
 def _private_step(model: nn.Module, node: Node, rows, collate: Collate, losses) -> float:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from declora.adapters import autocast
 from declora.dpsgd import linear_layers
 from declora.train import Collate, Node
 
@@ -122,8 +123,9 @@ def _step(model, nodes: list[Node], collate: Collate, how: Together, stacked) ->
     stacked.states = [n.params for n in nodes]
     stacked.rows = [len(b["input_ids"]) for b in batches]
     batch = stack_batches(batches, how.pad_id)
-    out = model(**{k: v for k, v in batch.items() if k != "labels"})
-    sums, counts = how.terms(out, batch)
+    with autocast(model):
+        out = model(**{k: v for k, v in batch.items() if k != "labels"})
+        sums, counts = how.terms(out, batch)
     bounds = np.cumsum([0, *stacked.rows])
     per_node = [
         sums[a:b].sum() / counts[a:b].sum().clamp(min=1) for a, b in zip(bounds, bounds[1:])
