@@ -195,6 +195,9 @@ def build_model(cfg: Config, num_labels: int) -> nn.Module:
         base.config.pad_token_id = base.config.eos_token_id
     if cfg.model.quantize == "int8":  # bitsandbytes says so on every matmul
         warnings.filterwarnings("ignore", message="MatMul8bitLt")
+    if cfg.model.gradient_checkpointing:  # non-reentrant: works with a frozen base
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.config.use_cache = False
     model = attach_lora(base, cfg)
     model.declora_precision = cfg.precision  # read by autocast(): training and evaluation
     return model

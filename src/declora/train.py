@@ -192,16 +192,30 @@ def train_steps(
     return node.last_loss
 
 
+class _ForwardBackward(nn.Module):
+    """The model's forward and its backward in one call, so that both run while
+    ``functional_call`` has the node's tensors in place: gradient checkpointing recomputes
+    the forward inside the backward, and must see the node's tensors there too."""
+
+    def __init__(self, model: nn.Module, scaler):
+        super().__init__()
+        self.model, self.scaler = model, scaler
+
+    def forward(self, **batch) -> torch.Tensor:
+        loss = self.model(**batch).loss
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+        return loss.detach()
+
+
 def _step(model: nn.Module, node: Node, batch: dict) -> float:
     """Set the node's gradients for one step on ``batch`` (unscaled under fp16)."""
-    out = functional_call(model, node.params, args=(), kwargs=batch)
     node.optimizer.zero_grad(set_to_none=False)  # keep allocate_state's buffers
-    if node.scaler is None:
-        out.loss.backward()
-    else:
-        node.scaler.scale(out.loss).backward()
+    both = _ForwardBackward(model, node.scaler)
+    params = {f"model.{k}": v for k, v in node.params.items()}
+    loss = functional_call(both, params, args=(), kwargs=batch)
+    if node.scaler is not None:
         node.scaler.unscale_(node.optimizer)
-    return out.loss.detach().item()
+    return loss.item()
 
 
 def _private_step(model: nn.Module, node: Node, rows, collate: Collate, losses) -> float:
