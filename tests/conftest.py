@@ -10,6 +10,7 @@ import pytest
 from tests.helpers import (
     CHAT_TEMPLATE,
     LLAMA_LABEL_WORDS,
+    save_tiny_bert,
     synthetic_rows,
     tiny_args,
     write_csv,
@@ -21,26 +22,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A 2-layer, 32-wide random BERT with the bundled MiniLM tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from declora.adapters import resolve_model_path
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    tok = AutoTokenizer.from_pretrained(resolve_model_path("bundled:minilm"))
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=2,
-    )
-    BertForSequenceClassification(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")

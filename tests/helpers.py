@@ -186,3 +186,22 @@ def torchrun_agents(
             os.killpg(p.pid, signal.SIGKILL)
         pytest.fail(f"{len(cwds)} torchrun agents timed out")
     return [subprocess.CompletedProcess(c, p.returncode, *o) for c, p, o in zip(cmds, procs, done)]
+
+
+def save_tiny_bert(path, **config):
+    """A 2-layer, 32-wide random BERT (``config`` overrides BertConfig's fields) with the
+    bundled MiniLM tokenizer, saved like a Hugging Face checkpoint at ``path``."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from declora.adapters import resolve_model_path
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("bundled:minilm"))
+    torch.manual_seed(0)
+    shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    bert = BertConfig(
+        vocab_size=tok.vocab_size, max_position_embeddings=128, num_labels=2, **shape, **config
+    )
+    BertForSequenceClassification(bert).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

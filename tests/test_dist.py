@@ -57,6 +57,13 @@ def assert_same_metrics(sim: list[dict], dist: list[dict]) -> None:
                 assert a[key] == b[key], (a["round"], key)
 
 
+def encrypted(tmp_path) -> list[str]:
+    """Overrides for a DP delta the tiny sites allow, and encrypted links under a fresh key."""
+    key = tmp_path / "key"
+    key.write_bytes(os.urandom(32).hex().encode())
+    return ["privacy.delta=1e-4", f"security.key_file={key}", "security.encrypt=true"]
+
+
 def same_in_both_runtimes(model_dir, csv_path, tmp_path, extra: list[str]):
     """Run the config with ``extra`` in the simulator and under launch; check that their
     metrics agree; the simulator's records and the launch's folder."""
@@ -173,14 +180,7 @@ def test_dist_matches_simulator_with_faults_and_compression(tiny_model_dir, tiny
 def test_dist_matches_simulator_with_privacy_and_encryption(tiny_model_dir, tiny_csv, tmp_path):
     """DP-SGD draws its Poisson batches and noise from each node's own seeded streams, and
     encrypted frames decrypt to the same bytes: the two runtimes agree to 1e-5."""
-    key = tmp_path / "key"
-    key.write_bytes(os.urandom(32).hex().encode())
-    extra = [
-        "privacy.epsilon=4",
-        "privacy.delta=1e-4",
-        f"security.key_file={key}",
-        "security.encrypt=true",
-    ]
+    extra = ["privacy.epsilon=4", *encrypted(tmp_path)]
     sim, dist_out = same_in_both_runtimes(tiny_model_dir, tiny_csv, tmp_path, extra)
     assert 3.9 < sim[-1]["epsilon"] <= 4.0 and len(sim[-1]["epsilon_nodes"]) == 4
     summary = json.loads((dist_out / "summary.json").read_text())["methods"]["dec-lora"]
@@ -208,15 +208,7 @@ def test_crash_recovery_under_dp_and_encryption_matches_the_simulator(
     """A restarted node resumes its Poisson sampler, its noise stream and its epsilon from
     the checkpoint, under a new run id (so a new encryption key): the same run as the
     simulator's, epsilon included."""
-    key = tmp_path / "key"
-    key.write_bytes(os.urandom(32).hex().encode())
-    extra = [
-        "privacy.noise_multiplier=1.0",
-        "privacy.delta=1e-4",
-        f"security.key_file={key}",
-        "security.encrypt=true",
-        "checkpoint_every=1",
-    ]
+    extra = ["privacy.noise_multiplier=1.0", *encrypted(tmp_path), "checkpoint_every=1"]
     sim_out, out = tmp_path / "sim", tmp_path / "dist"
     run_sim([*base_args(tiny_model_dir, tiny_csv, sim_out), *extra])
     proc = faulty_launch([*base_args(tiny_model_dir, tiny_csv, out), *extra], "crash=1@3", 1)

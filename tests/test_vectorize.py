@@ -15,34 +15,15 @@ from declora.config import ConfigError, load_config
 from declora.methods import METHODS
 from declora.train import train_steps
 from declora.vectorize import Stacked, train_together
-from tests.helpers import records, run_sim, tiny_args, tiny_llama_args
+from tests.helpers import records, run_sim, save_tiny_bert, tiny_args, tiny_llama_args
 
 
 @pytest.fixture(scope="module")
 def calm_bert_dir(tmp_path_factory):
-    """A 2-layer, 32-wide random BERT with no dropout (the stacked batch's dropout masks
-    would otherwise differ from each node's own)."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from declora.adapters import resolve_model_path
-
+    """The tiny BERT with no dropout (the stacked batch's dropout masks would otherwise differ
+    from each node's own)."""
     path = tmp_path_factory.mktemp("calm-bert")
-    tok = AutoTokenizer.from_pretrained(resolve_model_path("bundled:minilm"))
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=2,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    BertForSequenceClassification(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return save_tiny_bert(path, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
 def _same(a: list[dict], b: list[dict]) -> None:
