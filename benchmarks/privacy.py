@@ -9,6 +9,7 @@ mean of the nodes' own adapters; centralized: its model) is scored on the test r
 
     .venv/bin/python benchmarks/privacy.py                      # everything, 2 processes
     .venv/bin/python benchmarks/privacy.py settings=[none,3] lr_factors=[1] rounds=10 jobs=1
+    .venv/bin/python benchmarks/privacy.py cost       # seconds per sample of a DP step, alone
 
 Keys of this script: ``settings`` (none and epsilons), ``lr_factors``, ``jobs`` (processes,
 one thread each), ``table`` (default results/privacy.md). Every other key=value is a config
@@ -113,6 +114,26 @@ def _budgets(s, method: str):
     return list(s.budgets.get(kind, {}).values())
 
 
+def step_cost(overrides: list[str], steps: int = 30) -> dict:
+    """Seconds per training sample of one node's local steps (the default task's node 0),
+    plain and DP-SGD (per-example gradients, clipping, noise), in this process alone."""
+    from declora import session
+    from declora.config import load_config
+    from declora.methods import METHODS
+    from declora.train import train_steps
+
+    out = {}
+    for name, extra in (("plain", []), ("dp-sgd", ["privacy.noise_multiplier=1.0"])):
+        s = session.prepare(load_config(None, [*overrides, *extra]))
+        party = session.party_for(s, METHODS["local"])
+        node = party.nodes[0]
+        train_steps(s.model, node, 2, s.collate, party.losses)  # warm-up, not timed
+        t0 = time.perf_counter()
+        train_steps(s.model, node, steps, s.collate, party.losses)
+        out[name] = (time.perf_counter() - t0) / (steps * s.cfg.batch_size)
+    return out
+
+
 def encryption_cost(reps: int = 500) -> dict:
     """Seconds to seal and open one MiniLM adapter message (74,498 float32 values): in clear,
     with an HMAC tag, and encrypted with AES-256-GCM."""
@@ -183,6 +204,14 @@ def markdown(rows: list[dict], enc: dict, command: str, cfg, minutes: float) -> 
 def main(argv: list[str]) -> None:
     from declora.config import load_config
 
+    if argv[:1] == ["cost"]:
+        cost = step_cost(argv[1:])
+        print(
+            f"seconds per sample, one node, {torch.get_num_threads()} threads: plain "
+            f"{cost['plain']:.4f}, DP-SGD {cost['dp-sgd']:.4f} "
+            f"({cost['dp-sgd'] / cost['plain']:.2f}x)"
+        )
+        return
     own, overrides = split_args(argv)
     settings = own.get("settings") or ["none", 8, 3, 1]
     factors = [float(f) for f in own.get("lr_factors") or [1, 2]]
