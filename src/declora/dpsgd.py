@@ -137,7 +137,7 @@ def private_grads(
         summed, loss = clip_and_sum(grads, budget.clip), float(per_row.mean())
     std = budget.noise * budget.clip
     for k, v in trainable.items():
-        noise = torch.randn(v.shape, dtype=v.dtype) * std if std else 0.0
+        noise = torch.randn(v.shape, dtype=v.dtype, device=v.device) * std if std else 0.0
         value = ((summed[k] + noise) / expected_rows).to(v.dtype)
         if v.grad is None:
             v.grad = value
