@@ -179,12 +179,13 @@ def play_round(
     ``train=False``), then messages and mixing."""
     steps = party.steps if train else 0
     batched = [n for n in party.nodes if plan.active[n.node_id]] if party.together else []
-    if steps and len(batched) > 1:
+    together = bool(steps) and len(batched) > 1
+    if together:
         train_together(party.model, batched, steps, party.collate, party.together)
     for node in party.nodes:
         c = party.counters.nodes[node.node_id]
         active = bool(plan.active[node.node_id])
-        if active and not (steps and len(batched) > 1):
+        if active and not together:
             train_steps(party.model, node, steps, party.collate, party.losses)
         if active and steps and node.diverged:
             raise Diverged(

@@ -91,7 +91,7 @@ class Classification:
         return ce, torch.ones_like(ce)
 
     def example_losses(self, out, batch: dict) -> torch.Tensor:
-        return nn.functional.cross_entropy(out.logits, batch["labels"], reduction="none")
+        return self.loss_terms(out, batch)[0]
 
 
 class CausalLM:

@@ -144,6 +144,27 @@ class Node:
         """Detached view of the adapter tensors (what this node would send)."""
         return {k: v.detach() for k, v in self.params.items()}
 
+    def apply_grads(self) -> None:
+        """One optimizer step on the gradients set (skipped under fp16 when the scaled
+        gradients overflowed), then the schedule; keeps the gradient norm for monitoring."""
+        grads = [p.grad for p in self.params.values() if p.grad is not None]
+        self.last_grad_norm = float(
+            torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+        )
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.scheduler.step()
+
+    def record(self, losses: list[float]) -> float:
+        """The losses of a round's steps (those that drew rows): their mean, and whether one
+        was not finite."""
+        self.diverged = not all(math.isfinite(v) for v in losses)
+        self.last_loss = sum(losses) / len(losses) if losses else math.nan
+        return self.last_loss
+
     @torch.no_grad()
     def set_state(self, state: State) -> None:
         """Overwrite the adapter in place, so the optimizer keeps pointing at the same tensors."""
@@ -172,24 +193,13 @@ def train_steps(
                     loss = _step(model, node, collate(node.data, rows))
                 else:
                     loss = _private_step(model, node, rows, collate, losses)
-            grads = [p.grad for p in node.params.values() if p.grad is not None]
-            node.last_grad_norm = float(
-                torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
-            )
-            if node.scaler is None:
-                node.optimizer.step()
-            else:  # skips the step when the scaled gradients overflowed
-                node.scaler.step(node.optimizer)
-                node.scaler.update()
-            node.scheduler.step()
+            node.apply_grads()
             if len(rows):
                 seen.append(loss)
     finally:
         node.rng_state = torch.get_rng_state()
         torch.set_rng_state(saved_rng)
-    node.diverged = not all(math.isfinite(v) for v in seen)
-    node.last_loss = sum(seen) / len(seen) if seen else math.nan
-    return node.last_loss
+    return node.record(seen)
 
 
 class _ForwardBackward(nn.Module):

@@ -15,7 +15,6 @@ per-node loop's only with dropout off (a model whose dropout probabilities are 0
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -113,8 +112,7 @@ def train_together(
     finally:
         torch.set_rng_state(saved)
     for node, losses in zip(nodes, seen):
-        node.diverged = not all(math.isfinite(v) for v in losses)
-        node.last_loss = sum(losses) / len(losses) if losses else math.nan
+        node.record(losses)
 
 
 def _step(model, nodes: list[Node], collate: Collate, how: Together, stacked) -> list[float]:
@@ -134,8 +132,5 @@ def _step(model, nodes: list[Node], collate: Collate, how: Together, stacked) ->
         n.optimizer.zero_grad(set_to_none=False)
     torch.stack(per_node).sum().backward()
     for n in nodes:
-        grads = [p.grad for p in n.params.values() if p.grad is not None]
-        n.last_grad_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
-        n.optimizer.step()
-        n.scheduler.step()
+        n.apply_grads()
     return [float(v.detach()) for v in per_node]
