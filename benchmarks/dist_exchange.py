@@ -46,7 +46,7 @@ def worker() -> None:
     import torch.distributed as dist
 
     from declora.config import load_config
-    from declora.dist import backend_and_device
+    from declora.dist import placement
     from declora.methods import METHODS
     from declora.p2p import P2PTransport
     from declora.rounds import communicate
@@ -55,12 +55,12 @@ def worker() -> None:
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     cfg = load_config(None, [*DEFAULTS, *sys.argv[1:]])
-    backend, device = backend_and_device()
-    s = prepare(cfg, node=rank)
-    dist.init_process_group(backend)
+    where = placement(cfg)
+    s = prepare(cfg, rank, where.device)
+    dist.init_process_group(where.backend)
     party = party_for(s, METHODS["dec-lora"], held=[rank])
     node, key = party.nodes[0], party.key
-    transport = P2PTransport(device, cfg.peer_timeout, key)
+    transport = P2PTransport(where.wire, cfg.peer_timeout, key)
     train_steps(s.model, node, 1, s.collate)  # warm-up (allocator, kernels), not timed
     rows = []
     for t in range(1, cfg.rounds + 1):
@@ -78,7 +78,7 @@ def worker() -> None:
     if rank == 0:
         x = torch.stack(every).numpy()  # (nodes, rounds, 3)
         print(
-            f"\nMiniLM-L6 LoRA r={cfg.lora.rank}, {world} processes ({backend}), ring; "
+            f"\nMiniLM-L6 LoRA r={cfg.lora.rank}, {world} processes ({where.backend}), ring; "
             f"{cfg.local_steps} local steps x batch {cfg.batch_size}; payload "
             f"{party.counters.nodes[rank].payload:,} bytes per neighbour; HMAC {'on' if key else 'off'}"
         )

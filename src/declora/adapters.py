@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from declora.config import Config
+from declora.devices import CPU
 from declora.tensors import State
 
 BUNDLED_MODELS = {
@@ -155,8 +156,9 @@ def quantization(cfg: Config):
     )
 
 
-def load_base(cfg: Config, num_labels: int) -> nn.Module:
-    """The frozen base: a sequence classifier, or a causal LM for ``task: causal_lm``."""
+def load_base(cfg: Config, num_labels: int, device: torch.device = CPU) -> nn.Module:
+    """The frozen base: a sequence classifier, or a causal LM for ``task: causal_lm``; a
+    quantized one is loaded straight onto ``device`` (bitsandbytes places it as it packs)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     _quiet_transformers()
@@ -164,7 +166,7 @@ def load_base(cfg: Config, num_labels: int) -> nn.Module:
     kwargs = {"dtype": torch.float32}
     quant = quantization(cfg)
     if quant is not None:
-        kwargs.update(quantization_config=quant, device_map="cpu")
+        kwargs.update(quantization_config=quant, device_map={"": device})
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -177,14 +179,15 @@ def load_base(cfg: Config, num_labels: int) -> nn.Module:
         raise ModelError(f"model.name={cfg.model.name}: cannot load ({err})") from None
 
 
-def build_model(cfg: Config, num_labels: int) -> nn.Module:
-    """Base model with LoRA on ``lora.targets``; a classifier's task head is trained too.
+def build_model(cfg: Config, num_labels: int, device: torch.device = CPU) -> nn.Module:
+    """Base model with LoRA on ``lora.targets`` on ``device``; a classifier's task head is
+    trained too.
 
-    Seeds torch with ``cfg.seed`` first, so every node (and every runtime) starts from the same
-    LoRA A and head.
+    Seeds torch with ``cfg.seed`` first and builds LoRA on the CPU, so every node (and every
+    runtime, on any device) starts from the same LoRA A and head.
     """
     torch.manual_seed(cfg.seed)
-    base = load_base(cfg, num_labels)
+    base = load_base(cfg, num_labels, device)
     for module in base.modules():
         # bitsandbytes repacks a 4-bit layer's weights for its faster CPU kernel the first time
         # the layer runs in eval mode, and never unpacks them for training: after the first
@@ -199,6 +202,8 @@ def build_model(cfg: Config, num_labels: int) -> nn.Module:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.config.use_cache = False
     model = attach_lora(base, cfg)
+    if cfg.model.quantize == "none":  # bitsandbytes loaded a quantized base onto the device
+        model.to(device)
     model.declora_precision = cfg.precision  # read by autocast(): training and evaluation
     return model
 
@@ -235,8 +240,9 @@ def attach_lora(base: nn.Module, cfg: Config) -> nn.Module:
 
 
 def trainable_state(model: nn.Module) -> State:
-    """Detached copies of the trainable tensors (LoRA A/B and head), in a stable key order."""
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    """Detached CPU copies of the trainable tensors (LoRA A/B and head), in a stable key order."""
+    params = model.named_parameters()
+    return {n: p.detach().to(CPU, copy=True) for n, p in params if p.requires_grad}
 
 
 @torch.no_grad()

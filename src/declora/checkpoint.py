@@ -74,6 +74,8 @@ def _pack(node: Node, extra: State) -> tuple[dict[str, torch.Tensor], dict]:
         for name, value in slots.items():
             tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value)
     tensors["rng"] = node.rng_state
+    if node.cuda_rng is not None:
+        tensors["rng_cuda"] = node.cuda_rng
     sampler = node.sampler.state_dict()
     tensors["sampler.order"] = torch.from_numpy(np.asarray(sampler["order"], dtype=np.int64))
     tensors.update({f"exchange.{k}": v for k, v in extra.items()})
@@ -85,7 +87,7 @@ def _pack(node: Node, extra: State) -> tuple[dict[str, torch.Tensor], dict]:
         "last_loss": node.last_loss,
         "last_grad_norm": node.last_grad_norm,
     }
-    return {k: v.contiguous().clone() for k, v in tensors.items()}, meta
+    return {k: v.cpu().contiguous().clone() for k, v in tensors.items()}, meta
 
 
 def save(
@@ -194,6 +196,8 @@ def load(root: Path, node: Node, round_: int) -> tuple[dict, State]:
     node.optimizer.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
     node.scheduler.load_state_dict(meta["scheduler"])
     node.rng_state = tensors["rng"]
+    if node.cuda_rng is not None and "rng_cuda" in tensors:  # else: its seeded one
+        node.cuda_rng = tensors["rng_cuda"]
     node.sampler.load_state_dict(
         {
             "order": tensors["sampler.order"].numpy(),

@@ -6,6 +6,7 @@ errors are raised as :class:`ConfigError` with one line that names the key.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -40,6 +41,9 @@ SEED_MAX = 2**32 - 1
 MAX_NODES = 10_000
 # integers must be integers: YAML's `true` is not 1 node, and 4.0 is not 4 steps
 Int = Annotated[int, Strict()]
+
+
+DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # config ``device``
 
 
 class ConfigError(ValueError):
@@ -371,6 +375,11 @@ class Config(_Section):
     checkpoint_every: Int = Field(
         0, ge=0, description="launch: each node checkpoints every this many rounds (0 = never)"
     )
+    device: str = Field(
+        "auto",
+        description="where the model trains and evaluates: auto (the GPU when there is one), cpu, "
+        "cuda or cuda:N; launch gives each process its local GPU",
+    )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32",
         description="autocast of the forward and backward (training and evaluation); adapter "
@@ -390,6 +399,13 @@ class Config(_Section):
     def gather(self) -> bool:
         """Whether evaluation gathers the adapters to rank 0 (``eval.gather``, resolved)."""
         return (not self.data.per_site) if self.eval.gather is None else self.eval.gather
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        if not DEVICE.fullmatch(value):
+            raise ValueError("choose auto, cpu, cuda or cuda:N")
+        return value
 
     @model_validator(mode="before")
     @classmethod

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from declora import checkpoint, wire
 from declora.adapters import ModelError
 from declora.config import Config, ConfigError, dump_config, load_config
+from declora.devices import CPU, Placement, choose, place
 from declora.methods import METHODS
 from declora.outputs import (
     create_dir,
@@ -57,18 +58,11 @@ from declora.tensors import State
 STARTUP_S = 900.0  # seconds every process may take to load model and data before the first round
 
 
-def backend_and_device() -> tuple[str, torch.device]:
-    """The one place that picks the transport: NCCL when every process on this machine gets a
-    GPU of its own (NCCL refuses two ranks on one GPU), gloo on the CPU otherwise.
-
-    Training stays where the engine runs it (CPU today); only the exchanged buffers move.
-    """
+def placement(cfg: Config) -> Placement:
+    """This process's device and backend (:func:`declora.devices.place`): torchrun's
+    ``LOCAL_RANK`` among ``LOCAL_WORLD_SIZE`` processes on this machine."""
     local = int(os.environ.get("LOCAL_RANK", 0))
-    per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    if torch.cuda.is_available() and torch.cuda.device_count() >= per_machine:
-        torch.cuda.set_device(local)
-        return "nccl", torch.device("cuda", local)
-    return "gloo", torch.device("cpu")
+    return place(cfg.device, local, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
 
 
 def rendezvous_store(rank: int, world: int, timeout: timedelta) -> dist.Store:
@@ -110,7 +104,7 @@ NONCE_BYTES = 16
 OFFER_SLOTS = 64  # checkpoint rounds a node offers at start (the newest ones)
 REASON_BYTES = 240  # why a node could not start (its own data or config), told to every node
 STARTUP_ERRORS = (ConfigError, DataError, ModelError)  # a node's own input: told to all
-SITE_LOCAL = ("out",)  # config keys each site may set for itself
+SITE_LOCAL = ("out", "device")  # config keys each site may set for itself
 
 
 def _shared(cfg: Config) -> Config:
@@ -275,14 +269,16 @@ def check_world(cfg: Config) -> tuple[int, int]:
     return rank, world
 
 
-def connect(cfg: Config, rank: int, world: int) -> tuple[str, torch.device]:
-    """Join the process group: the backend, and the device its buffers live on."""
-    backend, device = backend_and_device()
+def connect(cfg: Config, rank: int, world: int, where: Placement) -> None:
+    """Join the process group over ``where.backend``."""
+    if where.device.type == "cuda":
+        torch.cuda.set_device(where.device)
     # collectives get room for the slowest machine to load; exchanges wait peer_timeout only
     startup = timedelta(seconds=max(cfg.peer_timeout, STARTUP_S))
     store = rendezvous_store(rank, world, startup)
-    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=startup)
-    return backend, device
+    dist.init_process_group(
+        where.backend, store=store, rank=rank, world_size=world, timeout=startup
+    )
 
 
 def run_worker(cfg: Config, echo=print, wrap=None) -> None:
@@ -291,17 +287,18 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
     rank, world = check_world(cfg)
     fresh = rank == 0 and not check_out_dir(cfg)
     out = Path(cfg.out)
-    key = None
+    key, where = None, Placement(CPU, "gloo")
     try:
         key = wire.read_key(cfg.security.key_file) if cfg.security.key_file else None
-        s = prepare(cfg, node=rank)  # reads this node's rows (or its own file) only
+        where = placement(cfg)
+        s = prepare(cfg, rank, where.device)  # reads this node's rows (or its own file) only
     except STARTUP_ERRORS as err:  # every process is told, then all stop
-        backend, device = connect(cfg, rank, world)
-        agree_on_start(cfg, rank, world, device, key, [], say, failure=f"{err}")
+        connect(cfg, rank, world, where)
+        agree_on_start(cfg, rank, world, where.wire, key, [], say, failure=f"{err}")
         raise
-    backend, device = connect(cfg, rank, world)
+    connect(cfg, rank, world, where)
     party = party_for(s, METHODS["dec-lora"], held=[rank])
-    transport = P2PTransport(device, cfg.peer_timeout, party.key, party.encrypt)
+    transport = P2PTransport(where.wire, cfg.peer_timeout, party.key, party.encrypt)
     root = out / "checkpoints"
     store = checkpoint.Store(root, fingerprint(cfg), checkpoint.keep_for(world))
     node = party.nodes[0]
@@ -310,7 +307,7 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
         if cfg.checkpoint_every > 0
         else []
     )
-    agreed = agree_on_start(cfg, rank, world, device, party.key, have, say)
+    agreed = agree_on_start(cfg, rank, world, where.wire, party.key, have, say)
     party.run = transport.run = agreed.run
     start = agreed.round
     if fresh:  # every node has started: only now is anything written
@@ -326,7 +323,7 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
     if not cfg.gather:  # per-site evaluation: each site keeps its own adapter and figures
         write_site(s, out, rank, node.state(), party.own_test[rank])
     if rank == 0:
-        runtime = {"processes": world, "backend": backend}
+        runtime = {"processes": world, "backend": where.backend, "device": str(where.device)}
         finish(s, out, log, states, runtime, echo, party.final)
     dist.destroy_process_group()
 
@@ -419,6 +416,7 @@ def launch(
     check_out_dir(cfg)
     check_sizes(cfg, held=1, processes=n)  # every process of this machine, before torchrun
     check_privacy(cfg)  # DP settings against each node's rows (one data file)
+    choose(cfg.device)  # a GPU named that this machine does not have
     if others:
         print(f"declora: launch runs dec-lora only ({others}: see declora run)", file=sys.stderr)
     cmd = [

@@ -25,6 +25,7 @@ from torch.func import functional_call
 from declora.adapters import autocast
 from declora.config import Config
 from declora.data import Dataset, pad_right
+from declora.devices import device_of, to_device
 from declora.scores import macro_f1
 from declora.sources import DataError
 from declora.tensors import State
@@ -149,13 +150,16 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return logp, mask, hit
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate_lm(model: nn.Module, params: State, batches: list[dict]) -> dict[str, float]:
-    """Classification as generation (batches with ``gold``) or response-token metrics."""
+    """Classification as generation (batches with ``gold``) or response-token metrics, on the
+    model's device."""
     model.eval()
-    preds, golds = [], []
+    device = device_of(model)
+    params, preds, golds = to_device(params, device), [], []
     loss_sum, count, hits = 0.0, 0, 0
     for batch in batches:
+        batch = to_device(batch, device)
         inputs = {k: v for k, v in batch.items() if k not in (*META, "labels")}
         with autocast(model):
             logits = functional_call(model, params, args=(), kwargs=inputs).logits
@@ -170,8 +174,8 @@ def evaluate_lm(model: nn.Module, params: State, batches: list[dict]) -> dict[st
             gold = batch["gold"]
             loss_sum += float(nn.functional.cross_entropy(scores, gold, reduction="sum"))
             count += len(gold)
-            preds.append(scores.argmax(-1).numpy())
-            golds.append(gold.numpy())
+            preds.append(scores.argmax(-1).cpu().numpy())
+            golds.append(gold.cpu().numpy())
         else:
             loss_sum -= float(logp.sum())
             count += int(mask.sum())

@@ -7,6 +7,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+from declora import devices
 from declora import topology as topo
 from declora.adapters import export_adapter
 from declora.compress import describe
@@ -61,6 +62,8 @@ def describe_run(s: Session, out: Path) -> list[str]:
         f"{sum(s.sizes)} training rows, sizes {min(s.sizes)}-{max(s.sizes)}; "
         f"adapter {numel(s.init):,} values; output in {out}",
         f"messages: {describe(comp)}; scheme {scheme}",
+        f"compute: {devices.describe(s.device)}, precision {cfg.precision}"
+        + (", every node's steps in one batch (vectorize)" if cfg.vectorize else ""),
     ]
     if cfg.data.per_site:
         how = "off: each site scores its own rows" if not cfg.gather else "on: site 0's rows"

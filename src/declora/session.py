@@ -15,6 +15,7 @@ from declora import topology as topo
 from declora.adapters import build_model, load_tokenizer, trainable_state
 from declora.config import Config, ConfigError
 from declora.data import Dataset, concat
+from declora.devices import CPU, choose
 from declora.dpsgd import ExampleGrads
 from declora.gossip import Exchange
 from declora.methods import METHODS, Method
@@ -42,7 +43,7 @@ class Session:
     sizes: list[int]  # training rows of each node (also where train holds one node's only)
     adj: np.ndarray  # (n, n) bool
     W: np.ndarray  # (n, n) mixing matrix
-    init: State  # identical starting adapter for every node
+    init: State  # identical starting adapter for every node (CPU tensors, as sent)
     val: list[dict]  # validation batches: curves and choices during training
     val_nodes: list[dict]  # the first node_eval_size validation rows: each node's own curve
     test: list[dict]  # test batches: scored once, at the end
@@ -50,6 +51,7 @@ class Session:
     budgets: dict[str, dict[int, privacy.Budget]] = field(default_factory=dict)  # DP-SGD
     site_val: dict[int, list[dict]] = field(default_factory=dict)  # per-site files: own rows
     site_test: dict[int, list[dict]] = field(default_factory=dict)
+    device: torch.device = CPU  # where the model trains and evaluates (config ``device``)
 
     def collate(self, ds: Dataset, idx) -> dict:
         """A training batch of rows ``idx`` of ``ds``, as the task builds it."""
@@ -79,8 +81,9 @@ def split(cfg: Config, labels: np.ndarray) -> list[np.ndarray]:
         raise ConfigError(f"partition: {err}") from None
 
 
-def prepare(cfg: Config, node: int | None = None) -> Session:
-    """Validate the graph and data against the config and load the model (writes nothing).
+def prepare(cfg: Config, node: int | None = None, device: torch.device | None = None) -> Session:
+    """Validate the graph and data against the config and load the model onto ``device``
+    (default: the one config ``device`` names) (writes nothing).
 
     With ``node`` (a distributed process), ``train`` keeps only that node's rows: the others
     are dropped right after the partition (or never read: per-site files), and every other
@@ -88,6 +91,7 @@ def prepare(cfg: Config, node: int | None = None) -> Session:
     are refused first.
     """
     check_sizes(cfg, held=None if node is None else 1)
+    device = choose(cfg.device) if device is None else device
     adj, W = graph_for(cfg)
     key = wire.read_key(cfg.security.key_file) if cfg.security.key_file else None
     task, tok = task_for(cfg), load_tokenizer(cfg)
@@ -95,7 +99,7 @@ def prepare(cfg: Config, node: int | None = None) -> Session:
     train, parts, sizes, common, sites = load(cfg, tok, node)
     pooled = node is None and any(METHODS[m].pooled for m in cfg.methods)
     budgets = privacy.plan(cfg, sizes, pooled)
-    model, init = _model(cfg, train)
+    model, init = _model(cfg, train, device)
     if budgets:  # every trainable tensor must sit in a Linear layer (per-example gradients)
         ExampleGrads(model, list(init))
     pad = tok.pad_token_id
@@ -118,6 +122,7 @@ def prepare(cfg: Config, node: int | None = None) -> Session:
         budgets=budgets,
         site_val={i: batches(sp.val) for i, sp in sites.items()},
         site_test={i: batches(sp.test) for i, sp in sites.items()},
+        device=device,
     )
 
 
@@ -156,9 +161,9 @@ def _sites(cfg: Config, tok, node: int | None):
     return train, parts, [len(ix) for ix in parts], sites.get(0), sites
 
 
-def _model(cfg: Config, train: Dataset):
-    """The frozen base with LoRA, and the starting adapter every node shares."""
-    model = build_model(cfg, num_labels=len(train.label_names))
+def _model(cfg: Config, train: Dataset, device: torch.device):
+    """The frozen base with LoRA on ``device``, and the starting adapter every node shares."""
+    model = build_model(cfg, len(train.label_names), device)
     init = trainable_state(model)
     if not init:
         raise ConfigError("lora.targets matched no trainable tensors")
@@ -177,12 +182,15 @@ def party_for(s: Session, method: Method, held: list[int] | None = None) -> Part
         steps, size, W = cfg.nodes * cfg.local_steps, 1, None
         total = cfg.rounds * steps
         dp = s.budgets.get("pooled", {}).get(0)
-        nodes = [Node.create(0, pooled, s.init, cfg, POOLED_STREAM, total, budget=dp)]
+        one = Node.create(0, pooled, s.init, cfg, POOLED_STREAM, total, dp, device=s.device)
+        nodes = [one]
     else:
         held = range(cfg.nodes) if held is None else held
         dp = s.budgets.get("nodes", {})
         nodes = [
-            Node.create(i, s.train.subset(s.parts[i]), s.init, cfg, i, budget=dp.get(i))
+            Node.create(
+                i, s.train.subset(s.parts[i]), s.init, cfg, i, budget=dp.get(i), device=s.device
+            )
             for i in held
         ]
         steps, size = cfg.local_steps, cfg.nodes

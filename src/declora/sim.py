@@ -114,6 +114,6 @@ def run(cfg: Config, echo=print, wrap: Wrap | None = None) -> tuple[Path, dict]:
         write_json(out / "summary.json", summary)
         plot_curves(log.records, out / "curves.png")
         raise type(err)(f"{err}; what ran until then is in {out}") from None
-    summary["runtime"] = {"processes": 1, "backend": "memory"}
+    summary["runtime"] = {"processes": 1, "backend": "memory", "device": str(s.device)}
     write_summary(out, log, summary, echo)
     return out, summary

@@ -18,6 +18,7 @@ from declora import lm, scores
 from declora.adapters import autocast
 from declora.config import Config, TaskName
 from declora.data import Dataset, Splits, load_dataset, pad_right
+from declora.devices import device_of, to_device
 from declora.tensors import State
 
 EVAL_BATCH = 64  # rows per classification eval batch
@@ -68,17 +69,20 @@ class Classification:
             self.collate(ds, order[i : i + EVAL_BATCH], pad_id) for i in range(0, n, EVAL_BATCH)
         ]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def counts(self, model: nn.Module, params: State, batches: list[dict]) -> np.ndarray:
-        """One adapter's evaluation on fixed batches as pooled counts (:func:`scores.counts`)."""
+        """One adapter's evaluation on fixed batches as pooled counts (:func:`scores.counts`),
+        on the model's device."""
         model.eval()
-        preds, golds, loss_sum = [], [], 0.0
+        device = device_of(model)
+        params, preds, golds, loss_sum = to_device(params, device), [], [], 0.0
         for batch in batches:
+            batch = to_device(batch, device)
             with autocast(model):
                 out = functional_call(model, params, args=(), kwargs=batch)
             loss_sum += float(out.loss) * len(batch["labels"])
-            preds.append(out.logits.argmax(-1).numpy())
-            golds.append(batch["labels"].numpy())
+            preds.append(out.logits.argmax(-1).cpu().numpy())
+            golds.append(batch["labels"].cpu().numpy())
         n_classes = int(out.logits.shape[-1])
         return scores.counts(np.concatenate(preds), np.concatenate(golds), loss_sum, n_classes)
 

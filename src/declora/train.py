@@ -7,6 +7,7 @@ runs the shared module with the node's tensors in place of the model's own.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from declora import dpsgd
 from declora.adapters import autocast
 from declora.config import Config
 from declora.data import Dataset, Sampler
+from declora.devices import CPU, to_device
 from declora.privacy import Budget
 from declora.tensors import State, is_lora, is_lora_a
 
@@ -96,6 +98,7 @@ class Node:
     last_grad_norm: float = float("nan")
     diverged: bool = False  # a step's loss was not finite
     scaler: torch.amp.GradScaler | None = None  # precision=fp16: the node's loss scale
+    cuda_rng: torch.Tensor | None = None  # on a GPU, the node's CUDA RNG (dropout there)
 
     @property
     def epsilon(self) -> float:
@@ -113,18 +116,22 @@ class Node:
         stream: int,
         total_steps: int | None = None,
         budget: Budget | None = None,
+        device: torch.device = CPU,
     ) -> Node:
         """A node starting from ``init``; ``total_steps`` (default rounds x local_steps) sets the
         length of its learning-rate schedule. Under ``consensus=frozen_a`` the LoRA A tensors get
         no grad and no optimizer slot: A stays the seeded initial one (every method, so the
-        centralized baseline is the same frozen-A LoRA)."""
+        centralized baseline is the same frozen-A LoRA). Its tensors and optimizer state live
+        on ``device``; ``init`` may be anywhere."""
         if len(data) == 0:
             raise ValueError(f"node {node_id} holds no training rows")
         frozen_a = cfg.consensus == "frozen_a"
         params = {
-            k: v.clone().requires_grad_(not (frozen_a and is_lora_a(k))) for k, v in init.items()
+            k: v.to(device, copy=True).requires_grad_(not (frozen_a and is_lora_a(k)))
+            for k, v in init.items()
         }
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + stream)
+        seed = cfg.seed * 100_003 + stream
+        gen = torch.Generator().manual_seed(seed)
         optimizer = make_optimizer(params, cfg)
         allocate_state(params, optimizer)
         total = total_steps or cfg.rounds * cfg.local_steps
@@ -137,12 +144,18 @@ class Node:
             sampler=Sampler(len(data), cfg.batch_size, (cfg.seed, stream), budget is not None),
             rng_state=gen.get_state(),
             budget=budget,
-            scaler=torch.amp.GradScaler("cpu") if cfg.precision == "fp16" else None,
+            scaler=torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None,
+            cuda_rng=cuda_stream(seed, device),
         )
 
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.params.values())).device
+
     def state(self) -> State:
-        """Detached view of the adapter tensors (what this node would send)."""
-        return {k: v.detach() for k, v in self.params.items()}
+        """The adapter tensors as this node would send them: detached, on the CPU (a view on
+        the CPU, a copy from a GPU)."""
+        return {k: v.detach().cpu() for k, v in self.params.items()}
 
     def apply_grads(self) -> None:
         """One optimizer step on the gradients set (skipped under fp16 when the scaled
@@ -182,24 +195,47 @@ def train_steps(
     """Run ``steps`` optimizer steps on the node's own data; returns the mean training loss.
     With a DP budget each step is a DP-SGD step (``losses``: the task's per-row losses)."""
     model.train()
-    saved_rng = torch.get_rng_state()
-    torch.set_rng_state(node.rng_state)
     seen = []
-    try:
+    with own_streams(node):
         for _ in range(steps):
             rows = node.sampler.next()
+            batch = to_device(collate(node.data, rows), node.device) if len(rows) else None
             with autocast(model):
                 if node.budget is None:
-                    loss = _step(model, node, collate(node.data, rows))
+                    loss = _step(model, node, batch)
                 else:
-                    loss = _private_step(model, node, rows, collate, losses)
+                    loss = _private_step(model, node, batch, losses)
             node.apply_grads()
             if len(rows):
                 seen.append(loss)
+    return node.record(seen)
+
+
+def cuda_stream(seed: int, device: torch.device) -> torch.Tensor | None:
+    """A node's own CUDA RNG state, seeded from its stream (None on the CPU)."""
+    if device.type != "cuda":
+        return None
+    return torch.Generator(device=device).manual_seed(seed).get_state()
+
+
+@contextlib.contextmanager
+def own_streams(node: Node):
+    """Draw dropout from the node's own RNG streams (the CPU's, and its GPU's when it trains
+    on one), so that runs do not depend on the order nodes train in; put the global ones back."""
+    saved = torch.get_rng_state()
+    torch.set_rng_state(node.rng_state)
+    gpu = node.device if node.cuda_rng is not None else None
+    saved_gpu = torch.cuda.get_rng_state(gpu) if gpu else None
+    if gpu:
+        torch.cuda.set_rng_state(node.cuda_rng, gpu)
+    try:
+        yield
     finally:
         node.rng_state = torch.get_rng_state()
-        torch.set_rng_state(saved_rng)
-    return node.record(seen)
+        torch.set_rng_state(saved)
+        if gpu:
+            node.cuda_rng = torch.cuda.get_rng_state(gpu)
+            torch.cuda.set_rng_state(saved_gpu, gpu)
 
 
 class _ForwardBackward(nn.Module):
@@ -228,13 +264,13 @@ def _step(model: nn.Module, node: Node, batch: dict) -> float:
     return loss.item()
 
 
-def _private_step(model: nn.Module, node: Node, rows, collate: Collate, losses) -> float:
-    """Set the node's gradients for one DP-SGD step on ``rows`` (refused past the budget)."""
+def _private_step(model: nn.Module, node: Node, batch: dict | None, losses) -> float:
+    """Set the node's gradients for one DP-SGD step on ``batch`` (None: no row was drawn;
+    refused past the budget)."""
     b, done = node.budget, node.scheduler.last_epoch
     if done >= b.limit:
         raise BudgetSpent(
             f"node {node.node_id}: one more DP-SGD step would spend more than "
             f"privacy.epsilon={b.target:g} (epsilon {b.spent(done):.3g} after {done} steps)"
         )
-    batch = collate(node.data, rows) if len(rows) else None
     return dpsgd.private_grads(model, node.params, batch, losses, b, b.rate * len(node.data))

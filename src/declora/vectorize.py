@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from declora.adapters import autocast
+from declora.devices import to_device
 from declora.dpsgd import linear_layers
 from declora.train import Collate, Node
 
@@ -120,7 +121,7 @@ def _step(model, nodes: list[Node], collate: Collate, how: Together, stacked) ->
     batches = [collate(n.data, n.sampler.next()) for n in nodes]
     stacked.states = [n.params for n in nodes]
     stacked.rows = [len(b["input_ids"]) for b in batches]
-    batch = stack_batches(batches, how.pad_id)
+    batch = to_device(stack_batches(batches, how.pad_id), nodes[0].device)
     with autocast(model):
         out = model(**{k: v for k, v in batch.items() if k != "labels"})
         sums, counts = how.terms(out, batch)
