@@ -4,6 +4,9 @@ the CPU is checked for real: a node's tensors, what it sends, and what a checkpo
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -129,3 +132,14 @@ def test_batches_move_to_the_device_and_other_entries_stay():
     moved = devices.to_device(batch, torch.device("meta"))
     assert moved["input_ids"].device.type == "meta" and moved["n_choices"] == 2
     assert devices.to_device(batch, CPU)["input_ids"] is batch["input_ids"]  # no copy
+
+
+def test_a_plain_run_needs_no_optional_package():
+    """A GPU machine may lack cryptography, scipy, optuna and opacus: a run that encrypts
+    nothing, runs one seed and no DP must not import them."""
+    code = (
+        "import sys, declora.cli, declora.sim, declora.dist\n"
+        "print(sorted(m for m in ('cryptography', 'scipy', 'optuna', 'opacus') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

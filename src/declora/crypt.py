@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import struct
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+if TYPE_CHECKING:  # imported where used: a run without encryption does not need the package
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 TAG_BYTES = 16  # AES-GCM's tag, appended to the ciphertext
 NONCE = struct.Struct("<HHIHH")  # sender, receiver, round, step, purpose
@@ -37,6 +36,10 @@ class Undecryptable(ValueError):
 @lru_cache(maxsize=8)
 def cipher(secret: bytes, run: bytes) -> AESGCM:
     """The run's AES-256-GCM key, derived from the shared secret and the run id."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=run, info=INFO).derive(secret)
     return AESGCM(key)
 
@@ -51,6 +54,8 @@ def encrypt(aes: AESGCM, where: bytes, plain: bytes, associated: bytes) -> bytes
 
 
 def decrypt(aes: AESGCM, where: bytes, sealed: bytes, associated: bytes) -> bytes:
+    from cryptography.exceptions import InvalidTag
+
     try:
         return aes.decrypt(where, sealed, associated)
     except InvalidTag:
