@@ -25,11 +25,9 @@ It measures, each part on its own (a part that fails is reported and the others 
 
 from __future__ import annotations
 
-import csv
 import importlib.metadata
 import json
 import os
-import random
 import subprocess
 import sys
 import time
@@ -79,7 +77,7 @@ def prepare_environment(argv: list[str]) -> None:
         print(f"installing {len(wheels)} carried wheels into {pkgs}", flush=True)
         pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps"]
         subprocess.run([*pip, "--target", str(pkgs), *map(str, wheels)], check=True)
-    paths = [ROOT / "src", CARRY / "site", pkgs]
+    paths = [ROOT, ROOT / "src", CARRY / "site", pkgs]  # ROOT: the tests' model builders
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **{READY: "1"})
     env["PYTHONPATH"] = os.pathsep.join(
         [*(str(p) for p in paths if p.is_dir()), env.get("PYTHONPATH", "")]
@@ -123,60 +121,21 @@ def max_difference(a: list[dict], b: list[dict]) -> float:
 
 
 def tiny_model(work: Path) -> tuple[Path, Path]:
-    """A 2-layer, 32-wide random BERT without dropout (the bundled MiniLM's tokenizer), and a
-    CSV of 400 reviews whose one cue word gives the label away."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    """The tests' tiny random BERT (2 layers, 32 wide, the bundled MiniLM's tokenizer) without
+    dropout, and their CSV of 400 reviews whose one cue word gives the label away."""
+    from tests.helpers import save_tiny_bert, synthetic_rows, write_csv
 
-    from declora.adapters import resolve_model_path
-
-    path, data = work / "tiny-bert", work / "tiny.csv"
-    tok = AutoTokenizer.from_pretrained(resolve_model_path("bundled:minilm"))
-    torch.manual_seed(0)
-    bert = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    BertForSequenceClassification(bert).save_pretrained(path)
-    tok.save_pretrained(path)
-    rng, cues = random.Random(0), {"positive": ["good", "great"], "negative": ["bad", "dull"]}
-    with data.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        for _ in range(400):
-            label = rng.choice(list(cues))
-            words = rng.choices(["the", "movie", "plot", "was", "quite", "film"], k=5)
-            words.insert(rng.randrange(6), rng.choice(cues[label]))
-            writer.writerow([" ".join(words), label])
-    return path, data
+    off = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    model = save_tiny_bert(work / "tiny-bert", **off)
+    return model, write_csv(work / "tiny.csv", synthetic_rows(400))
 
 
-def tiny_args(model: Path, data: Path) -> list[str]:
-    return [
-        f"model.name={model}",
-        f"data.path={data}",
-        "data.test_size=96",
-        "data.val_size=48",
-        "nodes=4",
-        "rounds=6",
-        "local_steps=4",
-        "batch_size=8",
-        "lr=0.01",
-        "per_method={}",
-        "schedule=constant",
-        "finish_rounds=0",
-        "eval_every=3",
-        "lora.rank=4",
-        "lora.dropout=0",
-        "partition.kind=iid",
-        "methods=[dec-lora,centralized]",
-    ]
+def tiny_args(model: Path, data: Path, out: Path) -> list[str]:
+    """The tests' tiny run, with LoRA's dropout off too, dec-lora and centralized."""
+    from tests.helpers import tiny_args as tests_tiny_args
+
+    extra = ["lora.dropout=0", "methods=[dec-lora,centralized]"]
+    return [*tests_tiny_args(model, data, out), *extra]
 
 
 def part_tiny(work: Path, device: str) -> dict:
@@ -185,7 +144,7 @@ def part_tiny(work: Path, device: str) -> dict:
     runs = []
     for k, where in enumerate(("cpu", device)):
         out = work / f"tiny-{k}"
-        wall, _ = cli(["run", *tiny_args(model, data), f"device={where}", f"out={out}"])
+        wall, _ = cli(["run", *tiny_args(model, data, out), f"device={where}"])
         runs.append((wall, records(out)))
     worst = max_difference(runs[0][1], runs[1][1])
     return {

@@ -12,8 +12,6 @@ import socket
 import subprocess
 import sys
 
-import pytest
-
 POSITIVE = ["good", "great", "excellent", "superb", "lovely", "wonderful"]
 NEGATIVE = ["bad", "awful", "poor", "terrible", "dull", "boring"]
 FILLER = ["the", "movie", "plot", "actors", "was", "really", "quite", "film", "story", "and"]
@@ -132,6 +130,8 @@ def run_cmd(cmd: list[str], environ: dict, cwd=None) -> subprocess.CompletedProc
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
+        import pytest  # imported here: benchmarks/gpu_check.py reuses the builders without it
+
         pytest.fail(f"timed out after {TIMEOUT_S} s:\n{err[-3000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
@@ -184,6 +184,8 @@ def torchrun_agents(
     except subprocess.TimeoutExpired:
         for p in procs:
             os.killpg(p.pid, signal.SIGKILL)
+        import pytest
+
         pytest.fail(f"{len(cwds)} torchrun agents timed out")
     return [subprocess.CompletedProcess(c, p.returncode, *o) for c, p, o in zip(cmds, procs, done)]
 

@@ -144,7 +144,7 @@ def test_dist_matches_simulator(tiny_model_dir, tiny_csv, tmp_path, sim_referenc
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_metrics(sim_reference["records"], records(out))
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["runtime"] == {"processes": 4, "backend": "gloo"}
+    assert summary["runtime"] == {"processes": 4, "backend": "gloo", "device": "cpu"}
     # both runtimes write the same summary: the same keys for the method and at the top
     sim_summary = sim_reference["summary"]
     assert summary.keys() == sim_summary.keys()
