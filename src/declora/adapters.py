@@ -166,7 +166,7 @@ def load_base(cfg: Config, num_labels: int, device: torch.device = CPU) -> nn.Mo
     kwargs = {"dtype": torch.float32}
     quant = quantization(cfg)
     if quant is not None:
-        kwargs.update(quantization_config=quant, device_map={"": device})
+        kwargs.update(quantization_config=quant, device_map={"": str(device)})
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
