@@ -461,10 +461,10 @@ def main(argv: list[str]) -> int:
         "smol": lambda work: part_smol(work, device, quick),
     }
     with tempfile.TemporaryDirectory(prefix="declora-gpu-") as tmp:
-        for name in only:
+        for name in only:  # the report is rewritten after each part: a killed run keeps them
             results[name] = run_part(name, parts[name], Path(tmp))
-    results["wall_s"] = time.perf_counter() - t0
-    write_report(results, out)
+            results["wall_s"] = time.perf_counter() - t0
+            write_report(results, out)
     print(out.read_text())
     print(f"written: {out} and {out.with_suffix('.json')}")
     return 1 if any("error" in results[k] for k in only) else 0
