@@ -26,11 +26,13 @@ It measures, each part on its own (a part that fails is reported and the others 
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +68,18 @@ def _needed(wheel: Path) -> bool:
         return True
 
 
+def install(wheels: list[Path], pkgs: Path) -> None:
+    """pip install --target, or, in a venv without pip (uv makes them), unpack: the carried
+    wheels hold no ``.data`` folder, so unpacking is all an install does."""
+    if importlib.util.find_spec("pip") is not None:
+        pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps"]
+        subprocess.run([*pip, "--target", str(pkgs), *map(str, wheels)], check=True)
+        return
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as z:
+            z.extractall(pkgs)
+
+
 def prepare_environment(argv: list[str]) -> None:
     """Install the carried wheels this Python lacks (once) and run again with ``src``, the
     stand-ins and those wheels on PYTHONPATH (also seen by every process it starts)."""
@@ -75,8 +89,7 @@ def prepare_environment(argv: list[str]) -> None:
     wheels = [w for w in sorted((CARRY / "wheels").glob("*.whl")) if _needed(w)]
     if wheels:
         print(f"installing {len(wheels)} carried wheels into {pkgs}", flush=True)
-        pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps"]
-        subprocess.run([*pip, "--target", str(pkgs), *map(str, wheels)], check=True)
+        install(wheels, pkgs)
     paths = [ROOT, ROOT / "src", CARRY / "site", pkgs]  # ROOT: the tests' model builders
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **{READY: "1"})
     env["PYTHONPATH"] = os.pathsep.join(
