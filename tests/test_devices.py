@@ -143,3 +143,17 @@ def test_a_plain_run_needs_no_optional_package():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("other", "want"), [("nccl", "nccl"), ("gloo", "gloo")])
+def test_one_process_without_nccl_puts_the_whole_run_on_gloo(other, want):
+    """Machines decide alone what they allow; the run needs one backend: process 1 (another
+    machine, on the CPU or sharing a GPU) says gloo, so process 0 with a GPU of its own joins
+    over gloo too, keeping its GPU for compute and its buffers on the CPU."""
+    import torch.distributed as td
+
+    store = td.HashStore()
+    td.PrefixStore("placement/", store).set("1", other)
+    got = dist.agree_backend(store, 0, 2, Placement(CUDA(0), "nccl"))
+    assert got == Placement(CUDA(0), want)
+    assert got.wire == (CUDA(0) if want == "nccl" else CPU)

@@ -269,16 +269,30 @@ def check_world(cfg: Config) -> tuple[int, int]:
     return rank, world
 
 
-def connect(cfg: Config, rank: int, world: int, where: Placement) -> None:
-    """Join the process group over ``where.backend``."""
-    if where.device.type == "cuda":
-        torch.cuda.set_device(where.device)
+def connect(cfg: Config, rank: int, world: int, where: Placement) -> Placement:
+    """Join the process group; the placement it runs under (:func:`agree_backend`)."""
     # collectives get room for the slowest machine to load; exchanges wait peer_timeout only
     startup = timedelta(seconds=max(cfg.peer_timeout, STARTUP_S))
     store = rendezvous_store(rank, world, startup)
+    where = agree_backend(store, rank, world, where)
+    if where.device.type == "cuda":
+        torch.cuda.set_device(where.device)
     dist.init_process_group(
         where.backend, store=store, rank=rank, world_size=world, timeout=startup
     )
+    return where
+
+
+def agree_backend(store: dist.Store, rank: int, world: int, where: Placement) -> Placement:
+    """One backend for every process of the run: NCCL only if every machine allows it (each
+    process has a GPU of its own there); a process on the CPU or sharing a GPU anywhere puts
+    the whole run on gloo. Each process says what its machine allows through the rendezvous
+    store, before the group exists."""
+    votes = dist.PrefixStore("placement/", store)
+    votes.set(str(rank), where.backend)
+    if all(votes.get(str(r)) == b"nccl" for r in range(world)):
+        return where
+    return Placement(where.device, "gloo")
 
 
 def run_worker(cfg: Config, echo=print, wrap=None) -> None:
@@ -293,10 +307,10 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
         where = placement(cfg)
         s = prepare(cfg, rank, where.device)  # reads this node's rows (or its own file) only
     except STARTUP_ERRORS as err:  # every process is told, then all stop
-        connect(cfg, rank, world, where)
+        where = connect(cfg, rank, world, where)
         agree_on_start(cfg, rank, world, where.wire, key, [], say, failure=f"{err}")
         raise
-    connect(cfg, rank, world, where)
+    where = connect(cfg, rank, world, where)
     party = party_for(s, METHODS["dec-lora"], held=[rank])
     transport = P2PTransport(where.wire, cfg.peer_timeout, party.key, party.encrypt)
     root = out / "checkpoints"
