@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from declora.config import Config
-from declora.devices import CPU
+from declora.devices import CPU, device_of
 from declora.tensors import State
 
 BUNDLED_MODELS = {
@@ -217,7 +217,7 @@ def autocast(model: nn.Module):
     dtype = AUTOCAST.get(getattr(model, "declora_precision", "fp32"))
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(next(model.parameters()).device.type, dtype=dtype)
+    return torch.autocast(device_of(model).type, dtype=dtype)
 
 
 def attach_lora(base: nn.Module, cfg: Config) -> nn.Module:
