@@ -22,14 +22,14 @@ import time
 import numpy as np
 import torch
 
+from declora.algorithms.consensus import consensus_distances
+from declora.algorithms.methods import METHODS
 from declora.config import load_config
-from declora.consensus import consensus_distances
-from declora.evaluation import evaluate_nodes
-from declora.methods import METHODS
-from declora.rounds import play_round
-from declora.runner import plan_of_round
-from declora.session import party_for, prepare
-from declora.sim import MemoryTransport
+from declora.harness.evaluation import evaluate_nodes
+from declora.harness.runner import plan_of_round
+from declora.harness.session import party_for, prepare
+from declora.protocol.rounds import play_round
+from declora.runtimes.sim import MemoryTransport
 
 
 def rows_for(s, schedule: str, finishes: list[int]) -> list[dict]:

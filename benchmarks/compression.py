@@ -24,10 +24,11 @@ from pathlib import Path
 
 import torch
 
-from declora import session, sim
-from declora.compress import payload_size
+from declora.algorithms.compress import payload_size
 from declora.config import load_config, parse_overrides
-from declora.report import RunLog
+from declora.harness import session
+from declora.harness.report import RunLog
+from declora.runtimes import sim
 
 # name -> (what the table calls it, compression overrides)
 VARIANTS = {

@@ -4,7 +4,7 @@
 Each round every node times its local steps (compute), waits at a barrier (load imbalance,
 reported apart: on a shared CPU the nodes do not finish together), then times its exchange
 step: frame, checksum (and HMAC if a key is set), the phases of a gossip step with both
-neighbours (authenticated lengths, acknowledgements, frames, verdicts: declora.edges), checks of
+neighbours (authenticated lengths, acknowledgements, frames, verdicts: declora.protocol.gossip), checks of
 what arrived, and mixing. The exchange share is exchange / (compute + exchange).
 
     .venv/bin/python benchmarks/dist_exchange.py                      # 3 rounds
@@ -45,13 +45,13 @@ def worker() -> None:
     import torch
     import torch.distributed as dist
 
+    from declora.algorithms.methods import METHODS
     from declora.config import load_config
-    from declora.dist import placement
-    from declora.methods import METHODS
-    from declora.p2p import P2PTransport
-    from declora.rounds import communicate
-    from declora.session import party_for, prepare
-    from declora.train import train_steps
+    from declora.harness.session import party_for, prepare
+    from declora.learning.train import train_steps
+    from declora.protocol.rounds import communicate
+    from declora.runtimes.dist.p2p import P2PTransport
+    from declora.runtimes.dist.worker import placement
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     cfg = load_config(None, [*DEFAULTS, *sys.argv[1:]])

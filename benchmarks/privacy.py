@@ -54,8 +54,9 @@ def run_setting(setting, factors: list[float], overrides: list[str]) -> list[dic
     """Train every method at every learning rate under one privacy setting; score the one
     chosen on validation on the test rows."""
     torch.set_num_threads(1)
-    from declora import report, session, sim
     from declora.config import load_config
+    from declora.harness import report, session
+    from declora.runtimes import sim
 
     base = load_config(None, [*overrides, *setting_args(setting), "export_adapters=false"])
     base = base.model_copy(update={"methods": list(METHOD_NAMES)})
@@ -108,7 +109,7 @@ def run_setting(setting, factors: list[float], overrides: list[str]) -> list[dic
 
 
 def _budgets(s, method: str):
-    from declora.methods import METHODS
+    from declora.algorithms.methods import METHODS
 
     kind = "pooled" if METHODS[method].pooled else "nodes"
     return list(s.budgets.get(kind, {}).values())
@@ -117,10 +118,10 @@ def _budgets(s, method: str):
 def step_cost(overrides: list[str], steps: int = 30) -> dict:
     """Seconds per training sample of one node's local steps (the default task's node 0),
     plain and DP-SGD (per-example gradients, clipping, noise), in this process alone."""
-    from declora import session
+    from declora.algorithms.methods import METHODS
     from declora.config import load_config
-    from declora.methods import METHODS
-    from declora.train import train_steps
+    from declora.harness import session
+    from declora.learning.train import train_steps
 
     out = {}
     for name, extra in (("plain", []), ("dp-sgd", ["privacy.noise_multiplier=1.0"])):
@@ -137,7 +138,7 @@ def step_cost(overrides: list[str], steps: int = 30) -> dict:
 def encryption_cost(reps: int = 500) -> dict:
     """Seconds to seal and open one MiniLM adapter message (74,498 float32 values): in clear,
     with an HMAC tag, and encrypted with AES-256-GCM."""
-    from declora import wire
+    from declora.protocol import wire
 
     payload = os.urandom(4 * 74_498)
     key, stamp = os.urandom(32), wire.Stamp(os.urandom(8), 3, 0)

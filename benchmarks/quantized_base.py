@@ -1,7 +1,7 @@
 """Peak memory and step time of LoRA training on a float32, an int8 and a 4-bit frozen base.
 
 Each setting runs in its own process (peak RSS is per process): build the model as a node
-does (``declora.session.prepare``), take ``--warmup`` steps, then time ``--steps`` optimizer steps on
+does (``declora.harness.session.prepare``), take ``--warmup`` steps, then time ``--steps`` optimizer steps on
 the node's own batches; held-out accuracy (``--eval-rows`` rows) before and after. Prints a markdown
 table and writes it to ``--table``.
 
@@ -30,10 +30,10 @@ SETTINGS = ("none", "int8", "4bit")
 
 def measure(quantize: str, steps: int, warmup: int, eval_rows: int, overrides: list[str]) -> dict:
     """One setting, in this process."""
-    from declora import session
+    from declora.algorithms.methods import METHODS
     from declora.config import load_config
-    from declora.methods import METHODS
-    from declora.train import train_steps
+    from declora.harness import session
+    from declora.learning.train import train_steps
 
     cfg = load_config(
         "smollm2_sentiment",

@@ -4,7 +4,7 @@ markdown table (results/reproduce.md by default).
 Groups of rows: the paper's Table-1 analogue (10 nodes, ring and Erdos-Renyi, (K=1, T=20) and
 (K=5, T=10), dec-lora beside centralized), the ring rows again with 3x the rounds, LoRA ranks 2/4/8/16, 10 and 20 nodes, heterogeneity
 (iid, Dirichlet 1 / 0.3 / 0.1, the paper's 3-node label skew) and the consensus rules
-ab / frozen_a / product at Dirichlet 0.1. Every row is one ``declora.sim.run`` per seed; the
+ab / frozen_a / product at Dirichlet 0.1. Every row is one ``declora.runtimes.sim.run`` per seed; the
 table gives mean +- std over seeds, with the spectral gap of the row's mixing matrix beside it.
 Learning rates come from the config (``lr``, ``per_method``), as for ``declora run``.
 
@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from declora import sim
 from declora.config import ConfigError, load_config
+from declora.runtimes import sim
 
 LABEL_SKEW = "[[0.15,0.85],[0.85,0.15],[0.5,0.5]]"
 TABLE1 = ["nodes=10", "partition.kind=iid", "methods=[dec-lora,centralized]"]

@@ -19,12 +19,12 @@ CHILD = r"""
 import json, resource, sys, time
 import torch
 from declora.config import load_config
-from declora import session
-from declora.faults import no_faults
-from declora.methods import METHODS
-from declora.rounds import play_round
-from declora.sim import MemoryTransport
-from declora.train import train_steps
+from declora.harness import session
+from declora.algorithms.faults import no_faults
+from declora.algorithms.methods import METHODS
+from declora.protocol.rounds import play_round
+from declora.runtimes.sim import MemoryTransport
+from declora.learning.train import train_steps
 cfg = load_config(None, sys.argv[2:])
 s = session.prepare(cfg)
 party = session.party_for(s, METHODS[sys.argv[1]])

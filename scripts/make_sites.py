@@ -15,7 +15,7 @@ import csv
 import random
 from pathlib import Path
 
-from declora.sources import read_table
+from declora.learning.sources import read_table
 
 SIZES = (1600, 700, 1100, 400)  # sentences at each site
 POSITIVE = (0.85, 0.50, 0.20, 0.65)  # share of positive reviews at each site

@@ -35,10 +35,10 @@ def tiny_llama_dir(tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from declora.adapters import resolve_model_path
     from declora.config import load_config
-    from declora.data import Sampler
-    from declora.tasks import TASKS, load_task_data
+    from declora.learning.adapters import resolve_model_path
+    from declora.learning.dataset import Sampler
+    from declora.learning.tasks import TASKS, load_task_data
 
     path = tmp_path_factory.mktemp("tiny-llama")
     tok = AutoTokenizer.from_pretrained(resolve_model_path("bundled:minilm"))

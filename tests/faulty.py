@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from declora import checkpoint, wire
-from declora.edges import Outgoing, Step
+from declora.harness import checkpoint
+from declora.protocol import wire
+from declora.protocol.gossip import Outgoing, Step
 
 WRONG_KEY = b"wrong key, wrong key, wrong key!"
 DTYPE_OF = {code: dtype for dtype, code in wire.DTYPES.items()}

@@ -13,7 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from declora import cli, wire
+from declora import cli
+from declora.protocol import wire
 from tests.faulty import WRONG_KEY, FaultyTransport, parse
 
 

@@ -196,7 +196,7 @@ def save_tiny_bert(path, **config):
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from declora.adapters import resolve_model_path
+    from declora.learning.adapters import resolve_model_path
 
     tok = AutoTokenizer.from_pretrained(resolve_model_path("bundled:minilm"))
     torch.manual_seed(0)

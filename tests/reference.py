@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from declora.consensus import product_row
-from declora.gossip import row_weights
-from declora.tensors import State
+from declora.algorithms.consensus import product_row
+from declora.algorithms.tensors import State
+from declora.protocol.exchange import row_weights
 
 
 def mix(states: list[State], W: np.ndarray) -> list[State]:

@@ -1,5 +1,5 @@
-"""The adapter as tensors (:mod:`declora.tensors`: flatten, unflatten, LoRA key helpers) and
-the model side (:mod:`declora.adapters`): model names, LoRA on the tiny random BERT, the
+"""The adapter as tensors (:mod:`declora.algorithms.tensors`: flatten, unflatten, LoRA key helpers) and
+the model side (:mod:`declora.learning.adapters`): model names, LoRA on the tiny random BERT, the
 trainable state, and adapters exported in PEFT's format that PEFT loads back unchanged."""
 
 from __future__ import annotations
@@ -13,7 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from declora.adapters import (
+from declora.algorithms.methods import METHODS
+from declora.algorithms.tensors import (
+    flatten,
+    is_lora,
+    is_lora_a,
+    is_lora_b,
+    lora_pairs,
+    numel,
+    unflatten,
+)
+from declora.config import ConfigError, load_config
+from declora.learning.adapters import (
     BUNDLED_MODELS,
     ModelError,
     build_model,
@@ -23,9 +34,6 @@ from declora.adapters import (
     resolve_model_path,
     trainable_state,
 )
-from declora.config import ConfigError, load_config
-from declora.methods import METHODS
-from declora.tensors import flatten, is_lora, is_lora_a, is_lora_b, lora_pairs, numel, unflatten
 from tests.helpers import tiny_args
 
 RANK, HIDDEN, LAYERS = 4, 32, 2  # tiny_args' lora.rank; the tiny BERT's width and depth
@@ -297,7 +305,7 @@ def test_export_method_writes_the_network_average_and_node_adapters(
 ):
     """adapters/<method>/ is the mean of the nodes' adapters; node_<i>/ only where the method
     says so (dec-lora, local), each node's own."""
-    from declora.outputs import export_method
+    from declora.harness.outputs import export_method
 
     cfg, _, _ = built
     model = build_model(cfg, num_labels=2)

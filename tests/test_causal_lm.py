@@ -11,13 +11,15 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from declora import lm, session, sim
+from declora.algorithms.methods import METHODS
 from declora.cli import main
 from declora.config import ConfigError, load_config
-from declora.estimate import estimate
-from declora.methods import METHODS
-from declora.sources import DataError
-from declora.tasks import TASKS, load_task_data
+from declora.harness import session
+from declora.jobs.estimate import estimate
+from declora.learning import causal_lm as lm
+from declora.learning.sources import DataError
+from declora.learning.tasks import TASKS, load_task_data
+from declora.runtimes import sim
 from tests.helpers import cue_pairs, tiny_llama_args, write_csv
 
 LM = TASKS["causal_lm"]
@@ -259,7 +261,7 @@ def test_evaluating_a_4bit_base_does_not_change_training(tiny_llama_dir, tiny_cs
     """bitsandbytes would repack 4-bit weights for its CPU inference kernel on the first eval,
     and train on the repacked bytes afterwards; declora keeps one layout."""
     pytest.importorskip("bitsandbytes")
-    from declora.train import train_steps
+    from declora.learning.train import train_steps
 
     cfg = llama_cfg(tiny_llama_dir, tiny_csv, tmp_path, "model.quantize=4bit")
     trained = []

@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from declora import checkpoint
 from declora.config import load_config
-from declora.session import prepare
-from declora.train import Node, train_steps
+from declora.harness import checkpoint
+from declora.harness.session import prepare
+from declora.learning.train import Node, train_steps
 from tests.helpers import tiny_args
 
 

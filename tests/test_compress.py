@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from declora import topology as topo
-from declora.compress import (
+from declora.algorithms import topology as topo
+from declora.algorithms.compress import (
     HEADER,
     PayloadError,
     compress,
@@ -20,9 +20,9 @@ from declora.compress import (
     payload_size,
     topk_count,
 )
+from declora.algorithms.consensus import mix_row
 from declora.config import CompressionConfig, ConfigError, load_config
-from declora.consensus import mix_row
-from declora.gossip import Exchange, row_weights
+from declora.protocol.exchange import Exchange, row_weights
 from tests.reference import exchange_round, mix
 
 

@@ -158,7 +158,7 @@ def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path):
 @pytest.mark.parametrize("kind", ["file", "uncreatable"])
 def test_an_output_path_that_cannot_be_a_folder_is_one_line(tmp_path, capsys, kind):
     """The model loads first (a tiny config would take seconds): check the folder alone."""
-    from declora.outputs import make_out_dir
+    from declora.harness.outputs import make_out_dir
 
     blocker = tmp_path / "blocker"
     blocker.write_text("x")

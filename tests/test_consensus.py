@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from declora import topology as topo
-from declora.consensus import average, consensus_distances, mix_row
+from declora.algorithms import topology as topo
+from declora.algorithms.consensus import average, consensus_distances, mix_row
 from tests.reference import mix, neighbours
 
 GRAPHS = [

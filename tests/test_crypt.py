@@ -9,9 +9,9 @@ import os
 import pytest
 import torch
 
-from declora import crypt, wire
 from declora.config import load_config
-from declora.dist import fingerprint
+from declora.protocol import crypt, wire
+from declora.runtimes.dist.worker import fingerprint
 
 KEY = b"s" * 32
 RUN = b"run-0001"

@@ -9,9 +9,9 @@ import pytest
 
 from declora.cli import main
 from declora.config import load_config
-from declora.data import Sampler, load_rows
-from declora.sources import DataError, read_table
-from declora.tasks import TASKS, load_task_data
+from declora.learning.dataset import Sampler, load_rows
+from declora.learning.sources import DataError, read_table
+from declora.learning.tasks import TASKS, load_task_data
 from tests.helpers import synthetic_rows
 
 

@@ -10,12 +10,14 @@ import sys
 import pytest
 import torch
 
-from declora import devices, dist, session
+from declora.algorithms.methods import METHODS
 from declora.cli import main
 from declora.config import ConfigError, load_config
-from declora.devices import CPU, Placement, choose, place
-from declora.methods import METHODS
-from declora.train import train_steps
+from declora.harness import session
+from declora.learning import devices
+from declora.learning.devices import CPU, Placement, choose, place
+from declora.learning.train import train_steps
+from declora.runtimes.dist import worker as dist
 
 CUDA = lambda i: torch.device("cuda", i)  # noqa: E731
 
@@ -138,7 +140,7 @@ def test_a_plain_run_needs_no_optional_package():
     """A GPU machine may lack cryptography, scipy, optuna and opacus: a run that encrypts
     nothing, runs one seed and no DP must not import them."""
     code = (
-        "import sys, declora.cli, declora.sim, declora.dist\n"
+        "import sys, declora.cli, declora.runtimes.sim, declora.runtimes.dist.worker\n"
         "print(sorted(m for m in ('cryptography', 'scipy', 'optuna', 'opacus') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -25,7 +25,7 @@ def peft_accuracy(base_dir, adapter_dir, cfg) -> float:
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from declora.tasks import load_task_data
+    from declora.learning.tasks import load_task_data
 
     tok = AutoTokenizer.from_pretrained(base_dir)
     held_out = load_task_data(cfg, tok).test

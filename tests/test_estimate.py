@@ -8,11 +8,11 @@ import json
 import pytest
 from transformers import AutoModelForSequenceClassification
 
-from declora.adapters import build_model, trainable_state
+from declora.algorithms.compress import payload_size
 from declora.cli import main
-from declora.compress import payload_size
 from declora.config import load_config
-from declora.estimate import estimate, message_sizes
+from declora.jobs.estimate import estimate, message_sizes
+from declora.learning.adapters import build_model, trainable_state
 from tests.helpers import tiny_args
 
 COMPRESSED = [

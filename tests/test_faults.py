@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from declora import faults
-from declora import topology as topo
+from declora.algorithms import faults
+from declora.algorithms import topology as topo
 from declora.cli import main
 from tests.helpers import tiny_args
 

@@ -1,4 +1,4 @@
-"""One node's exchange (:class:`declora.gossip.Exchange`) on small hand-made adapters: the direct
+"""One node's exchange (:class:`declora.protocol.exchange.Exchange`) on small hand-made adapters: the direct
 scheme's weighted sum, missing and stray payloads, ``frozen_a`` messages, CHOCO's public copies
 and their checkpoint round trip, the seeding of the rounding noise, and ``row_weights``.
 Expected values are computed apart from the package, with numpy in float64."""
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from declora.compress import HEADER, decompress
+from declora.algorithms.compress import HEADER, decompress
 from declora.config import CompressionConfig
-from declora.gossip import Exchange, row_weights
+from declora.protocol.exchange import Exchange, row_weights
 from tests.reference import exchange_round
 
 RANK = 3

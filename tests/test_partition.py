@@ -1,11 +1,11 @@
-"""Tests for declora.partition: disjointness, coverage, reproducibility and skew."""
+"""Tests for declora.algorithms.partition: disjointness, coverage, reproducibility and skew."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from declora.partition import PARTITIONS, partition
+from declora.algorithms.partition import PARTITIONS, partition
 from tests.reference import label_counts
 
 PAPER_PROPS = [[0.15, 0.85], [0.85, 0.15], [0.5, 0.5]]

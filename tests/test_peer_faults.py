@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from declora import checkpoint
+from declora.harness import checkpoint
 from tests.helpers import tiny_args
 from tests.test_dist import faulty_launch
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from declora import session
+from declora.algorithms.methods import METHODS
 from declora.config import ConfigError, load_config
-from declora.methods import METHODS
-from declora.train import train_steps
+from declora.harness import session
+from declora.learning.train import train_steps
 from tests.helpers import tiny_args
 
 

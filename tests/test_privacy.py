@@ -12,11 +12,12 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from declora import dpsgd, privacy, session
+from declora.algorithms.methods import METHODS
 from declora.config import ConfigError, load_config
-from declora.data import Sampler
-from declora.methods import METHODS
-from declora.tasks import task_for
+from declora.harness import session
+from declora.learning import dpsgd, privacy
+from declora.learning.dataset import Sampler
+from declora.learning.tasks import task_for
 from tests.helpers import records, run_sim, tiny_args, tiny_llama_args
 
 # ------------------------------------------------------------------------- accounting

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from declora.config import CONFIG_DIR, Config, ConfigError, dump_config, load_config
-from declora.data import Rows, load_rows
-from declora.sources import DataError, read_table
+from declora.learning.dataset import Rows, load_rows
+from declora.learning.sources import DataError, read_table
 
 SETTINGS = settings(
     max_examples=150,

@@ -1,4 +1,4 @@
-"""Records, summaries and run files (:mod:`declora.report`, :mod:`declora.outputs`): metrics.jsonl
+"""Records, summaries and run files (:mod:`declora.harness.report`, :mod:`declora.harness.outputs`): metrics.jsonl
 lines, the counters of a round record, the summary.json entry of each method, the results
 table, curves.png and the output folder. On hand-made records: no model is loaded (the
 evaluation is replaced by fixed figures)."""
@@ -12,18 +12,18 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from declora import report
+from declora.algorithms.methods import HEADLINES, METHODS
 from declora.config import ConfigError, load_config
-from declora.methods import HEADLINES, METHODS
-from declora.outputs import make_out_dir, plot_curves
-from declora.report import (
+from declora.harness import report
+from declora.harness.outputs import make_out_dir, plot_curves
+from declora.harness.report import (
     RunLog,
     method_summary,
     results_table,
     round_record,
     start_summary,
 )
-from declora.rounds import Counters, NodeCounters
+from declora.protocol.rounds import Counters, NodeCounters
 
 PNG = b"\x89PNG\r\n\x1a\n"
 NAN = math.nan

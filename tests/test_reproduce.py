@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from declora import sim
+from declora.runtimes import sim
 
 ROOT = Path(__file__).resolve().parents[1]
 

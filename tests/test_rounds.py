@@ -1,4 +1,4 @@
-"""The round written once (declora.rounds): messages, refusals and counters with a stand-in
+"""The round written once (declora.protocol.rounds): messages, refusals and counters with a stand-in
 transport, the memory transport, and the simulator under a transport that misbehaves."""
 
 from __future__ import annotations
@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from declora import wire
+from declora.algorithms.consensus import mix_row
+from declora.algorithms.methods import METHODS
 from declora.config import CompressionConfig, load_config
-from declora.consensus import mix_row
-from declora.data import Dataset
-from declora.edges import Outgoing, Step
-from declora.gossip import Exchange
-from declora.methods import METHODS
-from declora.rounds import Counters, NodeCounters, Party, communicate
-from declora.sim import MemoryTransport, run
-from declora.train import Node
+from declora.learning.dataset import Dataset
+from declora.learning.train import Node
+from declora.protocol import wire
+from declora.protocol.exchange import Exchange
+from declora.protocol.gossip import Outgoing, Step
+from declora.protocol.rounds import Counters, NodeCounters, Party, communicate
+from declora.runtimes.sim import MemoryTransport, run
 from tests.faulty import FaultyTransport, parse
 from tests.helpers import tiny_args
 

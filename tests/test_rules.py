@@ -9,19 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from declora import topology as topo
-from declora.compress import HEADER, payload_size
-from declora.config import CompressionConfig, ConfigError, load_config
-from declora.consensus import (
+from declora.algorithms import topology as topo
+from declora.algorithms.compress import HEADER, payload_size
+from declora.algorithms.consensus import (
     consensus_distances,
     exchanged_keys,
     network_average,
     product_row,
     refactor,
 )
-from declora.gossip import Exchange
-from declora.sim import run
-from declora.tensors import is_lora_a, numel
+from declora.algorithms.tensors import is_lora_a, numel
+from declora.config import CompressionConfig, ConfigError, load_config
+from declora.protocol.exchange import Exchange
+from declora.runtimes.sim import run
 from tests.helpers import tiny_args
 from tests.reference import exchange_round, mix, mix_products
 
@@ -169,11 +169,11 @@ def test_frozen_a_mixing_is_exact_in_product_space(spec):
 
 
 def test_frozen_a_tiny_run_keeps_every_a_at_its_seed(tiny_model_dir, tiny_csv, tmp_path):
-    from declora import session
-    from declora.faults import no_faults
-    from declora.methods import METHODS
-    from declora.rounds import play_round
-    from declora.sim import MemoryTransport
+    from declora.algorithms.faults import no_faults
+    from declora.algorithms.methods import METHODS
+    from declora.harness import session
+    from declora.protocol.rounds import play_round
+    from declora.runtimes.sim import MemoryTransport
 
     cfg = load_config(None, [*tiny_args(tiny_model_dir, tiny_csv, tmp_path), "consensus=frozen_a"])
     s = session.prepare(cfg)

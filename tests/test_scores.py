@@ -1,11 +1,11 @@
-"""Scores (:mod:`declora.scores`): macro-F1 as scikit-learn defines it, on cases worked by hand."""
+"""Scores (:mod:`declora.algorithms.scores`): macro-F1 as scikit-learn defines it, on cases worked by hand."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from declora.scores import macro_f1
+from declora.algorithms.scores import macro_f1
 
 CASES = [  # pred, gold, classes, macro-F1 by hand
     # both classes seen: F1 = 2TP / (2TP + FP + FN) = 2/3 for each

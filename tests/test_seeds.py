@@ -1,4 +1,4 @@
-"""Several seeds (:mod:`declora.seeds`): the interval by hand, the aggregation of hand-made
+"""Several seeds (:mod:`declora.jobs.seeds`): the interval by hand, the aggregation of hand-made
 summaries, and ``declora run seeds=[...]`` on the tiny model against its own per-seed runs."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 import pytest
 
 from declora.cli import main
-from declora.seeds import aggregate, interval, seeds_table
+from declora.jobs.seeds import aggregate, interval, seeds_table
 from tests.helpers import tiny_args
 
 T_975_DF2 = 4.302652729749464  # Student's t, 97.5% quantile, 2 degrees of freedom (tables)

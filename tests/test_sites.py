@@ -11,8 +11,8 @@ import pytest
 
 from declora.cli import main
 from declora.config import ConfigError, load_config
-from declora.data import load_site_rows
-from declora.sources import DataError
+from declora.learning.dataset import load_site_rows
+from declora.learning.sources import DataError
 from tests.helpers import (
     launch,
     records,
@@ -148,7 +148,7 @@ def test_two_agents_holding_only_their_own_sites_match_the_simulator(
 
 
 def test_survey_reads_the_per_site_files(sites, tmp_path):
-    from declora.survey import write_survey
+    from declora.jobs.survey import write_survey
 
     cfg = load_config(
         None,
@@ -196,8 +196,8 @@ def test_declora_run_refuses_a_missing_site_file_in_one_line(
 
 
 def test_a_run_says_that_partition_settings_do_not_apply(tiny_model_dir, sites, tmp_path):
-    from declora.outputs import describe_run
-    from declora.session import prepare
+    from declora.harness.outputs import describe_run
+    from declora.harness.session import prepare
 
     cfg = load_config(None, [*site_args(tiny_model_dir, sites, tmp_path), "partition.alpha=0.1"])
     lines = describe_run(prepare(cfg), tmp_path)

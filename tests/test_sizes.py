@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import pytest
 
-from declora import sizes
-from declora.adapters import build_model, trainable_state
 from declora.cli import main
 from declora.config import ConfigError, load_config
-from declora.session import prepare
-from declora.sizes import check_memory, check_shapes, held_nodes, memory_needed, model_shapes
+from declora.harness.session import prepare
+from declora.learning import capacity as sizes
+from declora.learning.adapters import build_model, trainable_state
+from declora.learning.capacity import (
+    check_memory,
+    check_shapes,
+    held_nodes,
+    memory_needed,
+    model_shapes,
+)
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
-from declora.adapters import BUNDLED_MODELS, resolve_model_path
 from declora.cli import main
+from declora.learning.adapters import BUNDLED_MODELS, resolve_model_path
 
 pytestmark = [
     pytest.mark.slow,

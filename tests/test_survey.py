@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
+from declora.algorithms.partition import partition
 from declora.cli import main
 from declora.config import load_config
-from declora.data import load_rows
-from declora.partition import partition
-from declora.survey import format_survey, survey
+from declora.jobs.survey import format_survey, survey
+from declora.learning.dataset import load_rows
 from tests.helpers import tiny_args
 from tests.reference import label_counts
 
@@ -83,7 +83,7 @@ def test_bad_input_is_one_line_and_writes_nothing(
 
 
 def test_the_survey_sees_the_rows_a_run_trains_on(tiny_model_dir, tiny_csv, tmp_path):
-    from declora.session import prepare
+    from declora.harness.session import prepare
 
     cfg = config(tiny_model_dir, tiny_csv, tmp_path, *SKEW)
     s = prepare(cfg)

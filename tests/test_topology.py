@@ -1,4 +1,4 @@
-"""Tests for declora.topology: graphs, mixing rules, spectral gap and link drops."""
+"""Tests for declora.algorithms.topology: graphs, mixing rules, spectral gap and link drops."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from declora.topology import (
+from declora.algorithms.topology import (
     MIXING_RULES,
     TOPOLOGIES,
     build_graph,

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from declora import session
+from declora.algorithms.methods import METHODS
 from declora.config import load_config
-from declora.methods import METHODS
-from declora.train import make_schedule, train_steps
+from declora.harness import session
+from declora.learning.train import make_schedule, train_steps
 
 
 @pytest.fixture(scope="module")

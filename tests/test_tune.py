@@ -1,4 +1,4 @@
-"""``declora tune`` (:mod:`declora.tune`) on the tiny model: the same number of trials per
+"""``declora tune`` (:mod:`declora.jobs.tune`) on the tiny model: the same number of trials per
 method, a tuned.yaml that ``declora run`` accepts, the test rows never read, and a resumed
 search that keeps its earlier trials."""
 
@@ -9,9 +9,9 @@ import dataclasses
 
 import pytest
 
-from declora import tune as tune_mod
 from declora.cli import main
 from declora.config import load_config
+from declora.jobs import tune as tune_mod
 from tests.helpers import tiny_args
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from declora import session
+from declora.algorithms.methods import METHODS
 from declora.config import ConfigError, load_config
-from declora.methods import METHODS
-from declora.train import train_steps
-from declora.vectorize import Stacked, train_together
+from declora.harness import session
+from declora.learning.train import train_steps
+from declora.learning.vectorize import Stacked, train_together
 from tests.helpers import records, run_sim, save_tiny_bert, tiny_args, tiny_llama_args
 
 
@@ -108,7 +108,7 @@ def test_unequal_row_counts_take_one_matmul_per_node(calm):
     batches = [calm.collate(n.data, np.arange(r)) for n, r in zip(nodes, rows)]
     from torch.func import functional_call
 
-    from declora.vectorize import stack_batches
+    from declora.learning.vectorize import stack_batches
 
     calm.model.eval()
     want = [

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from declora import wire
-from declora.compress import compress
+from declora.algorithms.compress import compress
 from declora.config import CompressionConfig, ConfigError
+from declora.protocol import wire
 
 KEY = b"k" * 32
 SIZES = [6, 4]  # two tensors, 10 values

@@ -1,6 +1,6 @@
 """Property tests (hypothesis) of what a node receives: random bytes, and honest frames and
 control messages with bytes flipped, cut, added or rewritten, are answered with the payload or
-value (only when nothing changed) or a :class:`~declora.wire.Refused`, never another exception.
+value (only when nothing changed) or a :class:`~declora.protocol.wire.Refused`, never another exception.
 Nothing here can hang: every check is a bounded parse of the bytes in hand.
 
 Settings as in test_properties.py: 300 examples a property, no deadline, ``derandomize=True``
@@ -15,9 +15,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from declora import wire
-from declora.compress import compress
+from declora.algorithms.compress import compress
 from declora.config import CompressionConfig
+from declora.protocol import wire
 
 SETTINGS = settings(max_examples=300, deadline=None, derandomize=True, database=None)
 KEY = b"k" * 32

@@ -7,10 +7,10 @@ import os
 import sys
 import warnings
 
-from declora.adapters import ModelError
 from declora.config import Config, ConfigError, builtin_configs, load_config
-from declora.sources import DataError
-from declora.train import Stopped
+from declora.learning.adapters import ModelError
+from declora.learning.sources import DataError
+from declora.learning.train import Stopped
 
 USER_ERRORS = (ConfigError, DataError, ModelError)
 
@@ -30,18 +30,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     path, overrides = _split_args(args.items)
     cfg = load_config(path, overrides)
     if cfg.seeds is not None:
-        from declora.seeds import run_seeds
+        from declora.jobs.seeds import run_seeds
 
         run_seeds(cfg)
     else:
-        from declora.sim import run
+        from declora.runtimes.sim import run
 
         run(cfg)
     return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from declora.tune import tune
+    from declora.jobs.tune import tune
 
     path, overrides = _split_args(args.items)
     tune(load_config(path, overrides))
@@ -51,7 +51,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_estimate(args: argparse.Namespace) -> int:
     import json
 
-    from declora.estimate import estimate, format_estimate
+    from declora.jobs.estimate import estimate, format_estimate
 
     path, overrides = _split_args(args.items)
     cfg = load_config(path, overrides)
@@ -63,7 +63,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_survey(args: argparse.Namespace) -> int:
-    from declora.survey import write_survey
+    from declora.jobs.survey import write_survey
 
     path, overrides = _split_args(args.items)
     only = None
@@ -77,7 +77,7 @@ def cmd_survey(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from declora.dist import launch
+    from declora.runtimes.dist.worker import launch
 
     path, overrides = _split_args(args.items)
     return launch(path, overrides, nproc=args.nproc, max_restarts=args.max_restarts)
@@ -90,9 +90,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def worker(items: list[str], wrap=None) -> int:
     """The worker's body; ``wrap(transport, cfg)`` (tests) puts a transport around the real one."""
-    from declora.dist import run_worker
-    from declora.p2p import PeerError
-    from declora.rounds import say
+    from declora.protocol.rounds import say
+    from declora.runtimes.dist.p2p import PeerError
+    from declora.runtimes.dist.worker import run_worker
 
     path, overrides = _split_args(items)
     cfg = load_config(path, overrides)

@@ -1,0 +1,267 @@
+"""The whole run configuration, typed and validated: :class:`Config` (its sections are in
+:mod:`declora.config.sections`), and the checks that span several sections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from declora.algorithms.topology import MIXING_RULES
+from declora.config.sections import (
+    DEVICE,
+    SEED_MAX,
+    CompressionConfig,
+    DataConfig,
+    EvalConfig,
+    FaultsConfig,
+    Int,
+    LoraSettings,
+    MethodName,
+    MethodSettings,
+    ModelConfig,
+    PartitionConfig,
+    PrivacyConfig,
+    Rule,
+    SecurityConfig,
+    TaskName,
+    TopologyConfig,
+    TuneConfig,
+    _Section,
+)
+
+# the graph and mixing matrix are dense (n, n) arrays in every process, and the spectral gap
+# takes their eigenvalues: 10,000 nodes is 0.9 GB and about a minute on 2 cores
+MAX_NODES = 10_000
+
+
+class Config(_Section):
+    task: TaskName = Field(
+        "classification",
+        description="classification (encoder + head) or causal_lm (instruction pairs, or "
+        "classification as generation with data.label_words)",
+    )
+    nodes: Int = Field(
+        8,
+        ge=1,
+        le=MAX_NODES,
+        description="number of sites in the graph (at most 10,000: every process holds the "
+        "dense n x n mixing matrix)",
+    )
+    rounds: Int = Field(70, ge=1, description="communication rounds T")
+    local_steps: Int = Field(1, ge=1, description="optimizer steps per node per round K")
+    batch_size: Int = Field(16, ge=1, description="training batch size on every node")
+    lr: float = Field(1e-2, gt=0, description="learning rate")
+    per_method: dict[MethodName, MethodSettings] = Field(
+        default_factory=lambda: {
+            "centralized": MethodSettings(lr=0.001079, head_lr_scale=8.652942, schedule="cosine"),
+            "dec-lora": MethodSettings(
+                lr=0.015703,
+                head_lr_scale=1.040526,
+                schedule="cosine",
+                finish_rounds=40,
+                gossip_steps=1,
+            ),
+            "local": MethodSettings(lr=0.001202, head_lr_scale=1.080764, schedule="constant"),
+        },
+        description="values one method uses instead of the top-level ones, e.g. "
+        "{centralized: {lr: 0.002}} (declora tune writes them)",
+    )
+    head_lr_scale: float = Field(
+        5.0, gt=0, description="the task head learns at lr x this (random init, unlike LoRA's base)"
+    )
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="local optimizer")
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="learning-rate decay over each node's own steps"
+    )
+    warmup: float = Field(0.0, ge=0, lt=1, description="fraction of steps with linear warm-up")
+    weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay (adamw)")
+    finish_rounds: Int = Field(
+        0,
+        ge=0,
+        description="gossip-only rounds after the last training round (dec-lora): the nodes' "
+        "adapters agree, at the cost of bytes and no compute",
+    )
+    gossip_steps: Int = Field(
+        1,
+        ge=1,
+        le=100,
+        description="mixing steps after each round's local steps (dec-lora): bytes x this, "
+        "the nodes closer to the network average under skewed data",
+    )
+    seed: Int = Field(
+        0, ge=0, le=SEED_MAX, description="seed of initialisation, partition and sampling"
+    )
+    seeds: list[Annotated[Int, Field(ge=0, le=SEED_MAX)]] | None = Field(
+        None,
+        min_length=1,
+        description="declora run: run the job once per seed and report mean, std and 95% "
+        "interval (e.g. [0,1,2])",
+    )
+    eval_every: Int = Field(
+        14, ge=1, description="evaluate every this many rounds (and at the end)"
+    )
+    node_eval_size: Int = Field(
+        128,
+        ge=1,
+        description="validation rows that score each node's own adapter for the curves (the "
+        "end scores every node on the whole test set)",
+    )
+    methods: list[MethodName] = Field(
+        ["dec-lora", "centralized", "local"], min_length=1, description="what to run and compare"
+    )
+    topology: TopologyConfig = Field(default_factory=TopologyConfig)
+    mixing: Literal[MIXING_RULES] = Field("metropolis", description="mixing weights on the graph")
+    partition: PartitionConfig = Field(default_factory=PartitionConfig)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    compression: CompressionConfig = Field(default_factory=CompressionConfig)
+    consensus: Rule = Field(
+        "ab",
+        description="mixing rule: ab (A and B apart, the paper), frozen_a (seeded A never trained, "
+        "B and head exchanged), product (mix B A, refactor to rank r by SVD); see consensus.py",
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    max_length: Int = Field(64, ge=8, description="truncate inputs to this many tokens")
+    out: str | None = Field(None, description="output folder (default runs/<timestamp>)")
+    export_adapters: bool = Field(True, description="save PEFT adapters under out/adapters")
+    faults: FaultsConfig = Field(default_factory=FaultsConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    checkpoint_every: Int = Field(
+        0, ge=0, description="launch: each node checkpoints every this many rounds (0 = never)"
+    )
+    device: str = Field(
+        "auto",
+        description="where the model trains and evaluates: auto (the GPU when there is one), cpu, "
+        "cuda or cuda:N; launch gives each process its local GPU",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="autocast of the forward and backward (training and evaluation); adapter "
+        "tensors and optimizer state stay float32; fp16 adds a gradient scaler",
+    )
+    vectorize: bool = Field(
+        False,
+        description="declora run: every node's local steps in one batched forward and backward "
+        "(the same numbers as one node at a time when dropout is off); off by default: on 2 "
+        "CPU cores it is no faster",
+    )
+    peer_timeout: float = Field(
+        300.0, gt=0, description="launch: seconds to wait for a neighbour before failing a round"
+    )
+
+    @property
+    def gather(self) -> bool:
+        """Whether evaluation gathers the adapters to rank 0 (``eval.gather``, resolved)."""
+        return (not self.data.per_site) if self.eval.gather is None else self.eval.gather
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        if not DEVICE.fullmatch(value):
+            raise ValueError("choose auto, cpu, cuda or cuda:N")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, data: Any) -> Any:
+        """A causal LM's LoRA targets default to q_proj and v_proj (LLaMA's names)."""
+        if isinstance(data, dict) and data.get("task") == "causal_lm":
+            lora = data.get("lora")
+            lora = dict(lora) if isinstance(lora, dict) else {} if lora is None else lora
+            if isinstance(lora, dict) and "targets" not in lora:
+                lora["targets"] = ["q_proj", "v_proj"]
+                data = {**data, "lora": lora}
+        return data
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError("methods: each method may appear once")
+        if self.partition.kind == "label_skew" and self.partition.proportions is None:
+            raise ValueError("partition.proportions is required when partition.kind=label_skew")
+        if self.topology.kind == "custom" and not self.topology.edges:
+            raise ValueError("topology.edges is required when topology.kind=custom")
+        if self.compression.scheme == "choco" and (self.faults.link_drop or self.faults.node_drop):
+            raise ValueError(
+                "compression.scheme=choco needs every message delivered (a missed one leaves a "
+                "public copy behind for good); use compression.scheme=direct with faults"
+            )
+        if self.consensus == "product" and self.compression.scheme == "choco":
+            raise ValueError(
+                "consensus=product needs compression.scheme=direct (CHOCO's public copies are "
+                "mixed as factors, not products)"
+            )
+        d = self.data
+        if d.per_site:
+            _check_per_site(self)
+        if d.text_column == d.label_column:
+            raise ValueError(f"data.text_column and data.label_column are both '{d.text_column}'")
+        if self.task == "causal_lm":
+            pairs = d.prompt_column is not None or d.response_column is not None
+            if pairs == (d.label_words is not None):
+                raise ValueError(
+                    "task=causal_lm needs either data.prompt_column and data.response_column "
+                    "(instruction pairs) or data.label_words (classification as generation)"
+                )
+            if pairs and (d.prompt_column is None or d.response_column is None):
+                raise ValueError("data.prompt_column and data.response_column go together")
+            if pairs and self.partition.kind not in ("iid", "quantity_skew"):
+                raise ValueError(
+                    f"partition.kind={self.partition.kind} needs class labels; instruction "
+                    "pairs have none (use iid or quantity_skew)"
+                )
+            if d.label_words is not None and "{text}" not in d.prompt_template:
+                raise ValueError("data.prompt_template must contain {text}")
+        elif d.label_words is not None or d.prompt_column is not None:
+            raise ValueError("data.label_words / data.prompt_column need task=causal_lm")
+        if "fedavg" in self.methods and self.compression.kind != "none":
+            raise ValueError(
+                "fedavg with compression is not supported: its server would average compressed "
+                "messages with each node's exact state; use compression.kind=none for fedavg"
+            )
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds: each seed may appear once")
+        return self
+
+    @model_validator(mode="after")
+    def _vectorize_checks(self) -> Config:
+        if self.vectorize and self.privacy.enabled:
+            raise ValueError("vectorize=true does not run DP-SGD (privacy.*): use vectorize=false")
+        if self.model.gradient_checkpointing and self.privacy.enabled:
+            raise ValueError(
+                "model.gradient_checkpointing does not run DP-SGD (its recomputed forward would "
+                "be seen twice by the per-example hooks): turn one off"
+            )
+        if self.precision == "fp16" and (self.vectorize or self.privacy.enabled):
+            raise ValueError(
+                "precision=fp16 (a gradient scaler per node) runs neither vectorize=true nor "
+                "privacy.*: use precision=bf16"
+            )
+        return self
+
+    def for_method(self, method: str) -> Config:
+        """This config with the method's own values (``per_method``) in place of the top-level ones."""
+        own = self.per_method.get(method)
+        return self if own is None else self.model_copy(update=own.model_dump(exclude_none=True))
+
+
+def _check_per_site(cfg: Config) -> None:
+    """Per-site files (data.path with {node}): the labels are agreed in the config, and the
+    source is a file per node."""
+    d = cfg.data
+    if d.path.startswith("bundled:") or not Path(d.path).suffix:
+        raise ValueError(
+            f"data.path={d.path}: {{node}} names one CSV / JSONL / JSON file per site "
+            "(e.g. sites/site_{node}.csv), not a single dataset"
+        )
+    if d.labels is None:
+        raise ValueError("data.labels=[...] is required with per-site files (data.path has {node})")
+    if cfg.task != "classification":
+        raise ValueError("per-site files (data.path with {node}) need task=classification")
+    if d.eval_size >= 1 and not float(d.eval_size).is_integer():
+        raise ValueError(f"data.eval_size={d.eval_size}: a fraction (< 1) or a whole count")

@@ -1,0 +1,189 @@
+"""A run's folder: config.yaml and labels.json at the start, then adapters, summary.json,
+curves.png and the results table at the end. The opening lines a run prints."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+from declora.algorithms import topology as topo
+from declora.algorithms.compress import describe
+from declora.algorithms.consensus import network_average
+from declora.algorithms.methods import METHODS
+from declora.algorithms.tensors import State, numel
+from declora.config import Config, ConfigError, dump_config
+from declora.harness.report import (
+    RunLog,
+    final_figures,
+    headline,
+    method_summary,
+    results_table,
+    write_json,
+)
+from declora.harness.session import Session
+from declora.learning import devices
+from declora.learning.adapters import export_adapter
+
+
+def make_out_dir(cfg: Config) -> Path:
+    """A new or empty output folder (never one that holds another run's files)."""
+    out = Path(cfg.out or f"runs/{datetime.now():%Y%m%d-%H%M%S}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={out} is a file, not a folder; choose a new folder")
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"out={out} already holds files; choose an empty or new folder")
+    create_dir(out)
+    return out
+
+
+def create_dir(out: Path) -> None:
+    """mkdir -p, with a one-line error for a path that cannot be created."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"out={out}: cannot create the folder ({err.strerror})") from None
+
+
+def write_run_files(s: Session, out: Path) -> None:
+    """config.yaml and labels.json, written when a run starts."""
+    (out / "config.yaml").write_text(dump_config(s.cfg))
+    (out / "labels.json").write_text(json.dumps(dict(enumerate(s.train.label_names)), indent=1))
+
+
+def describe_run(s: Session, out: Path) -> list[str]:
+    """The lines a run opens with: graph, data, adapter, messages, faults."""
+    cfg = s.cfg
+    gap = topo.spectral_gap(s.W)
+    comp = cfg.compression
+    scheme = f"choco, gamma {comp.gamma:g}" if comp.scheme == "choco" else "direct"
+    lines = [
+        f"{cfg.nodes} nodes on a {cfg.topology.kind} ({cfg.mixing} weights, spectral gap {gap:.4f}); "
+        f"{sum(s.sizes)} training rows, sizes {min(s.sizes)}-{max(s.sizes)}; "
+        f"adapter {numel(s.init):,} values; output in {out}",
+        f"messages: {describe(comp)}; scheme {scheme}",
+        f"compute: {devices.describe(s.device)}, precision {cfg.precision}"
+        + (", every node's steps in one batch (vectorize)" if cfg.vectorize else ""),
+    ]
+    if cfg.data.per_site:
+        how = "off: each site scores its own rows" if not cfg.gather else "on: site 0's rows"
+        lines.append(f"data: one file per site ({cfg.data.path}); eval.gather {how}")
+        if "partition" in cfg.model_fields_set:
+            lines.append("partition settings do not apply: each site's file is its data")
+    f = cfg.faults
+    if f.link_drop or f.node_drop:
+        lines.append(
+            f"faults (dec-lora): each link down with p={f.link_drop:g}, each node out with "
+            f"p={f.node_drop:g} per round; Metropolis weights on the surviving graph"
+        )
+    lines += describe_privacy(s)
+    return lines
+
+
+def describe_privacy(s: Session) -> list[str]:
+    """DP-SGD's settings: each kind of node's noise and the epsilon it ends at; encryption."""
+    p, lines = s.cfg.privacy, []
+    for kind, budgets in s.budgets.items():
+        lo, hi = (f(b.noise for b in budgets.values()) for f in (min, max))
+        end = max(b.spent(b.limit) for b in budgets.values())
+        stop = min(b.limit for b in budgets.values())
+        planned = max(b.steps for b in budgets.values())
+        lines.append(
+            f"privacy ({kind}): DP-SGD, Poisson sampling, clip {p.clip:g}, noise multiplier "
+            f"{lo:.3g}"
+            + (f"-{hi:.3g}" if hi > lo else "")
+            + f"; epsilon {end:.3g} at delta {p.delta:g} by the "
+            "end (largest over nodes, "
+            + p.accountant.upper()
+            + " accountant)"
+            + (f"; the epsilon cap stops training after {stop} steps" if stop < planned else "")
+        )
+    if s.cfg.security.encrypt:
+        lines.append("links: every adapter message is encrypted (AES-256-GCM, a key per run)")
+    return lines
+
+
+def finish_method(
+    s: Session,
+    out: Path,
+    summary: dict,
+    method: str,
+    last: dict,
+    states: list[State] | None,
+    final: dict | None = None,
+) -> None:
+    """Score what the method's nodes hold on the test rows (or take ``final``, the sites'
+    figures on their own test rows), add it and the last validation record to the summary,
+    and export its adapters (where this process holds them all)."""
+    final = final or final_figures(s, states)
+    summary["methods"][method] = entry = method_summary(method, last, final)
+    if "epsilon" in entry:
+        entry["delta"] = s.cfg.privacy.delta
+    if "sites" in final:  # per-site files: the split sizes and the start, pooled over sites
+        summary.update(test_rows=final["rows"], untrained=final["untrained"])
+        summary["validation_rows"] = last["node_eval_rows"]
+    if s.cfg.export_adapters and states is not None:
+        export_method(s, method, states, out / "adapters" / method)
+
+
+def export_site(s: Session, out: Path, node: int, state: State) -> Path:
+    """A site's own outputs, on its own machine: out/node_<i>/adapter (PEFT)."""
+    folder = out / f"node_{node}"
+    export_adapter(s.model, state, folder / "adapter")
+    return folder
+
+
+def export_method(s: Session, method: str, states: list[State], path: Path) -> None:
+    """adapters/<method>/ holds the network's adapter; node_<i>/ the nodes' own adapters."""
+    export_adapter(s.model, network_average(states, s.cfg.consensus), path)
+    if METHODS[method].export_nodes:
+        for i, st in enumerate(states):
+            export_adapter(s.model, st, path / f"node_{i}")
+
+
+def write_summary(out: Path, log: RunLog, summary: dict, echo=print) -> None:
+    """summary.json and curves.png, then the results table."""
+    write_json(out / "summary.json", summary)
+    plot_curves(log.records, out / "curves.png")
+    echo(results_table(summary))
+
+
+def plot_curves(records: list[dict], path: Path) -> None:
+    """curves.png: accuracy and loss against round for each method, and consensus distances."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for name in dict.fromkeys(r["method"] for r in records):
+        method = METHODS[name]
+        rows = [r for r in records if r["method"] == name]
+        rounds = [r["round"] for r in rows]
+        # what the headline reports: the nodes' own adapters where no node holds the average
+        shown = [headline(name, r) for r in rows]
+        label = f"{name} (mean of nodes)" if method.spread else name
+        axes[0].plot(rounds, [h["accuracy"] for h in shown], marker="o", label=label)
+        axes[1].plot(rounds, [h["loss"] for h in shown], marker="o", label=label)
+        if method.spread:
+            for key, style in (("consensus_ab", "-"), ("consensus_a", ":"), ("consensus_b", "--")):
+                pts = [(r["round"], r[key]) for r in rows if r.get(key)]
+                if pts:
+                    axes[2].plot(*zip(*pts), style, marker=".", label=f"{name} {key[10:]}")
+    axes[0].set(title="validation accuracy", xlabel="round", ylabel="accuracy")
+    axes[1].set(title="validation loss", xlabel="round", ylabel="cross-entropy")
+    axes[2].set(title="consensus distance (relative)", xlabel="round", yscale="log")
+    save_figure(fig, axes, path)
+
+
+def save_figure(fig, axes, path: Path) -> None:
+    """Grid and legend on every panel that drew something, then the PNG; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

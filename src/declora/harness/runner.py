@@ -1,0 +1,164 @@
+"""A method's rounds, start to end, for the nodes a process holds: play each round over the
+transport, evaluate and log on evaluation rounds, checkpoint when due. Both runtimes call
+:func:`play_rounds`; they differ in the transport, the progress display and where files go."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from declora.algorithms import faults
+from declora.algorithms.scores import from_counts
+from declora.algorithms.tensors import State
+from declora.config import Config
+from declora.harness import checkpoint
+from declora.harness.evaluation import pool_sites, site_counts
+from declora.harness.report import RunLog, round_record, site_record
+from declora.harness.session import Session
+from declora.protocol.rounds import NodeCounters, Party, Transport, play_round
+
+
+class Progress(Protocol):
+    """What a runtime shows while rounds run."""
+
+    def round_done(self, t: int) -> None: ...
+
+    def evaluated(self, record: dict) -> None: ...
+
+
+class Quiet:
+    """Shows nothing (the processes that do not evaluate)."""
+
+    def round_done(self, t: int) -> None:
+        pass
+
+    def evaluated(self, record: dict) -> None:
+        pass
+
+
+def is_eval_round(cfg: Config, t: int, total: int) -> bool:
+    return t % cfg.eval_every == 0 or t == total
+
+
+def plan_of_round(s: Session, party: Party, t: int) -> faults.RoundPlan:
+    """Round t's W and active nodes: the config's faults apply to methods that take them."""
+    if party.method.faults:
+        f = s.cfg.faults
+        return faults.round_plan(s.adj, party.W, f.link_drop, f.node_drop, s.cfg.seed, t)
+    return faults.no_faults(party.W, party.size)
+
+
+def play_rounds(
+    s: Session,
+    party: Party,
+    transport: Transport,
+    log: RunLog | None,
+    progress: Progress,
+    start: int = 0,
+    checkpoints: checkpoint.Store | None = None,
+) -> list[State] | None:
+    """Rounds ``start + 1 ..`` the party's last (the ``finish_rounds`` after its ``rounds``
+    only gossip); returns every node's final adapter on the process that evaluates
+    (None elsewhere). ``checkpoints``: where per-node checkpoints go, written every
+    ``checkpoint_every`` rounds."""
+    cfg = s.cfg
+    total = party.total_rounds
+    began, wall0 = time.perf_counter(), party.counters.wall_s
+    states = None
+    for t in range(start + 1, total + 1):
+        play_round(party, t, plan_of_round(s, party, t), transport, train=t <= party.rounds)
+        party.counters.wall_s = wall0 + time.perf_counter() - began
+        if is_eval_round(cfg, t, total):
+            evaluate = evaluate_and_log if cfg.gather else evaluate_sites
+            states = evaluate(s, party, transport, t, log, progress)
+        if checkpoints is not None and cfg.checkpoint_every and t % cfg.checkpoint_every == 0:
+            save_checkpoints(party, checkpoints, t)
+        progress.round_done(t)
+    if not cfg.gather:  # each site's own test rows, pooled from counts
+        party.final = final_sites(s, party, transport, total)
+    elif start == total:  # resumed after the last round: gather the final states again
+        states = gather(party, transport, start)[0]
+    return states
+
+
+def gather(party: Party, transport: Transport, t: int):
+    """(states, counters) of every node on the evaluating process; (None, None) elsewhere."""
+    held = {n.node_id: (n.state(), party.counters.nodes[n.node_id]) for n in party.nodes}
+    got = transport.gather(held, t)
+    if got is None:
+        return None, None
+    return [st for st, _ in got], [c for _, c in got]
+
+
+def evaluate_and_log(
+    s: Session, party: Party, transport: Transport, t: int, log: RunLog | None, progress: Progress
+) -> list[State] | None:
+    """Round t's record, written by the process that evaluates; returns the gathered states."""
+    states, per_node = gather(party, transport, t)
+    if states is not None:
+        rec = round_record(s, party.method.name, t, states, per_node, party.counters)
+        if log is not None:
+            log.write(rec)
+        progress.evaluated(rec)
+    transport.after_evaluation(t)  # the next exchange's peer_timeout starts after evaluation
+    return states
+
+
+def _held(s: Session, party: Party, split: dict[int, list[dict]], extra) -> dict:
+    """Each held site's counts on ``split`` (its own rows), then ``extra(node)``'s values; a
+    pooled model (one node) is scored on every site's rows."""
+    by_id = {n.node_id: n for n in party.nodes}
+    counts = site_counts(s, {i: n.state() for i, n in by_id.items()}, split)
+    return {i: np.concatenate([c, extra(by_id.get(i, party.nodes[0]))]) for i, c in counts.items()}
+
+
+def evaluate_sites(
+    s: Session, party: Party, transport: Transport, t: int, log: RunLog | None, progress: Progress
+) -> None:
+    """Round t evaluated where the rows are: each site scores the adapter it holds on its own
+    validation rows, and only the counts (and its counters) reach the evaluating process."""
+    held = _held(s, party, s.site_val, lambda n: party.counters.nodes[n.node_id].to_vector())
+    k = len(next(iter(held.values()))) - len(NodeCounters().to_vector())  # counts, then counters
+    got = transport.gather_vectors(held, t, finite=k)
+    if got is not None:
+        counters = [NodeCounters.from_vector(v[k:]) for v in got]
+        if party.method.pooled:
+            counters = counters[:1]
+        rec = site_record(party.method.name, t, [v[:k] for v in got], counters, party.counters)
+        if log is not None:
+            log.write(rec)
+        progress.evaluated(rec)
+    transport.after_evaluation(t)
+
+
+def final_sites(s: Session, party: Party, transport: Transport, t: int) -> dict | None:
+    """Each site's own test rows: the adapter it holds and the untrained start, pooled from
+    counts on the evaluating process (None elsewhere)."""
+    init = {i: s.task.counts(s.model, s.init, b) for i, b in s.site_test.items()}
+    held = _held(s, party, s.site_test, lambda n: np.zeros(0))
+    party.own_test = held  # each held site's counts: its site.json, without scoring again
+    got = transport.gather_vectors({i: np.concatenate([v, init[i]]) for i, v in held.items()}, t)
+    if got is None:
+        return None
+    k = len(got[0]) // 2
+    final = pool_sites([v[:k] for v in got])
+    final["untrained"] = from_counts(np.sum([v[k:] for v in got], axis=0))
+    return final
+
+
+def save_checkpoints(party: Party, store: checkpoint.Store, t: int) -> None:
+    for node, ex in zip(party.nodes, party.exchanges):
+        counters = party.counters.state_dict(node.node_id)
+        extra = ex.state_dict()
+        checkpoint.save(store.root, node, t, counters, extra, store.fingerprint, store.keep)
+
+
+def resume(party: Party, root: Path, t: int) -> None:
+    """Every held node, its exchange and its counters as they were after round t."""
+    for node, ex in zip(party.nodes, party.exchanges):
+        counters, extra = checkpoint.load(root, node, t)
+        ex.load_state_dict(extra)
+        party.counters.load_state_dict(node.node_id, counters)

@@ -1,0 +1,228 @@
+"""What a run builds once and every method shares: graph, data, model and starting adapter;
+and the party of nodes a process plays for each method. Both runtimes start here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from declora.algorithms import partition as part
+from declora.algorithms import topology as topo
+from declora.algorithms.methods import METHODS, Method
+from declora.algorithms.tensors import State
+from declora.config import Config, ConfigError
+from declora.learning import privacy
+from declora.learning.adapters import build_model, load_tokenizer, trainable_state
+from declora.learning.capacity import check_sizes
+from declora.learning.dataset import Dataset, concat
+from declora.learning.devices import CPU, choose
+from declora.learning.dpsgd import ExampleGrads
+from declora.learning.tasks import Task, load_task_data, task_for
+from declora.learning.train import Node
+from declora.learning.vectorize import Together
+from declora.protocol import wire
+from declora.protocol.exchange import Exchange
+from declora.protocol.rounds import Party
+
+POOLED_STREAM = 10**6  # RNG stream of the pooled model, apart from every node's
+TOGETHER_STREAM = 10**6 + 1  # RNG stream of the nodes' stacked batches (vectorize=true)
+
+
+@dataclass
+class Session:
+    """Everything built once per run and shared by all methods."""
+
+    cfg: Config
+    task: Task
+    model: nn.Module  # the frozen base with LoRA, once in memory
+    pad_id: int
+    train: Dataset
+    parts: list[np.ndarray]  # row ids of each node, into train
+    sizes: list[int]  # training rows of each node (also where train holds one node's only)
+    adj: np.ndarray  # (n, n) bool
+    W: np.ndarray  # (n, n) mixing matrix
+    init: State  # identical starting adapter for every node (CPU tensors, as sent)
+    val: list[dict]  # validation batches: curves and choices during training
+    val_nodes: list[dict]  # the first node_eval_size validation rows: each node's own curve
+    test: list[dict]  # test batches: scored once, at the end
+    key: bytes | None  # HMAC key (security.key_file)
+    budgets: dict[str, dict[int, privacy.Budget]] = field(default_factory=dict)  # DP-SGD
+    site_val: dict[int, list[dict]] = field(default_factory=dict)  # per-site files: own rows
+    site_test: dict[int, list[dict]] = field(default_factory=dict)
+    device: torch.device = CPU  # where the model trains and evaluates (config ``device``)
+
+    def collate(self, ds: Dataset, idx) -> dict:
+        """A training batch of rows ``idx`` of ``ds``, as the task builds it."""
+        return self.task.collate(ds, idx, self.pad_id)
+
+
+def graph_for(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """The config's graph (adjacency) and checked mixing matrix; bad settings -> ConfigError."""
+    try:
+        adj = topo.build_graph(
+            cfg.topology.kind, cfg.nodes, p=cfg.topology.p, edges=cfg.topology.edges, seed=cfg.seed
+        )
+        return adj, topo.mixing_matrix(adj, cfg.mixing)
+    except ValueError as err:
+        raise ConfigError(f"topology: {err}") from None
+
+
+def split(cfg: Config, labels: np.ndarray) -> list[np.ndarray]:
+    """Row ids of each node's share of the training rows whose labels are ``labels``
+    (config ``partition``)."""
+    p = cfg.partition
+    try:
+        return part.partition(
+            labels, cfg.nodes, p.kind, alpha=p.alpha, proportions=p.proportions, seed=cfg.seed
+        )
+    except ValueError as err:
+        raise ConfigError(f"partition: {err}") from None
+
+
+def prepare(cfg: Config, node: int | None = None, device: torch.device | None = None) -> Session:
+    """Validate the graph and data against the config and load the model onto ``device``
+    (default: the one config ``device`` names) (writes nothing).
+
+    With ``node`` (a distributed process), ``train`` keeps only that node's rows: the others
+    are dropped right after the partition (or never read: per-site files), and every other
+    node's ``parts`` entry is empty. Sizes that cannot run (:func:`declora.learning.capacity.check_sizes`)
+    are refused first.
+    """
+    check_sizes(cfg, held=None if node is None else 1)
+    device = choose(cfg.device) if device is None else device
+    adj, W = graph_for(cfg)
+    key = wire.read_key(cfg.security.key_file) if cfg.security.key_file else None
+    task, tok = task_for(cfg), load_tokenizer(cfg)
+    load = _sites if cfg.data.per_site else _one_file
+    train, parts, sizes, common, sites = load(cfg, tok, node)
+    pooled = node is None and any(METHODS[m].pooled for m in cfg.methods)
+    budgets = privacy.plan(cfg, sizes, pooled)
+    model, init = _model(cfg, train, device)
+    if budgets:  # every trainable tensor must sit in a Linear layer (per-example gradients)
+        ExampleGrads(model, list(init))
+    pad = tok.pad_token_id
+    batches = lambda ds, limit=None: task.eval_batches(ds, pad, limit)  # noqa: E731
+    return Session(
+        cfg=cfg,
+        task=task,
+        model=model,
+        pad_id=pad,
+        train=train,
+        parts=parts,
+        sizes=sizes,
+        adj=adj,
+        W=W,
+        init=init,
+        val=batches(common.val) if common else [],
+        val_nodes=batches(common.val, cfg.node_eval_size) if common else [],
+        test=batches(common.test) if common else [],
+        key=key,
+        budgets=budgets,
+        site_val={i: batches(sp.val) for i, sp in sites.items()},
+        site_test={i: batches(sp.test) for i, sp in sites.items()},
+        device=device,
+    )
+
+
+def _one_file(cfg: Config, tok, node: int | None):
+    """(training rows, each node's row ids into them, every node's training rows, the
+    held-out splits, {}) of one data file."""
+    splits = load_task_data(cfg, tok)
+    train = splits.train
+    parts = split(cfg, train.labels)
+    sizes = [len(ix) for ix in parts]
+    if node is not None:
+        train = train.subset(parts[node])
+        parts = [np.arange(len(train)) if i == node else ix[:0] for i, ix in enumerate(parts)]
+    return train, parts, sizes, splits, {}
+
+
+def check_privacy(cfg: Config) -> None:
+    """Refuse DP settings that cannot run on the config's one data file (each node's rows
+    from the partition; no model is loaded): ``declora launch`` calls it before torchrun."""
+    if cfg.privacy.enabled and not cfg.data.per_site:
+        _, _, sizes, _, _ = _one_file(cfg, load_tokenizer(cfg), None)
+        privacy.plan(cfg, sizes, pooled=False)
+
+
+def _sites(cfg: Config, tok, node: int | None):
+    """Per-site files: only the files of the nodes this process holds (all of them in the
+    simulator), each with its own held-out rows; the common set of ``eval.gather`` is site
+    0's held-out rows (None where site 0 is not held)."""
+    held = range(cfg.nodes) if node is None else [node]
+    sites = {i: load_task_data(cfg, tok, node=i) for i in held}
+    train = concat([sp.train for sp in sites.values()])
+    parts, start = [np.arange(0)] * cfg.nodes, 0
+    for i, sp in sites.items():
+        parts[i] = np.arange(start, start + len(sp.train))
+        start += len(sp.train)
+    return train, parts, [len(ix) for ix in parts], sites.get(0), sites
+
+
+def _model(cfg: Config, train: Dataset, device: torch.device):
+    """The frozen base with LoRA on ``device``, and the starting adapter every node shares."""
+    model = build_model(cfg, len(train.label_names), device)
+    init = trainable_state(model)
+    if not init:
+        raise ConfigError("lora.targets matched no trainable tensors")
+    for p in model.parameters():  # nodes own the trainable tensors; the module stays frozen
+        p.requires_grad_(False)
+    return model, init
+
+
+def party_for(s: Session, method: Method, held: list[int] | None = None) -> Party:
+    """The nodes a process plays for ``method``: all of them (simulator) or ``held`` (one
+    distributed process). Every method sees the same number of training samples per round,
+    nodes x local_steps x batch_size: the pooled model takes nodes x local_steps steps."""
+    cfg = s.cfg.for_method(method.name)
+    if method.pooled:
+        pooled = s.train.subset(np.sort(np.concatenate(s.parts)))
+        steps, size, W = cfg.nodes * cfg.local_steps, 1, None
+        total = cfg.rounds * steps
+        dp = s.budgets.get("pooled", {}).get(0)
+        one = Node.create(0, pooled, s.init, cfg, POOLED_STREAM, total, dp, device=s.device)
+        nodes = [one]
+    else:
+        held = range(cfg.nodes) if held is None else held
+        dp = s.budgets.get("nodes", {})
+        nodes = [
+            Node.create(
+                i, s.train.subset(s.parts[i]), s.init, cfg, i, budget=dp.get(i), device=s.device
+            )
+            for i in held
+        ]
+        steps, size = cfg.local_steps, cfg.nodes
+        W = None if not method.mixes else np.full((size, size), 1 / size) if method.server else s.W
+    exchanges = [
+        Exchange(n.node_id, s.init, cfg.compression, seed=cfg.seed, consensus=cfg.consensus)
+        for n in nodes
+    ]
+    return Party(
+        method=method,
+        model=s.model,
+        collate=s.collate,
+        nodes=nodes,
+        exchanges=exchanges,
+        steps=steps,
+        batch_size=cfg.batch_size,
+        size=size,
+        W=W,
+        rounds=cfg.rounds,
+        finish_rounds=cfg.finish_rounds if method.gossips else 0,
+        gossip_steps=cfg.gossip_steps if method.gossips else 1,
+        key=s.key,
+        encrypt=cfg.security.encrypt,
+        losses=s.task.example_losses,
+        together=_together(s, cfg, len(nodes)),
+    )
+
+
+def _together(s: Session, cfg: Config, held: int) -> Together | None:
+    """How the held nodes train in one batch (``vectorize=true`` and more than one node)."""
+    if not cfg.vectorize or held < 2:
+        return None
+    rng = torch.Generator().manual_seed(cfg.seed * 100_003 + TOGETHER_STREAM).get_state()
+    return Together(s.task.loss_terms, s.pad_id, rng)

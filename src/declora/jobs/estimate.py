@@ -1,0 +1,184 @@
+"""Traffic before training: values and bytes each node sends and receives, per round and per run.
+
+Only shapes are needed (:func:`declora.learning.capacity.model_shapes`): the model is built from its config
+on the ``meta`` device (no weights, no training) and LoRA is applied the way
+:func:`declora.learning.adapters.build_model` does, so the message is the one the simulator and the
+distributed runtime send. Byte counts come from
+:func:`declora.algorithms.compress.payload_size`, the exact size of a payload, headers and scales included.
+
+Compared with two alternatives under the same compression: FedAvg-LoRA through a server (each
+node uploads its adapter and downloads the average, which the server sends compressed the same
+way; the server receives N and sends N messages a round) and gossip of the full model. Also
+the floor of the simulator's memory (:func:`declora.learning.capacity.memory_needed`) against what this
+machine has available.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from declora.algorithms.compress import describe, payload_size
+from declora.algorithms.tensors import is_lora, is_lora_a
+from declora.config import Config, ConfigError
+from declora.harness.session import graph_for
+from declora.learning.capacity import (
+    GB,
+    Shapes,
+    available_memory,
+    check_shapes,
+    held_nodes,
+    memory_needed,
+    model_shapes,
+)
+from declora.learning.dataset import load_rows
+
+
+def count_labels(cfg: Config) -> int:
+    """Classes in the data (the size of the task head), read without tokenizing."""
+    return len(load_rows(cfg).names)
+
+
+def message_sizes(cfg: Config, num_labels: int) -> tuple[list[int], list[int]]:
+    """(adapter tensor sizes in message order, full-model tensor sizes), from shapes alone."""
+    return _message_sizes(cfg, model_shapes(cfg, num_labels))
+
+
+def _message_sizes(cfg: Config, shapes: Shapes) -> tuple[list[int], list[int]]:
+    if not any(is_lora(n) for n in shapes.trainable):
+        raise ConfigError("lora.targets matched no trainable tensors")
+    sent = shapes.trainable
+    if cfg.consensus == "frozen_a":  # A is seeded on every node and never sent
+        sent = {n: v for n, v in sent.items() if not is_lora_a(n)}
+    return list(sent.values()), shapes.full
+
+
+def memory(cfg: Config, shapes: Shapes) -> dict:
+    """The simulator's memory floor by part (:func:`declora.learning.capacity.memory_needed`) and what
+    this machine has available now, in bytes."""
+    parts = memory_needed(cfg, shapes, held_nodes(cfg))
+    return {"parts": parts, "total": sum(parts.values()), "available": available_memory()}
+
+
+def _row(values: int, message: int, sent: np.ndarray, received: np.ndarray, rounds: int) -> dict:
+    """Figures for one way of training; ``sent``/``received`` are messages per party per round."""
+    return {
+        "values": values,
+        "bytes_per_message": message,
+        "sent_per_node_round": float(sent.mean() * message),
+        "received_per_node_round": float(received.mean() * message),
+        "max_sent_per_node_round": int(sent.max() * message),
+        "sent_per_node_run": float(sent.mean() * message * rounds),
+        "received_per_node_run": float(received.mean() * message * rounds),
+        "total_run": int(sent.sum() * message * rounds),
+    }
+
+
+def estimate(cfg: Config, num_labels: int | None = None) -> dict:
+    """Traffic of ``cfg`` without training; ``num_labels`` skips reading the data."""
+    _, W = graph_for(cfg)
+    n = cfg.nodes
+    neighbours = ((W > 0) & ~np.eye(n, dtype=bool)).sum(1)  # (n,) messages each node sends
+    if cfg.task == "causal_lm":  # no task head: the label count does not matter
+        num_labels = num_labels or 2
+    shapes = model_shapes(cfg, num_labels or count_labels(cfg))
+    check_shapes(cfg, shapes)
+    adapter, full = _message_sizes(cfg, shapes)
+    spec, T = cfg.compression, cfg.rounds
+    dec = cfg.for_method("dec-lora")
+    finish = dec.finish_rounds  # gossip-only rounds: bytes, no steps
+    lora_msg, full_msg = payload_size(adapter, spec), payload_size(full, spec)
+    ones, all_n = np.ones(n), np.array([n])
+    return {
+        "nodes": n,
+        "rounds": T,
+        "finish_rounds": finish,
+        "gossip_steps": dec.gossip_steps,
+        "topology": cfg.topology.kind,
+        "neighbours": {
+            "min": int(neighbours.min()),
+            "mean": float(neighbours.mean()),
+            "max": int(neighbours.max()),
+        },
+        "compression": cfg.compression.model_dump(),
+        "messages": describe(spec),
+        "float32_bytes_per_message": {
+            "lora": payload_size(adapter, _Float32()),
+            "full_model": payload_size(full, _Float32()),
+        },
+        "dec-lora": _row(
+            sum(adapter),
+            lora_msg,
+            neighbours * dec.gossip_steps,
+            neighbours * dec.gossip_steps,
+            T + finish,
+        ),
+        "fedavg-node": _row(sum(adapter), lora_msg, ones, ones, T),
+        "fedavg-server": _row(sum(adapter), lora_msg, all_n, all_n, T),
+        "full-model-gossip": _row(sum(full), full_msg, neighbours, neighbours, T),
+        "memory": memory(cfg, shapes),
+    }
+
+
+class _Float32:
+    kind, bits, block, ratio = "none", 32, 0, 1.0
+
+
+def human_bytes(b: float) -> str:
+    """SI units: 1 kB = 1000 B."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if b >= size:
+            return f"{b / size:.2f} {unit}"
+    return f"{b:.0f} B"
+
+
+ROWS = (
+    ("dec-lora", "Dec-LoRA gossip, each node"),
+    ("fedavg-node", "FedAvg-LoRA, each node"),
+    ("fedavg-server", "FedAvg-LoRA, the server"),
+    ("full-model-gossip", "full-model gossip, each node"),
+)
+
+
+def format_estimate(est: dict) -> str:
+    """The estimate as a plain-text table (per node = mean over nodes)."""
+    nb, comp = est["neighbours"], est["compression"]
+    scheme = f"choco, gamma {comp['gamma']:g}" if comp["scheme"] == "choco" else "direct"
+    lines = [
+        f"{est['nodes']} nodes, {est['topology']} graph ({nb['min']}-{nb['max']} neighbours, "
+        f"mean {nb['mean']:g}), {est['rounds']} rounds"
+        + (f" (+ {est['finish_rounds']} gossip-only for Dec-LoRA)" if est["finish_rounds"] else ""),
+        f"messages: {est['messages']}; scheme {scheme}",
+        "",
+        f"{'':<30} {'values':>11} {'bytes per':>10} {'vs':>6} {'per round':>21} "
+        f"{'whole run':>21} {'all parties':>11}",
+        f"{'':<30} {'per msg':>11} {'message':>10} {'fp32':>6} {'sent':>10} {'received':>10} "
+        f"{'sent':>10} {'received':>10} {'whole run':>11}",
+    ]
+    lines.append("-" * len(lines[-1]))
+    f32 = est["float32_bytes_per_message"]
+    for key, label in ROWS:
+        r = est[key]
+        base = f32["full_model"] if key == "full-model-gossip" else f32["lora"]
+        total = human_bytes(r["total_run"]) if key != "fedavg-server" else ""
+        lines.append(
+            f"{label:<30} {r['values']:>11,} {human_bytes(r['bytes_per_message']):>10} "
+            f"{base / r['bytes_per_message']:>5.1f}x "
+            f"{human_bytes(r['sent_per_node_round']):>10} "
+            f"{human_bytes(r['received_per_node_round']):>10} "
+            f"{human_bytes(r['sent_per_node_run']):>10} "
+            f"{human_bytes(r['received_per_node_run']):>10} {total:>11}"
+        )
+    lines.append(
+        "per node = mean over nodes; 'all parties' = bytes sent by every node together "
+        "(FedAvg: uploads; the server's downloads are its own row)"
+    )
+    if nb["min"] != nb["max"]:
+        busiest = human_bytes(est["dec-lora"]["max_sent_per_node_round"])
+        lines.append(f"the busiest Dec-LoRA node sends {busiest} per round")
+    mem = est["memory"]
+    parts = ", ".join(f"{k} {v / GB:.2f}" for k, v in mem["parts"].items())
+    lines.append(
+        f"memory of declora run: at least {mem['total'] / GB:.2f} GB ({parts}); "
+        f"{mem['available'] / GB:.1f} GB available here"
+    )
+    return "\n".join(lines)

