@@ -40,18 +40,19 @@ def rows_for(s, schedule: str, finishes: list[int]) -> list[dict]:
     st = dataclasses.replace(s, cfg=cfg)
     party = party_for(st, METHODS["dec-lora"])
     transport, began = MemoryTransport(), time.perf_counter()
+    counters = party.counters()
     for t in range(1, cfg.rounds + 1):
-        play_round(party, t, plan_of_round(st, party, t), transport)
+        play_round(party, counters, t, plan_of_round(st, party, t), transport)
     trained_s = time.perf_counter() - began
     rows, done = [], 0
     for finish in sorted(finishes):
         while done < finish:
             done += 1
             t = cfg.rounds + done
-            play_round(party, t, plan_of_round(st, party, t), transport, train=False)
+            play_round(party, counters, t, plan_of_round(st, party, t), transport, train=False)
         states = [n.state() for n in party.nodes]
         fig = evaluate_nodes(st, states, st.val)
-        sent = np.mean([c.sent for c in party.counters.nodes.values()])
+        sent = np.mean([c.sent for c in counters.nodes.values()])
         rows.append(
             {
                 "schedule": schedule,

@@ -50,8 +50,8 @@ def worker() -> None:
     from declora.harness.session import party_for, prepare
     from declora.learning.train import train_steps
     from declora.protocol.rounds import communicate
-    from declora.runtimes.dist.p2p import P2PTransport
-    from declora.runtimes.dist.worker import placement
+    from declora.runtimes.distributed.p2p import P2PTransport
+    from declora.runtimes.distributed.rendezvous import placement
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     cfg = load_config(None, [*DEFAULTS, *sys.argv[1:]])
@@ -59,7 +59,7 @@ def worker() -> None:
     s = prepare(cfg, rank, where.device)
     dist.init_process_group(where.backend)
     party = party_for(s, METHODS["dec-lora"], held=[rank])
-    node, key = party.nodes[0], party.key
+    node, key, counters = party.nodes[0], party.link.key, party.counters()
     transport = P2PTransport(where.wire, cfg.peer_timeout, key)
     train_steps(s.model, node, 1, s.collate)  # warm-up (allocator, kernels), not timed
     rows = []
@@ -69,7 +69,7 @@ def worker() -> None:
         t1 = time.perf_counter()
         dist.barrier()
         t2 = time.perf_counter()
-        communicate(party, s.W, t, transport)
+        communicate(party, counters, s.W, t, transport)
         t3 = time.perf_counter()
         rows.append([t1 - t0, t2 - t1, t3 - t2])
     mine = torch.tensor(rows, dtype=torch.float64)  # (rounds, 3)
@@ -80,7 +80,7 @@ def worker() -> None:
         print(
             f"\nMiniLM-L6 LoRA r={cfg.lora.rank}, {world} processes ({where.backend}), ring; "
             f"{cfg.local_steps} local steps x batch {cfg.batch_size}; payload "
-            f"{party.counters.nodes[rank].payload:,} bytes per neighbour; HMAC {'on' if key else 'off'}"
+            f"{counters.nodes[rank].payload:,} bytes per neighbour; HMAC {'on' if key else 'off'}"
         )
         print(f"{'round':>5} {'compute s':>10} {'wait s':>8} {'exchange s':>11} {'share':>7}")
         for t in range(cfg.rounds):

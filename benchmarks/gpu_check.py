@@ -136,7 +136,7 @@ def max_difference(a: list[dict], b: list[dict]) -> float:
 def tiny_model(work: Path) -> tuple[Path, Path]:
     """The tests' tiny random BERT (2 layers, 32 wide, the bundled MiniLM's tokenizer) without
     dropout, and their CSV of 400 reviews whose one cue word gives the label away."""
-    from tests.helpers import save_tiny_bert, synthetic_rows, write_csv
+    from declora.testing import save_tiny_bert, synthetic_rows, write_csv
 
     off = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     model = save_tiny_bert(work / "tiny-bert", **off)
@@ -145,7 +145,7 @@ def tiny_model(work: Path) -> tuple[Path, Path]:
 
 def tiny_args(model: Path, data: Path, out: Path) -> list[str]:
     """The tests' tiny run, with LoRA's dropout off too, dec-lora and centralized."""
-    from tests.helpers import tiny_args as tests_tiny_args
+    from declora.testing import tiny_args as tests_tiny_args
 
     extra = ["lora.dropout=0", "methods=[dec-lora,centralized]"]
     return [*tests_tiny_args(model, data, out), *extra]

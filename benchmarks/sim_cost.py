@@ -30,15 +30,15 @@ s = session.prepare(cfg)
 party = session.party_for(s, METHODS[sys.argv[1]])
 gpu = s.device.type == "cuda"
 train_steps(s.model, party.nodes[0], 1, s.collate)  # warm-up step (allocator, kernels), not timed
-first = 1
+first, counters = 1, party.counters()
 if gpu:  # on a GPU also one untimed round: the stacked batch's kernels and cuBLAS handles
-    play_round(party, 1, no_faults(party.W, party.size), MemoryTransport())
+    play_round(party, counters, 1, no_faults(party.W, party.size), MemoryTransport())
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     first = 2
 start = time.perf_counter()
 for t in range(first, first + cfg.rounds):  # the simulator's round: steps, frames, mixing
-    play_round(party, t, no_faults(party.W, party.size), MemoryTransport())
+    play_round(party, counters, t, no_faults(party.W, party.size), MemoryTransport())
 if gpu:
     torch.cuda.synchronize()
 train_s = time.perf_counter() - start

@@ -69,7 +69,7 @@ def tiny_llama_dir(tmp_path_factory):
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
     sampler = Sampler(len(sets[0]), 16, seed=0)
     for step in range(240):
-        batch = TASKS["causal_lm"].collate(sets[step % 2], sampler.next(), tok.pad_token_id)
+        batch = TASKS["causal_lm"]().collate(sets[step % 2], sampler.next(), tok.pad_token_id)
         loss = model(**batch).loss
         opt.zero_grad()
         loss.backward()

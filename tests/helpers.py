@@ -1,20 +1,26 @@
 """Helpers the tests import: synthetic data, the tiny configs' overrides, and running
-``declora run`` / ``declora launch`` with a hard timeout. Fixtures live in conftest.py."""
+``declora run`` / ``declora launch`` with a hard timeout. Fixtures live in conftest.py; the
+tiny builders that benchmarks/gpu_check.py shares are in :mod:`declora.testing`."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
 import sys
 
-POSITIVE = ["good", "great", "excellent", "superb", "lovely", "wonderful"]
-NEGATIVE = ["bad", "awful", "poor", "terrible", "dull", "boring"]
-FILLER = ["the", "movie", "plot", "actors", "was", "really", "quite", "film", "story", "and"]
+from declora.testing import (  # noqa: F401 (re-exported for the tests)
+    FILLER,
+    NEGATIVE,
+    POSITIVE,
+    save_tiny_bert,
+    synthetic_rows,
+    tiny_args,
+    write_csv,
+)
+
 TIMEOUT_S = 150
 
 CHAT_TEMPLATE = (
@@ -27,57 +33,12 @@ LLAMA_LABEL_WORDS = [
 ]
 
 
-def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
-    """Reviews of filler words with one cue word that gives the label away."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        label = rng.choice(["positive", "negative"])
-        words = rng.choices(FILLER, k=rng.randint(3, 8))
-        cue = POSITIVE if label == "positive" else NEGATIVE
-        words.insert(rng.randrange(len(words) + 1), rng.choice(cue))
-        rows.append({"text": " ".join(words), "label": label})
-    return rows
-
-
 def cue_pairs(n: int, seed: int = 0) -> list[dict]:
     """Instruction pairs: a synthetic review as the prompt, its cue word as the response."""
     cues = set(POSITIVE + NEGATIVE)
     return [
         {"prompt": r["text"], "response": next(w for w in r["text"].split() if w in cues)}
         for r in synthetic_rows(n, seed)
-    ]
-
-
-def write_csv(path, rows: list[dict]):
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def tiny_args(model_dir, csv_path, out) -> list[str]:
-    """key=value overrides for a run of a few seconds in which pooled training clearly learns."""
-    return [
-        f"model.name={model_dir}",
-        f"data.path={csv_path}",
-        "data.test_size=96",
-        "data.val_size=48",
-        "nodes=4",
-        "rounds=6",
-        "local_steps=4",
-        "batch_size=8",
-        "lr=0.01",
-        "per_method={}",
-        "schedule=constant",
-        "finish_rounds=0",
-        "warmup=0",
-        "eval_every=3",
-        "node_eval_size=48",
-        "lora.rank=4",
-        "partition.kind=iid",
-        f"out={out}",
     ]
 
 
@@ -188,22 +149,3 @@ def torchrun_agents(
 
         pytest.fail(f"{len(cwds)} torchrun agents timed out")
     return [subprocess.CompletedProcess(c, p.returncode, *o) for c, p, o in zip(cmds, procs, done)]
-
-
-def save_tiny_bert(path, **config):
-    """A 2-layer, 32-wide random BERT (``config`` overrides BertConfig's fields) with the
-    bundled MiniLM tokenizer, saved like a Hugging Face checkpoint at ``path``."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from declora.learning.adapters import resolve_model_path
-
-    tok = AutoTokenizer.from_pretrained(resolve_model_path("bundled:minilm"))
-    torch.manual_seed(0)
-    shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-    bert = BertConfig(
-        vocab_size=tok.vocab_size, max_position_embeddings=128, num_labels=2, **shape, **config
-    )
-    BertForSequenceClassification(bert).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path

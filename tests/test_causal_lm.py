@@ -22,7 +22,7 @@ from declora.learning.tasks import TASKS, load_task_data
 from declora.runtimes import sim
 from tests.helpers import cue_pairs, tiny_llama_args, write_csv
 
-LM = TASKS["causal_lm"]
+LM = TASKS["causal_lm"]()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 
 from declora.config import load_config
 from declora.protocol import crypt, wire
-from declora.runtimes.dist.worker import fingerprint
+from declora.protocol.handshake import fingerprint
 
 KEY = b"s" * 32
 RUN = b"run-0001"

@@ -83,7 +83,7 @@ def test_sampler_cycles_through_every_row_before_repeating():
 
 def test_collate_pads_to_the_longest_row(tiny_csv):
     train = load_task_data(cfg_for(tiny_csv), FakeTokenizer()).train
-    batch = TASKS["classification"].collate(train, [0, 1, 2], pad_id=0)
+    batch = TASKS["classification"]().collate(train, [0, 1, 2], pad_id=0)
     width = max(len(train.input_ids[i]) for i in range(3))
     assert batch["input_ids"].shape == (3, width)
     assert batch["attention_mask"].sum().item() == sum(len(train.input_ids[i]) for i in range(3))

@@ -17,7 +17,8 @@ from declora.harness import session
 from declora.learning import devices
 from declora.learning.devices import CPU, Placement, choose, place
 from declora.learning.train import train_steps
-from declora.runtimes.dist import worker as dist
+from declora.protocol import handshake
+from declora.runtimes.distributed import rendezvous
 
 CUDA = lambda i: torch.device("cuda", i)  # noqa: E731
 
@@ -79,10 +80,10 @@ def test_a_launched_process_reads_its_local_rank(monkeypatch):
     monkeypatch.setattr(devices, "cuda_count", lambda: 2)
     monkeypatch.setenv("LOCAL_RANK", "3")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    assert dist.placement(load_config(None, [])) == Placement(CUDA(1), "gloo")
+    assert rendezvous.placement(load_config(None, [])) == Placement(CUDA(1), "gloo")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert dist.placement(load_config(None, [])) == Placement(CUDA(1), "nccl")
+    assert rendezvous.placement(load_config(None, [])) == Placement(CUDA(1), "nccl")
 
 
 def test_auto_finds_the_stubbed_gpu(monkeypatch):
@@ -96,8 +97,8 @@ def test_device_is_a_site_local_key():
     """Sites with and without a GPU may run one job: the device is not in the fingerprint."""
     a = load_config(None, ["device=cpu"])
     b = load_config(None, ["device=cuda:1"])
-    assert dist.fingerprint(a) == dist.fingerprint(b)
-    assert dist.fingerprint(a) != dist.fingerprint(load_config(None, ["precision=bf16"]))
+    assert handshake.fingerprint(a) == handshake.fingerprint(b)
+    assert handshake.fingerprint(a) != handshake.fingerprint(load_config(None, ["precision=bf16"]))
 
 
 @pytest.mark.parametrize("command", ["run", "launch"])
@@ -140,7 +141,7 @@ def test_a_plain_run_needs_no_optional_package():
     """A GPU machine may lack cryptography, scipy, optuna and opacus: a run that encrypts
     nothing, runs one seed and no DP must not import them."""
     code = (
-        "import sys, declora.cli, declora.runtimes.sim, declora.runtimes.dist.worker\n"
+        "import sys, declora.cli, declora.runtimes.sim, declora.runtimes.distributed.worker\n"
         "print(sorted(m for m in ('cryptography', 'scipy', 'optuna', 'opacus') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -156,6 +157,6 @@ def test_one_process_without_nccl_puts_the_whole_run_on_gloo(other, want):
 
     store = td.HashStore()
     td.PrefixStore("placement/", store).set("1", other)
-    got = dist.agree_backend(store, 0, 2, Placement(CUDA(0), "nccl"))
+    got = rendezvous.agree_backend(store, 0, 2, Placement(CUDA(0), "nccl"))
     assert got == Placement(CUDA(0), want)
     assert got.wire == (CUDA(0) if want == "nccl" else CPU)

@@ -19,7 +19,7 @@ import pytest
 
 from declora.cli import main
 from declora.config import load_config
-from declora.runtimes.dist.worker import check_out_dir
+from declora.runtimes.distributed.launcher import check_out_dir
 from tests.helpers import (
     env,
     launch,
@@ -134,7 +134,8 @@ def faulty_launch(args: list[str], spec: str, max_restarts: int = 0):
         spec,
         *args,
     ]
-    return run_cmd(cmd, env(PYTHONPATH=str(ROOT)), cwd=ROOT)
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return run_cmd(cmd, env(PYTHONPATH=path), cwd=ROOT)
 
 
 @pytest.mark.multiprocess
@@ -276,7 +277,7 @@ def test_dist_matches_simulator_on_a_tiny_llama(tiny_llama_dir, tiny_csv, tmp_pa
 
 
 def test_the_fingerprint_covers_the_shared_config_only(tmp_path):
-    from declora.runtimes.dist.worker import fingerprint
+    from declora.protocol.handshake import fingerprint
 
     key, other = tmp_path / "a.key", tmp_path / "b.key"
     base = fingerprint(load_config(None, ["out=runs/a"]))
@@ -292,7 +293,7 @@ def test_the_fingerprint_covers_the_shared_config_only(tmp_path):
 
 
 def test_the_first_differing_key_is_named():
-    from declora.runtimes.dist.worker import key_digests
+    from declora.protocol.handshake import key_digests
 
     names, mine = key_digests(load_config(None, []))
     _, theirs = key_digests(load_config(None, ["lora.alpha=4", "rounds=3"]))

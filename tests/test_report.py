@@ -13,16 +13,13 @@ import numpy as np
 import pytest
 
 from declora.algorithms.methods import HEADLINES, METHODS
+from declora.algorithms.topology import spectral_gap
 from declora.config import ConfigError, load_config
 from declora.harness import report
 from declora.harness.outputs import make_out_dir, plot_curves
-from declora.harness.report import (
-    RunLog,
-    method_summary,
-    results_table,
-    round_record,
-    start_summary,
-)
+from declora.harness.report import RunLog, round_record
+from declora.harness.summary import Summary, results_table
+from declora.harness.summary import method_entry as method_summary
 from declora.protocol.rounds import Counters, NodeCounters
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -228,16 +225,16 @@ def test_method_summary_carries_a_null_f1_and_consensus(tmp_path):
     assert "consensus_ab" in back and back["consensus_ab"] is None
 
 
-def test_start_summary_has_the_spectral_gap_and_the_untrained_start(monkeypatch):
+def test_the_summary_opens_with_the_spectral_gap_and_the_untrained_start():
     """Ring of 5 with Metropolis weights 1/3: eigenvalues (1 + 2 cos(2 pi k / 5)) / 3."""
     untrained = {"accuracy": 0.5, "f1": 0.33, "loss": 0.69}
-    monkeypatch.setattr(report, "evaluate_untrained", lambda s: dict(untrained))
     W = np.zeros((5, 5))
     for i in range(5):
         for j in (i - 1, i, i + 1):
             W[i, j % 5] = 1 / 3
     batches = [{"labels": [0] * 64}, {"labels": [1] * 36}]
-    out = start_summary(SimpleNamespace(W=W, test=batches, val=batches[:1]))
+    s = SimpleNamespace(gap=spectral_gap(W), test=batches, val=batches[:1], cfg=load_config())
+    out = Summary(s, dict(untrained)).data
     lambda_2 = (1 + 2 * math.cos(2 * math.pi / 5)) / 3
     assert out["spectral_gap"] == pytest.approx(1 - lambda_2, abs=1e-12)
     assert out["untrained"] == untrained and out["methods"] == {}

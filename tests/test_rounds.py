@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from declora.learning.dataset import Dataset
 from declora.learning.train import Node
 from declora.protocol import wire
 from declora.protocol.exchange import Exchange
-from declora.protocol.gossip import Outgoing, Step
+from declora.protocol.gossip import Link, Outgoing, Step
 from declora.protocol.rounds import Counters, NodeCounters, Party, communicate
 from declora.runtimes.sim import MemoryTransport, run
 from tests.faulty import FaultyTransport, parse
@@ -45,9 +46,16 @@ def tiny_party(values: list[float], held: list[int], method="dec-lora", key=None
         batch_size=2,
         size=len(values),
         W=W,
-        key=key,
+        link=Link(key),
         warn=lambda line: None,
     )
+
+
+def mix(party: Party, W, t: int, transport) -> Counters:
+    """One gossip step of round t for the party; the held nodes' counters after it."""
+    counters = party.counters()
+    communicate(party, counters, W, t, transport)
+    return counters
 
 
 class StandIn:
@@ -76,10 +84,10 @@ def frame_from(j: int, value: float, round_: int, key=None, nan=False) -> bytes:
 def test_a_node_mixes_accepted_messages_and_gives_refused_weight_to_itself():
     party = tiny_party([1.0, 4.0, 10.0], held=[0])
     lines = []
-    party.warn = lines.append
+    party = replace(party, warn=lines.append)
     transport = StandIn({1: frame_from(1, 4.0, 3), 2: frame_from(2, 10.0, 3, nan=True)})
-    communicate(party, W3, 3, transport)
-    c = party.counters.nodes[0]
+    counters = mix(party, W3, 3, transport)
+    c = counters.nodes[0]
     assert c.refused == 1 and c.sent == 2 * c.payload > 0
     assert lines == [
         "declora: node 0 refused the message from node 2 at round 3: 1 non-finite values"
@@ -95,27 +103,27 @@ def test_unauthenticated_oversized_and_missing_messages_are_refused():
     key = b"s" * 32
     party = tiny_party([0.0, 8.0, 8.0], held=[0], key=key)
     lines = []
-    party.warn = lines.append
+    party = replace(party, warn=lines.append)
     transport = StandIn({1: frame_from(1, 8.0, 2, key=key), 2: "announced a frame of 9e9 bytes"})
-    communicate(party, W3, 2, transport)
-    assert party.counters.nodes[0].refused == 1 and "node 2" in lines[0] and "9e9" in lines[0]
+    counters = mix(party, W3, 2, transport)
+    assert counters.nodes[0].refused == 1 and "node 2" in lines[0] and "9e9" in lines[0]
     assert torch.allclose(party.nodes[0].params["head"], torch.full((2,), 2.0))  # 0.75*0 + 0.25*8
     party = tiny_party([0.0, 8.0, 8.0], held=[0], key=key)
-    party.warn = lines.append
+    party = replace(party, warn=lines.append)
     lines.clear()
     frames = {1: frame_from(1, 8.0, 2, key=b"x" * 32), 2: frame_from(2, 8.0, 2, key=key)}
-    communicate(party, W3, 2, StandIn(frames))
-    assert party.counters.nodes[0].refused == 1 and "node 1" in lines[0] and "HMAC" in lines[0]
+    counters = mix(party, W3, 2, StandIn(frames))
+    assert counters.nodes[0].refused == 1 and "node 1" in lines[0] and "HMAC" in lines[0]
 
 
 def test_an_isolated_node_neither_sends_nor_mixes():
     party = tiny_party([0.0, 1.0, 2.0], held=[0, 1, 2])
     W = np.array([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])  # node 2 cut off
-    communicate(party, W, 1, MemoryTransport())
+    counters = mix(party, W, 1, MemoryTransport())
     heads = [n.params["head"].detach() for n in party.nodes]
     assert torch.allclose(heads[0], torch.full((2,), 0.5))
     assert torch.equal(heads[2], torch.full((2,), 2.0))
-    sent = [party.counters.nodes[i].sent for i in range(3)]
+    sent = [counters.nodes[i].sent for i in range(3)]
     assert sent[2] == 0 and sent[0] == sent[1] > 0
 
 
@@ -124,12 +132,13 @@ def test_a_server_counts_one_upload_per_node():
     gossip, server = (
         tiny_party([0.0, 3.0, 6.0], [0, 1, 2], m, W=W) for m in ("dec-lora", "fedavg")
     )
+    sent = {}
     for party in (gossip, server):
-        communicate(party, W, 1, MemoryTransport())
+        sent[party.method.name] = mix(party, W, 1, MemoryTransport())
         for n in party.nodes:
             assert torch.allclose(n.params["head"], torch.full((2,), 3.0))
     for i in range(3):
-        assert gossip.counters.nodes[i].sent == 2 * server.counters.nodes[i].sent > 0
+        assert sent["dec-lora"].nodes[i].sent == 2 * sent["fedavg"].nodes[i].sent > 0
 
 
 def test_memory_transport_moves_what_both_ends_post_and_refuses_a_missing_post():
@@ -165,8 +174,8 @@ def test_a_one_sided_refusal_drops_the_edge_at_both_ends_and_keeps_the_average()
     W = np.full((3, 3), 1 / 3)
     party = tiny_party([0.0, 3.0, 9.0], [0, 1, 2], W=W)
     lines = []
-    party.warn = lines.append
-    communicate(party, W, 1, OneSided(bad=2, victim=0))
+    party = replace(party, warn=lines.append)
+    counters = mix(party, W, 1, OneSided(bad=2, victim=0))
     assert lines == [
         "declora: node 0 refused the message from node 2 at round 1: checksum mismatch "
         "(the message was corrupted)"
@@ -174,15 +183,15 @@ def test_a_one_sided_refusal_drops_the_edge_at_both_ends_and_keeps_the_average()
     got = heads(party)
     assert got == pytest.approx([1.0, 4.0, 7.0])  # node 0: (2*0+3)/3, node 2: (3+2*9)/3
     assert np.mean(got) == pytest.approx(4.0)
-    assert [party.counters.nodes[i].refused for i in range(3)] == [1, 0, 0]
+    assert [counters.nodes[i].refused for i in range(3)] == [1, 0, 0]
 
 
 def test_an_oversized_announcement_is_refused_before_any_byte_moves():
     W = np.full((3, 3), 1 / 3)
     party = tiny_party([0.0, 3.0, 9.0], [0, 1, 2], W=W)
     lines = []
-    party.warn = lines.append
-    communicate(party, W, 1, FaultyTransport(MemoryTransport(), "oversize=1@1"))
+    party = replace(party, warn=lines.append)
+    mix(party, W, 1, FaultyTransport(MemoryTransport(), "oversize=1@1"))
     assert len(lines) == 2 and all("from node 1" in x and "announced a frame" in x for x in lines)
     assert heads(party) == pytest.approx([3.0, 3.0, 6.0])  # 0 and 2 mix at 1/3; 1 stays alone
     assert np.mean(heads(party)) == pytest.approx(4.0)
@@ -195,10 +204,10 @@ def test_under_choco_a_refused_message_updates_no_public_copy_anywhere():
     shared = {
         k: torch.zeros_like(v) for k, v in party.nodes[0].state().items()
     }  # copies start here
-    party.exchanges = [Exchange(n.node_id, shared, spec) for n in party.nodes]
+    party = replace(party, exchanges=[Exchange(n.node_id, shared, spec) for n in party.nodes])
     for t in (1, 2, 3):
         transport = OneSided(bad=2, victim=0) if t == 2 else MemoryTransport()
-        communicate(party, W, t, transport)
+        mix(party, W, t, transport)
         for j in range(3):  # every holder of node j's copy holds the same copy
             copies = [ex.public[j] for ex in party.exchanges if j in ex.public]
             assert len(copies) == 3 and all(torch.equal(c, copies[0]) for c in copies), (t, j)

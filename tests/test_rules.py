@@ -178,8 +178,9 @@ def test_frozen_a_tiny_run_keeps_every_a_at_its_seed(tiny_model_dir, tiny_csv, t
     cfg = load_config(None, [*tiny_args(tiny_model_dir, tiny_csv, tmp_path), "consensus=frozen_a"])
     s = session.prepare(cfg)
     party = session.party_for(s, METHODS["dec-lora"])
+    counters = party.counters()
     for t in (1, 2):
-        play_round(party, t, no_faults(party.W, party.size), MemoryTransport())
+        play_round(party, counters, t, no_faults(party.W, party.size), MemoryTransport())
     nodes = party.nodes
     a_keys = [k for k in s.init if is_lora_a(k)]
     assert a_keys
@@ -191,7 +192,7 @@ def test_frozen_a_tiny_run_keeps_every_a_at_its_seed(tiny_model_dir, tiny_csv, t
             node.params[k.replace("lora_A", "lora_B")], s.init[k.replace("lora_A", "lora_B")]
         )
     b_and_head = {k: v for k, v in s.init.items() if not is_lora_a(k)}
-    assert party.counters.nodes[0].payload == 4 * numel(b_and_head) + HEADER.size
+    assert counters.nodes[0].payload == 4 * numel(b_and_head) + HEADER.size
     assert numel(b_and_head) < numel(s.init)
     assert np.isfinite(consensus_distances([n.state() for n in nodes])["consensus_ab"])
 

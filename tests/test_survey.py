@@ -88,6 +88,6 @@ def test_the_survey_sees_the_rows_a_run_trains_on(tiny_model_dir, tiny_csv, tmp_
     cfg = config(tiny_model_dir, tiny_csv, tmp_path, *SKEW)
     s = prepare(cfg)
     sv = survey(cfg)
-    assert [n["rows"] for n in sv["nodes"]] == s.sizes
+    assert [n["rows"] for n in sv["nodes"]] == s.node_rows
     for n, ix in zip(sv["nodes"], s.parts):
         assert list(n["counts"].values()) == np.bincount(s.train.labels[ix], minlength=2).tolist()

@@ -77,7 +77,7 @@ def cmd_survey(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from declora.runtimes.dist.worker import launch
+    from declora.runtimes.distributed.launcher import launch
 
     path, overrides = _split_args(args.items)
     return launch(path, overrides, nproc=args.nproc, max_restarts=args.max_restarts)
@@ -91,8 +91,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def worker(items: list[str], wrap=None) -> int:
     """The worker's body; ``wrap(transport, cfg)`` (tests) puts a transport around the real one."""
     from declora.protocol.rounds import say
-    from declora.runtimes.dist.p2p import PeerError
-    from declora.runtimes.dist.worker import run_worker
+    from declora.protocol.wire import PeerError
+    from declora.runtimes.distributed.worker import run_worker
 
     path, overrides = _split_args(items)
     cfg = load_config(path, overrides)

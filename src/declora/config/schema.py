@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from declora.algorithms.topology import MIXING_RULES
+from declora.config.errors import ConfigError
 from declora.config.sections import (
     DEVICE,
     SEED_MAX,
@@ -243,6 +244,14 @@ class Config(_Section):
                 "privacy.*: use precision=bf16"
             )
         return self
+
+    def one_seed(self, command: str) -> None:
+        """``command`` runs one seed: ``seeds=[...]`` is refused in one line."""
+        if self.seeds is not None:
+            raise ConfigError(
+                f"{command} runs one seed at a time (seed=N); seeds=[...] runs the job once "
+                "per seed under declora run"
+            )
 
     def for_method(self, method: str) -> Config:
         """This config with the method's own values (``per_method``) in place of the top-level ones."""

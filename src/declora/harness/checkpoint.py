@@ -43,8 +43,10 @@ class Store:
     fingerprint: str = ""  # the run's config fingerprint (dist.fingerprint)
     keep: int = KEEP
 
-    def shapes(self, node: Node) -> dict[str, tuple]:
-        return {k: tuple(v.shape) for k, v in node.params.items()}
+    @staticmethod
+    def shapes_of(state: State) -> dict[str, tuple]:
+        """The adapter's tensor shapes a checkpoint must have."""
+        return {k: tuple(v.shape) for k, v in state.items()}
 
 
 def keep_for(nodes: int) -> int:

@@ -7,21 +7,19 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from declora.algorithms import topology as topo
+import numpy as np
+
 from declora.algorithms.compress import describe
 from declora.algorithms.consensus import network_average
 from declora.algorithms.methods import METHODS
+from declora.algorithms.scores import from_counts
 from declora.algorithms.tensors import State, numel
 from declora.config import Config, ConfigError, dump_config
-from declora.harness.report import (
-    RunLog,
-    final_figures,
-    headline,
-    method_summary,
-    results_table,
-    write_json,
-)
+from declora.harness.evaluation import evaluate_untrained
+from declora.harness.report import RunLog, headline, write_json
+from declora.harness.runner import Played
 from declora.harness.session import Session
+from declora.harness.summary import Summary, final_figures
 from declora.learning import devices
 from declora.learning.adapters import export_adapter
 
@@ -54,12 +52,11 @@ def write_run_files(s: Session, out: Path) -> None:
 def describe_run(s: Session, out: Path) -> list[str]:
     """The lines a run opens with: graph, data, adapter, messages, faults."""
     cfg = s.cfg
-    gap = topo.spectral_gap(s.W)
     comp = cfg.compression
     scheme = f"choco, gamma {comp.gamma:g}" if comp.scheme == "choco" else "direct"
     lines = [
-        f"{cfg.nodes} nodes on a {cfg.topology.kind} ({cfg.mixing} weights, spectral gap {gap:.4f}); "
-        f"{sum(s.sizes)} training rows, sizes {min(s.sizes)}-{max(s.sizes)}; "
+        f"{cfg.nodes} nodes on a {cfg.topology.kind} ({cfg.mixing} weights, spectral gap {s.gap:.4f}); "
+        f"{sum(s.node_rows)} training rows, {min(s.node_rows)}-{max(s.node_rows)} a node; "
         f"adapter {numel(s.init):,} values; output in {out}",
         f"messages: {describe(comp)}; scheme {scheme}",
         f"compute: {devices.describe(s.device)}, precision {cfg.precision}"
@@ -106,22 +103,16 @@ def describe_privacy(s: Session) -> list[str]:
 def finish_method(
     s: Session,
     out: Path,
-    summary: dict,
+    summary: Summary,
     method: str,
     last: dict,
     states: list[State] | None,
-    final: dict | None = None,
+    sites: dict | None = None,
 ) -> None:
-    """Score what the method's nodes hold on the test rows (or take ``final``, the sites'
-    figures on their own test rows), add it and the last validation record to the summary,
-    and export its adapters (where this process holds them all)."""
-    final = final or final_figures(s, states)
-    summary["methods"][method] = entry = method_summary(method, last, final)
-    if "epsilon" in entry:
-        entry["delta"] = s.cfg.privacy.delta
-    if "sites" in final:  # per-site files: the split sizes and the start, pooled over sites
-        summary.update(test_rows=final["rows"], untrained=final["untrained"])
-        summary["validation_rows"] = last["node_eval_rows"]
+    """Score what the method's nodes hold on the test rows (or take ``sites``, the sites'
+    figures on their own test rows), add it to the summary, and export its adapters (where
+    this process holds them all)."""
+    summary.add(method, last, sites or final_figures(s, states))
     if s.cfg.export_adapters and states is not None:
         export_method(s, method, states, out / "adapters" / method)
 
@@ -141,11 +132,37 @@ def export_method(s: Session, method: str, states: list[State], path: Path) -> N
             export_adapter(s.model, st, path / f"node_{i}")
 
 
-def write_summary(out: Path, log: RunLog, summary: dict, echo=print) -> None:
-    """summary.json and curves.png, then the results table."""
-    write_json(out / "summary.json", summary)
+def write_site(s: Session, out: Path, node: int, state: State, counts: np.ndarray) -> None:
+    """out/node_<i>/ on this site's machine: its adapter (PEFT) and its own test figures from
+    ``counts``, its scoring at the end (beside its log.txt)."""
+    folder = out / f"node_{node}"
+    if s.cfg.export_adapters:
+        export_site(s, out, node, state)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "site.json", {"node": node, "rows": int(counts[0]), **from_counts(counts)})
+
+
+def finish_dist(
+    s: Session, out: Path, log: RunLog, played: Played, runtime: dict, echo=print
+) -> None:
+    """Rank 0 of a launch: the summary (as the simulator writes it), adapters and curves."""
+    summary = Summary(s, evaluate_untrained(s))
+    finish_method(s, out, summary, "dec-lora", log.records[-1], played.states, played.sites)
+    finish_run(out, log, summary, runtime, echo)
+
+
+def finish_run(out: Path, log: RunLog, summary: Summary, runtime: dict, echo=print) -> None:
+    """summary.json (with where the run ran) and curves.png, then the results table."""
+    summary.write(out, runtime)
     plot_curves(log.records, out / "curves.png")
-    echo(results_table(summary))
+    echo(summary.table())
+
+
+def keep_stopped(out: Path, log: RunLog, summary: Summary, reason: str) -> None:
+    """A run that stopped early keeps what ran: the methods before, the curves up to then."""
+    summary.stop(reason)
+    summary.write(out)
+    plot_curves(log.records, out / "curves.png")
 
 
 def plot_curves(records: list[dict], path: Path) -> None:

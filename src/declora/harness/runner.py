@@ -5,8 +5,8 @@ transport, evaluate and log on evaluation rounds, checkpoint when due. Both runt
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
@@ -16,27 +16,20 @@ from declora.algorithms.tensors import State
 from declora.config import Config
 from declora.harness import checkpoint
 from declora.harness.evaluation import pool_sites, site_counts
+from declora.harness.progress import Progress
 from declora.harness.report import RunLog, round_record, site_record
 from declora.harness.session import Session
-from declora.protocol.rounds import NodeCounters, Party, Transport, play_round
+from declora.protocol.rounds import Counters, NodeCounters, Party, Transport, play_round
 
 
-class Progress(Protocol):
-    """What a runtime shows while rounds run."""
+@dataclass
+class Played:
+    """What a method's rounds leave on this process, besides its nodes' own state."""
 
-    def round_done(self, t: int) -> None: ...
-
-    def evaluated(self, record: dict) -> None: ...
-
-
-class Quiet:
-    """Shows nothing (the processes that do not evaluate)."""
-
-    def round_done(self, t: int) -> None:
-        pass
-
-    def evaluated(self, record: dict) -> None:
-        pass
+    counters: Counters
+    states: list[State] | None = None  # every node's final adapter (the evaluating process)
+    sites: dict | None = None  # per-site files: the sites' test figures (evaluating process)
+    own_test: dict = field(default_factory=dict)  # per-site files: held sites' test counts
 
 
 def is_eval_round(cfg: Config, t: int, total: int) -> bool:
@@ -59,34 +52,38 @@ def play_rounds(
     progress: Progress,
     start: int = 0,
     checkpoints: checkpoint.Store | None = None,
-) -> list[State] | None:
+    counters: Counters | None = None,
+) -> Played:
     """Rounds ``start + 1 ..`` the party's last (the ``finish_rounds`` after its ``rounds``
-    only gossip); returns every node's final adapter on the process that evaluates
-    (None elsewhere). ``checkpoints``: where per-node checkpoints go, written every
-    ``checkpoint_every`` rounds."""
+    only gossip), counted in ``counters`` (fresh ones by default; a resumed run's as they
+    were); every node's final adapter reaches the process that evaluates. ``checkpoints``:
+    where per-node checkpoints go, written every ``checkpoint_every`` rounds."""
     cfg = s.cfg
     total = party.total_rounds
-    began, wall0 = time.perf_counter(), party.counters.wall_s
-    states = None
+    played = Played(party.counters() if counters is None else counters)
+    c = played.counters
+    began, wall0 = time.perf_counter(), c.wall_s
     for t in range(start + 1, total + 1):
-        play_round(party, t, plan_of_round(s, party, t), transport, train=t <= party.rounds)
-        party.counters.wall_s = wall0 + time.perf_counter() - began
+        play_round(party, c, t, plan_of_round(s, party, t), transport, train=t <= party.rounds)
+        c.wall_s = wall0 + time.perf_counter() - began
         if is_eval_round(cfg, t, total):
-            evaluate = evaluate_and_log if cfg.gather else evaluate_sites
-            states = evaluate(s, party, transport, t, log, progress)
+            if cfg.gather:
+                played.states = evaluate_and_log(s, party, c, transport, t, log, progress)
+            else:
+                evaluate_sites(s, party, c, transport, t, log, progress)
         if checkpoints is not None and cfg.checkpoint_every and t % cfg.checkpoint_every == 0:
-            save_checkpoints(party, checkpoints, t)
+            save_checkpoints(party, c, checkpoints, t)
         progress.round_done(t)
     if not cfg.gather:  # each site's own test rows, pooled from counts
-        party.final = final_sites(s, party, transport, total)
+        played.sites, played.own_test = final_sites(s, party, transport, total)
     elif start == total:  # resumed after the last round: gather the final states again
-        states = gather(party, transport, start)[0]
-    return states
+        played.states = gather(party, c, transport, start)[0]
+    return played
 
 
-def gather(party: Party, transport: Transport, t: int):
+def gather(party: Party, counters: Counters, transport: Transport, t: int):
     """(states, counters) of every node on the evaluating process; (None, None) elsewhere."""
-    held = {n.node_id: (n.state(), party.counters.nodes[n.node_id]) for n in party.nodes}
+    held = {n.node_id: (n.state(), counters.nodes[n.node_id]) for n in party.nodes}
     got = transport.gather(held, t)
     if got is None:
         return None, None
@@ -94,12 +91,18 @@ def gather(party: Party, transport: Transport, t: int):
 
 
 def evaluate_and_log(
-    s: Session, party: Party, transport: Transport, t: int, log: RunLog | None, progress: Progress
+    s: Session,
+    party: Party,
+    counters: Counters,
+    transport: Transport,
+    t: int,
+    log: RunLog | None,
+    progress: Progress,
 ) -> list[State] | None:
     """Round t's record, written by the process that evaluates; returns the gathered states."""
-    states, per_node = gather(party, transport, t)
+    states, per_node = gather(party, counters, transport, t)
     if states is not None:
-        rec = round_record(s, party.method.name, t, states, per_node, party.counters)
+        rec = round_record(s, party.method.name, t, states, per_node, counters)
         if log is not None:
             log.write(rec)
         progress.evaluated(rec)
@@ -116,49 +119,56 @@ def _held(s: Session, party: Party, split: dict[int, list[dict]], extra) -> dict
 
 
 def evaluate_sites(
-    s: Session, party: Party, transport: Transport, t: int, log: RunLog | None, progress: Progress
+    s: Session,
+    party: Party,
+    counters: Counters,
+    transport: Transport,
+    t: int,
+    log: RunLog | None,
+    progress: Progress,
 ) -> None:
     """Round t evaluated where the rows are: each site scores the adapter it holds on its own
     validation rows, and only the counts (and its counters) reach the evaluating process."""
-    held = _held(s, party, s.site_val, lambda n: party.counters.nodes[n.node_id].to_vector())
+    held = _held(s, party, s.site_val, lambda n: counters.nodes[n.node_id].to_vector())
     k = len(next(iter(held.values()))) - len(NodeCounters().to_vector())  # counts, then counters
     got = transport.gather_vectors(held, t, finite=k)
     if got is not None:
-        counters = [NodeCounters.from_vector(v[k:]) for v in got]
+        per_node = [NodeCounters.from_vector(v[k:]) for v in got]
         if party.method.pooled:
-            counters = counters[:1]
-        rec = site_record(party.method.name, t, [v[:k] for v in got], counters, party.counters)
+            per_node = per_node[:1]
+        rec = site_record(party.method.name, t, [v[:k] for v in got], per_node, counters)
         if log is not None:
             log.write(rec)
         progress.evaluated(rec)
     transport.after_evaluation(t)
 
 
-def final_sites(s: Session, party: Party, transport: Transport, t: int) -> dict | None:
+def final_sites(s: Session, party: Party, transport: Transport, t: int) -> tuple[dict | None, dict]:
     """Each site's own test rows: the adapter it holds and the untrained start, pooled from
-    counts on the evaluating process (None elsewhere)."""
+    counts on the evaluating process (None elsewhere); and each held site's own counts (its
+    site.json, without scoring again)."""
     init = {i: s.task.counts(s.model, s.init, b) for i, b in s.site_test.items()}
     held = _held(s, party, s.site_test, lambda n: np.zeros(0))
-    party.own_test = held  # each held site's counts: its site.json, without scoring again
     got = transport.gather_vectors({i: np.concatenate([v, init[i]]) for i, v in held.items()}, t)
     if got is None:
-        return None
+        return None, held
     k = len(got[0]) // 2
     final = pool_sites([v[:k] for v in got])
     final["untrained"] = from_counts(np.sum([v[k:] for v in got], axis=0))
-    return final
+    return final, held
 
 
-def save_checkpoints(party: Party, store: checkpoint.Store, t: int) -> None:
+def save_checkpoints(party: Party, counters: Counters, store: checkpoint.Store, t: int) -> None:
     for node, ex in zip(party.nodes, party.exchanges):
-        counters = party.counters.state_dict(node.node_id)
-        extra = ex.state_dict()
-        checkpoint.save(store.root, node, t, counters, extra, store.fingerprint, store.keep)
+        own = counters.state_dict(node.node_id)
+        checkpoint.save(store.root, node, t, own, ex.state_dict(), store.fingerprint, store.keep)
 
 
-def resume(party: Party, root: Path, t: int) -> None:
-    """Every held node, its exchange and its counters as they were after round t."""
+def resume(party: Party, root: Path, t: int) -> Counters:
+    """Every held node and its exchange as they were after round t; their counters then."""
+    counters = party.counters()
     for node, ex in zip(party.nodes, party.exchanges):
-        counters, extra = checkpoint.load(root, node, t)
+        own, extra = checkpoint.load(root, node, t)
         ex.load_state_dict(extra)
-        party.counters.load_state_dict(node.node_id, counters)
+        counters.load_state_dict(node.node_id, own)
+    return counters

@@ -25,7 +25,8 @@ from declora.learning.train import Node
 from declora.learning.vectorize import Together
 from declora.protocol import wire
 from declora.protocol.exchange import Exchange
-from declora.protocol.rounds import Party
+from declora.protocol.gossip import Link
+from declora.protocol.rounds import Party, say
 
 POOLED_STREAM = 10**6  # RNG stream of the pooled model, apart from every node's
 TOGETHER_STREAM = 10**6 + 1  # RNG stream of the nodes' stacked batches (vectorize=true)
@@ -41,9 +42,10 @@ class Session:
     pad_id: int
     train: Dataset
     parts: list[np.ndarray]  # row ids of each node, into train
-    sizes: list[int]  # training rows of each node (also where train holds one node's only)
+    node_rows: list[int]  # training rows of each node (also where train holds one node's only)
     adj: np.ndarray  # (n, n) bool
     W: np.ndarray  # (n, n) mixing matrix
+    gap: float  # its spectral gap, 1 - |lambda_2(W)|
     init: State  # identical starting adapter for every node (CPU tensors, as sent)
     val: list[dict]  # validation batches: curves and choices during training
     val_nodes: list[dict]  # the first node_eval_size validation rows: each node's own curve
@@ -82,24 +84,30 @@ def split(cfg: Config, labels: np.ndarray) -> list[np.ndarray]:
         raise ConfigError(f"partition: {err}") from None
 
 
-def prepare(cfg: Config, node: int | None = None, device: torch.device | None = None) -> Session:
+def prepare(
+    cfg: Config,
+    node: int | None = None,
+    device: torch.device | None = None,
+    key: bytes | None = None,
+) -> Session:
     """Validate the graph and data against the config and load the model onto ``device``
-    (default: the one config ``device`` names) (writes nothing).
+    (default: the one config ``device`` names) (writes nothing). ``key``: the secret of
+    ``security.key_file`` when the caller has read it already (it is read here otherwise).
 
     With ``node`` (a distributed process), ``train`` keeps only that node's rows: the others
     are dropped right after the partition (or never read: per-site files), and every other
-    node's ``parts`` entry is empty. Sizes that cannot run (:func:`declora.learning.capacity.check_sizes`)
-    are refused first.
+    node's ``parts`` entry is empty. Sizes that cannot run
+    (:func:`declora.learning.capacity.check_sizes`) are refused first.
     """
     check_sizes(cfg, held=None if node is None else 1)
     device = choose(cfg.device) if device is None else device
     adj, W = graph_for(cfg)
-    key = wire.read_key(cfg.security.key_file) if cfg.security.key_file else None
+    key = read_key(cfg) if key is None else key
     task, tok = task_for(cfg), load_tokenizer(cfg)
     load = _sites if cfg.data.per_site else _one_file
-    train, parts, sizes, common, sites = load(cfg, tok, node)
+    train, parts, node_rows, common, sites = load(cfg, tok, node)
     pooled = node is None and any(METHODS[m].pooled for m in cfg.methods)
-    budgets = privacy.plan(cfg, sizes, pooled)
+    budgets = privacy.plan(cfg, node_rows, pooled)
     model, init = _model(cfg, train, device)
     if budgets:  # every trainable tensor must sit in a Linear layer (per-example gradients)
         ExampleGrads(model, list(init))
@@ -112,9 +120,10 @@ def prepare(cfg: Config, node: int | None = None, device: torch.device | None = 
         pad_id=pad,
         train=train,
         parts=parts,
-        sizes=sizes,
+        node_rows=node_rows,
         adj=adj,
         W=W,
+        gap=topo.spectral_gap(W),
         init=init,
         val=batches(common.val) if common else [],
         val_nodes=batches(common.val, cfg.node_eval_size) if common else [],
@@ -127,25 +136,30 @@ def prepare(cfg: Config, node: int | None = None, device: torch.device | None = 
     )
 
 
+def read_key(cfg: Config) -> bytes | None:
+    """The secret of ``security.key_file`` (None without one): read once per process."""
+    return wire.read_key(cfg.security.key_file) if cfg.security.key_file else None
+
+
 def _one_file(cfg: Config, tok, node: int | None):
     """(training rows, each node's row ids into them, every node's training rows, the
     held-out splits, {}) of one data file."""
     splits = load_task_data(cfg, tok)
     train = splits.train
     parts = split(cfg, train.labels)
-    sizes = [len(ix) for ix in parts]
+    node_rows = [len(ix) for ix in parts]
     if node is not None:
         train = train.subset(parts[node])
         parts = [np.arange(len(train)) if i == node else ix[:0] for i, ix in enumerate(parts)]
-    return train, parts, sizes, splits, {}
+    return train, parts, node_rows, splits, {}
 
 
 def check_privacy(cfg: Config) -> None:
     """Refuse DP settings that cannot run on the config's one data file (each node's rows
     from the partition; no model is loaded): ``declora launch`` calls it before torchrun."""
     if cfg.privacy.enabled and not cfg.data.per_site:
-        _, _, sizes, _, _ = _one_file(cfg, load_tokenizer(cfg), None)
-        privacy.plan(cfg, sizes, pooled=False)
+        _, _, node_rows, _, _ = _one_file(cfg, load_tokenizer(cfg), None)
+        privacy.plan(cfg, node_rows, pooled=False)
 
 
 def _sites(cfg: Config, tok, node: int | None):
@@ -173,29 +187,19 @@ def _model(cfg: Config, train: Dataset, device: torch.device):
     return model, init
 
 
-def party_for(s: Session, method: Method, held: list[int] | None = None) -> Party:
+def party_for(
+    s: Session,
+    method: Method,
+    held: list[int] | None = None,
+    run: bytes = bytes(wire.RUN_BYTES),
+    warn=say,
+) -> Party:
     """The nodes a process plays for ``method``: all of them (simulator) or ``held`` (one
-    distributed process). Every method sees the same number of training samples per round,
-    nodes x local_steps x batch_size: the pooled model takes nodes x local_steps steps."""
+    distributed process), their messages bound to ``run`` and their refusals told to
+    ``warn``. Every method sees the same number of training samples per round, nodes x
+    local_steps x batch_size: the pooled model takes nodes x local_steps steps."""
     cfg = s.cfg.for_method(method.name)
-    if method.pooled:
-        pooled = s.train.subset(np.sort(np.concatenate(s.parts)))
-        steps, size, W = cfg.nodes * cfg.local_steps, 1, None
-        total = cfg.rounds * steps
-        dp = s.budgets.get("pooled", {}).get(0)
-        one = Node.create(0, pooled, s.init, cfg, POOLED_STREAM, total, dp, device=s.device)
-        nodes = [one]
-    else:
-        held = range(cfg.nodes) if held is None else held
-        dp = s.budgets.get("nodes", {})
-        nodes = [
-            Node.create(
-                i, s.train.subset(s.parts[i]), s.init, cfg, i, budget=dp.get(i), device=s.device
-            )
-            for i in held
-        ]
-        steps, size = cfg.local_steps, cfg.nodes
-        W = None if not method.mixes else np.full((size, size), 1 / size) if method.server else s.W
+    nodes, steps, size, W = _nodes(s, cfg, method, held)
     exchanges = [
         Exchange(n.node_id, s.init, cfg.compression, seed=cfg.seed, consensus=cfg.consensus)
         for n in nodes
@@ -213,11 +217,32 @@ def party_for(s: Session, method: Method, held: list[int] | None = None) -> Part
         rounds=cfg.rounds,
         finish_rounds=cfg.finish_rounds if method.gossips else 0,
         gossip_steps=cfg.gossip_steps if method.gossips else 1,
-        key=s.key,
-        encrypt=cfg.security.encrypt,
+        link=Link(s.key, cfg.security.encrypt, run),
         losses=s.task.example_losses,
         together=_together(s, cfg, len(nodes)),
+        warn=warn,
     )
+
+
+def _nodes(s: Session, cfg: Config, method: Method, held: list[int] | None):
+    """(the held nodes, their steps a round, the network's size, its mixing matrix)."""
+    if method.pooled:
+        pooled = s.train.subset(np.sort(np.concatenate(s.parts)))
+        steps = cfg.nodes * cfg.local_steps
+        dp = s.budgets.get("pooled", {}).get(0)
+        total = cfg.rounds * steps
+        one = Node.create(0, pooled, s.init, cfg, POOLED_STREAM, total, dp, device=s.device)
+        return [one], steps, 1, None
+    dp = s.budgets.get("nodes", {})
+    nodes = [
+        Node.create(
+            i, s.train.subset(s.parts[i]), s.init, cfg, i, budget=dp.get(i), device=s.device
+        )
+        for i in (range(cfg.nodes) if held is None else held)
+    ]
+    size = cfg.nodes
+    W = None if not method.mixes else np.full((size, size), 1 / size) if method.server else s.W
+    return nodes, cfg.local_steps, size, W
 
 
 def _together(s: Session, cfg: Config, held: int) -> Together | None:

@@ -31,10 +31,11 @@ from declora.algorithms.methods import METHODS
 from declora.config import Config, ConfigError, MethodSettings, dump_config, load_config
 from declora.harness.evaluation import evaluate_nodes
 from declora.harness.outputs import make_out_dir, save_figure
+from declora.harness.progress import Bar
 from declora.harness.report import headline
 from declora.harness.runner import play_rounds
 from declora.harness.session import Session, party_for, prepare
-from declora.runtimes.sim import Bar, MemoryTransport
+from declora.runtimes.sim import MemoryTransport
 
 JOURNAL = "tune.journal"
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -102,7 +103,7 @@ def objective(s: Session, method: str, trial: optuna.Trial) -> float:
     reporter = Reporter(trial, method, party.total_rounds, cfg.tune.prune)
     began = time.perf_counter()
     try:
-        states = play_rounds(tried, party, MemoryTransport(), None, reporter)
+        states = play_rounds(tried, party, MemoryTransport(), None, reporter).states
     finally:
         reporter.bar.bar.close()
         trial.set_user_attr("seconds", round(time.perf_counter() - began, 1))
@@ -335,8 +336,7 @@ def format_best(studies: dict[str, optuna.Study]) -> str:
 
 def tune(cfg: Config, echo=print) -> tuple[Path, dict[str, optuna.Study]]:
     """Search every configured method; write tuned.yaml, trials.csv and tune.png."""
-    if cfg.seeds is not None:
-        raise ConfigError("declora tune searches at one seed (seed=N); seeds= is for declora run")
+    cfg.one_seed("declora tune")
     if cfg.data.per_site:
         raise ConfigError(
             "declora tune reads one data file; per-site files (data.path with {node}) are not "

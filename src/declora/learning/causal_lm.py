@@ -151,9 +151,11 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 
 
 @torch.inference_mode()
-def evaluate_lm(model: nn.Module, params: State, batches: list[dict]) -> dict[str, float]:
+def evaluate_lm(
+    model: nn.Module, params: State, batches: list[dict], precision: str = "fp32"
+) -> dict[str, float]:
     """Classification as generation (batches with ``gold``) or response-token metrics, on the
-    model's device."""
+    model's device, in config ``precision``."""
     model.eval()
     device = device_of(model)
     params, preds, golds = to_device(params, device), [], []
@@ -161,7 +163,7 @@ def evaluate_lm(model: nn.Module, params: State, batches: list[dict]) -> dict[st
     for batch in batches:
         batch = to_device(batch, device)
         inputs = {k: v for k, v in batch.items() if k not in (*META, "labels")}
-        with autocast(model):
+        with autocast(device, precision):
             logits = functional_call(model, params, args=(), kwargs=inputs).logits
         if "choice_ids" in batch:  # one-token label words: read them off the prompt's end
             at = (batch["labels"] != IGNORE).float().argmax(1) - 1  # (rows,) last prompt token

@@ -60,7 +60,7 @@ def place(spec: str, local_rank: int, local_world: int, count: int | None = None
     process GPU ``local_rank mod GPUs``; ``cuda:N`` puts them all on GPU N. NCCL when every
     process has a GPU of its own (NCCL refuses two ranks on one GPU), gloo otherwise: processes
     that share a GPU, or the CPU, exchange over gloo. This is what the machine allows; the run
-    takes NCCL only if every machine allows it (:func:`declora.runtimes.dist.worker.agree_backend`)."""
+    takes NCCL only if every machine allows it (:func:`declora.runtimes.distributed.worker.agree_backend`)."""
     count = cuda_count() if count is None else count
     device = choose(spec, count)
     if device.type == "cpu":

@@ -118,7 +118,7 @@ def _steps_within(b: Budget, target: float) -> int:
     return lo
 
 
-def plan(cfg: Config, sizes: list[int], pooled: bool) -> dict[str, dict[int, Budget]]:
+def plan(cfg: Config, node_rows: list[int], pooled: bool) -> dict[str, dict[int, Budget]]:
     """Every budget the run will use, computed (and checked) before anything is written:
     ``"nodes"`` (each node with rows here: rounds x local_steps steps on its own rows) and,
     with ``pooled``, ``"pooled"`` (the centralized model: nodes x local_steps steps a round on
@@ -130,10 +130,10 @@ def plan(cfg: Config, sizes: list[int], pooled: bool) -> dict[str, dict[int, Bud
     if not cfg.privacy.enabled:
         return {}
     steps = cfg.rounds * cfg.local_steps
-    nodes = {i: budget(cfg, i, n, steps) for i, n in enumerate(sizes) if n}
-    out = {"nodes": _stop_together(nodes, cfg.local_steps, all(sizes))}
+    nodes = {i: budget(cfg, i, n, steps) for i, n in enumerate(node_rows) if n}
+    out = {"nodes": _stop_together(nodes, cfg.local_steps, all(node_rows))}
     if pooled:
-        one = budget(cfg, "(pooled)", sum(sizes), steps * cfg.nodes)
+        one = budget(cfg, "(pooled)", sum(node_rows), steps * cfg.nodes)
         out["pooled"] = _stop_together({0: one}, cfg.nodes * cfg.local_steps, True)
     return out
 

@@ -7,6 +7,7 @@ fixed evaluation batches, and scores an adapter on those. The runtimes pick one 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, get_args
 
 import numpy as np
@@ -46,8 +47,12 @@ class Task(Protocol):
         ...
 
 
+@dataclass(frozen=True)
 class Classification:
-    """An encoder with a task head: cross-entropy over the classes; accuracy and macro-F1."""
+    """An encoder with a task head: cross-entropy over the classes; accuracy and macro-F1.
+    Evaluated in config ``precision``."""
+
+    precision: str = "fp32"
 
     def dataset(self, cfg: Config, tok, rows, texts, labels, names) -> Dataset:
         ids = tok(texts, truncation=True, max_length=cfg.max_length)["input_ids"]
@@ -79,7 +84,7 @@ class Classification:
         params, preds, golds, loss_sum = to_device(params, device), [], [], 0.0
         for batch in batches:
             batch = to_device(batch, device)
-            with autocast(model):
+            with autocast(device, self.precision):
                 out = functional_call(model, params, args=(), kwargs=batch)
             loss_sum += float(out.loss) * len(batch["labels"])
             preds.append(out.logits.argmax(-1).cpu().numpy())
@@ -99,8 +104,12 @@ class Classification:
         return self.loss_terms(out, batch)[0]
 
 
+@dataclass(frozen=True)
 class CausalLM:
-    """A causal LM: instruction pairs or classification as generation (:mod:`declora.learning.causal_lm`)."""
+    """A causal LM: instruction pairs or classification as generation
+    (:mod:`declora.learning.causal_lm`), evaluated in config ``precision``."""
+
+    precision: str = "fp32"
 
     def dataset(self, cfg: Config, tok, rows, texts, labels, names) -> Dataset:
         return lm.dataset(cfg, tok, rows, texts, labels, names)
@@ -112,7 +121,7 @@ class CausalLM:
         return lm.eval_batches(ds, pad_id, limit)
 
     def evaluate(self, model: nn.Module, params: State, batches: list[dict]) -> dict:
-        return lm.evaluate_lm(model, params, batches)
+        return lm.evaluate_lm(model, params, batches, self.precision)
 
     def loss_terms(self, out, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's summed loss over its target tokens, and how many there are."""
@@ -125,12 +134,13 @@ class CausalLM:
         return sums / counts.clamp(min=1)
 
 
-TASKS: dict[str, Task] = {"classification": Classification(), "causal_lm": CausalLM()}
+TASKS: dict[str, type] = {"classification": Classification, "causal_lm": CausalLM}
 assert tuple(TASKS) == get_args(TaskName), "config.TaskName and TASKS must agree"
 
 
 def task_for(cfg: Config) -> Task:
-    return TASKS[cfg.task]
+    """The config's task, evaluated in its precision."""
+    return TASKS[cfg.task](cfg.precision)
 
 
 def load_task_data(cfg: Config, tok, node: int | None = None) -> Splits:

@@ -99,6 +99,7 @@ class Node:
     diverged: bool = False  # a step's loss was not finite
     scaler: torch.amp.GradScaler | None = None  # precision=fp16: the node's loss scale
     cuda_rng: torch.Tensor | None = None  # on a GPU, the node's CUDA RNG (dropout there)
+    precision: str = "fp32"  # config precision: autocast of its forward and backward
 
     @property
     def epsilon(self) -> float:
@@ -146,6 +147,7 @@ class Node:
             budget=budget,
             scaler=torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None,
             cuda_rng=cuda_stream(seed, device),
+            precision=cfg.precision,
         )
 
     @property
@@ -200,7 +202,7 @@ def train_steps(
         for _ in range(steps):
             rows = node.sampler.next()
             batch = to_device(collate(node.data, rows), node.device) if len(rows) else None
-            with autocast(model):
+            with autocast(node.device, node.precision):
                 if node.budget is None:
                     loss = _step(model, node, batch)
                 else:

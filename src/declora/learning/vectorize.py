@@ -122,7 +122,7 @@ def _step(model, nodes: list[Node], collate: Collate, how: Together, stacked) ->
     stacked.states = [n.params for n in nodes]
     stacked.rows = [len(b["input_ids"]) for b in batches]
     batch = to_device(stack_batches(batches, how.pad_id), nodes[0].device)
-    with autocast(model):
+    with autocast(nodes[0].device, nodes[0].precision):
         out = model(**{k: v for k, v in batch.items() if k != "labels"})
         sums, counts = how.terms(out, batch)
     bounds = np.cumsum([0, *stacked.rows])

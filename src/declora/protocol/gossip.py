@@ -1,8 +1,9 @@
-"""One gossip step on every live edge, in phases, so that both ends of an edge decide together.
+"""One gossip step on every live edge, in phases, so that both ends of an edge decide together:
+all five phases are here (:func:`gossip_step` drives them), written once for both runtimes.
 
 A transport only moves bytes (:meth:`Links.post`: to each peer some bytes, from each peer an
-expected number of bytes); the phases are written here once, for both runtimes. Every phase
-but the frames is a control message (:func:`declora.protocol.wire.seal_control`), tagged when a key is set.
+expected number of bytes). Every phase but the frames is a control message
+(:func:`declora.protocol.wire.seal_control`), tagged when a key is set.
 
 1. **length**: each node tells each live neighbour how long its frame is;
 2. **ack**: each node answers whether it takes that many bytes (a valid, authenticated
@@ -11,11 +12,11 @@ but the frames is a control message (:func:`declora.protocol.wire.seal_control`)
 3. **frames**: on each edge whose two ends acknowledged each other, the frames cross; on any
    other edge nothing moves, so no unread bytes are left behind on a connection and a peer
    cannot abort an honest node by announcing too much;
-4. **verdict** (:func:`declora.protocol.rounds.communicate`): each node tells each neighbour whether it
+4. **verdict**: each node tells each neighbour whether it
    accepted its frame; an edge mixes only if both ends accepted, so a refusal at either end
    drops the edge at both. W restricted to the kept edges, with the dropped weight on the
    diagonal, stays symmetric and doubly stochastic: the network average is kept;
-5. **commit** (CHOCO only): a node's message counts only when every neighbour accepted it;
+5. **commit** (CHOCO only, :func:`commit`): a node's message counts only when every neighbour accepted it;
    then, and only then, every holder of its public copy applies it, so the copies stay equal.
 
 An inbox holds, per peer, the frame's bytes, a reason (this node refused it: logged and
@@ -24,9 +25,15 @@ counted), or None (the peer closed the edge: it logs the reason).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
+import numpy as np
+
+from declora.algorithms.tensors import State
 from declora.protocol import wire
+from declora.protocol.exchange import Exchange, row_weights
 
 # receiver -> sender -> bytes
 Mail = dict[int, dict[int, bytes]]
@@ -111,3 +118,150 @@ class Links:
             i: {j: got[i][j] if j in both[i] else reason for j, reason in row.items()}
             for i, row in why.items()
         }
+
+
+@dataclass(frozen=True)
+class Link:
+    """How a process's messages are protected: the same on every node of a run."""
+
+    key: bytes | None = None  # HMAC key of security.key_file
+    encrypt: bool = False  # security.encrypt: frames sealed with AES-256-GCM for each receiver
+    run: bytes = bytes(wire.RUN_BYTES)  # run id bound into every message (agreed at start)
+
+
+@dataclass
+class Traffic:
+    """What one gossip step did at one node."""
+
+    payload: int = 0  # bytes of its payload (one edge)
+    peers: int = 0  # live neighbours it sent the payload to
+    refused: int = 0  # messages it refused
+
+
+class Held(Protocol):
+    """A node as a gossip step sees it: its id, and its adapter to read and overwrite."""
+
+    node_id: int
+
+    def state(self) -> State: ...
+
+    def set_state(self, state: State) -> None: ...
+
+
+def gossip_step(
+    held: list[tuple[Held, Exchange]],
+    W: np.ndarray,
+    t: int,
+    transport: Links,
+    link: Link,
+    warn: Callable[[str], None],
+    step: int = 0,
+    several: bool = False,
+) -> dict[int, Traffic]:
+    """Every held node with a live edge sends its frame, then mixes over the edges whose two
+    ends accepted each other's frames (gossip step ``step`` of round t, one of ``several``
+    when the round has more than one: its frames carry round t and the step; its rounding
+    noise is its own). Returns what each node that sent did.
+
+    A node with no live edge this round (faults) neither sends nor mixes. The frame's header
+    and the control messages are not in the payload (``wire.HEADER.size`` + ``wire.TAG_SIZE``
+    with a key per frame, and 3 or 4 of ``wire.CONTROL_SIZE`` bytes per edge and step).
+    """
+    limit = wire.max_frame_size(held[0][1].sizes)
+    call = Step(wire.Stamp(link.run, t, step), link.key, limit)
+    outbox, weights, traffic = _outbox(held, W, t, step, link, call)
+    if not outbox:
+        return traffic
+    inbox = transport.swap(outbox, call)
+    accepted = {}
+    for node, ex in held:
+        i = node.node_id
+        if i in outbox:
+            got = inbox.get(i, {})
+            accepted[i] = accept(link, ex, i, got, outbox[i].peers, call, traffic[i], warn, several)
+    verdicts = {i: {j: int(j in got) for j in outbox[i].peers} for i, got in accepted.items()}
+    theirs = transport.tell(verdicts, "verdict", call)
+    committed = None
+    if held[0][1].spec.scheme == "choco":
+        committed = commit(transport, theirs, outbox, call)
+    for node, ex in held:
+        i = node.node_id
+        if i not in outbox:
+            continue
+        got, row = accepted[i], weights[i]
+        for j in outbox[i].peers:  # an edge mixes only when both ends accepted
+            if not (j in got and theirs[i][j] == 1):
+                row[i] += row.pop(j)
+        mixed = got if committed is not None else {j: got[j] for j in row if j in got}
+        kept = None if committed is None else committed[i]
+        node.set_state(ex.incoming(node.state(), mixed, row, committed=kept))
+    return traffic
+
+
+def _outbox(held, W: np.ndarray, t: int, step: int, link: Link, call: Step):
+    """Phase 0: each held node's row of W, and the frame of each node with a live edge."""
+    outbox, weights, traffic = {}, {}, {}
+    for node, ex in held:
+        i = node.node_id
+        weights[i] = row_weights(W, i)
+        peers = sorted(j for j in weights[i] if j != i)
+        if not peers:
+            continue
+        payload = ex.outgoing(node.state(), t, step)
+        traffic[i] = Traffic(len(payload), len(peers))
+        outbox[i] = Outgoing(peers, _frames(link, ex, payload, i, peers, call))
+    return outbox, weights, traffic
+
+
+def commit(transport: Links, theirs: dict, outbox: dict, call: Step) -> dict[int, set[int]]:
+    """CHOCO's commit phase: node i's message counts (updates every copy of x_hat_i) only if
+    every neighbour accepted it; each node learns which of its neighbours' messages count."""
+    mine = {i: int(all(v == 1 for v in theirs[i].values())) for i in outbox}
+    told = transport.tell(
+        {i: dict.fromkeys(outbox[i].peers, v) for i, v in mine.items()}, "commit", call
+    )
+    return {
+        i: ({i} if mine[i] else set()) | {j for j, v in told[i].items() if v == 1} for i in outbox
+    }
+
+
+def accept(
+    link: Link,
+    ex: Exchange,
+    i: int,
+    got: dict,
+    peers,
+    call: Step,
+    traffic: Traffic,
+    warn: Callable[[str], None],
+    several: bool = False,
+) -> dict:
+    """The payloads node i accepts from its peers (a refusal is logged and counted)."""
+    received = {}
+    for j in peers:
+        frame = got.get(j, "no message arrived")
+        if frame is None:  # the peer closed the edge; it says why
+            continue
+        try:
+            if isinstance(frame, str):
+                raise wire.Refused(frame)
+            to = i if link.encrypt else None
+            body = wire.open_frame(frame, j, call.stamp, _dtype(ex), link.key, to)
+            wire.check_payload(body, ex.sizes)
+            received[j] = body
+        except wire.Refused as why:
+            t, step = call.stamp.round, call.stamp.step
+            at = f"round {t}" + (f" step {step}" if several else "")
+            warn(f"declora: node {i} refused the message from node {j} at {at}: {why}")
+            traffic.refused += 1
+    return received
+
+
+def _frames(link: Link, ex: Exchange, payload: bytes, i: int, peers, call: Step):
+    """Node i's frame for its peers: one for all, or (encrypted) one sealed for each."""
+    seal = lambda to=None: wire.seal(payload, i, call.stamp, _dtype(ex), link.key, to)  # noqa: E731
+    return {j: seal(j) for j in peers} if link.encrypt else seal()
+
+
+def _dtype(ex: Exchange):
+    return next(iter(ex.template.values())).dtype

@@ -74,6 +74,11 @@ class Refused(ValueError):
     """A received message that fails a check; the message is the reason, for the log."""
 
 
+class PeerError(RuntimeError):
+    """A neighbour did not answer in time, broke its connection or sent what fails a check
+    that cannot be refused per edge: the run stops; names the neighbour."""
+
+
 @dataclass(frozen=True)
 class Stamp:
     """Where a message belongs: the run, the round and the gossip step within it."""

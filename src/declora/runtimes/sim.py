@@ -11,22 +11,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from declora.algorithms.methods import METHODS
 from declora.algorithms.tensors import State
 from declora.config import Config
+from declora.harness.evaluation import evaluate_untrained
 from declora.harness.outputs import (
     describe_run,
     finish_method,
+    finish_run,
+    keep_stopped,
     make_out_dir,
-    plot_curves,
     write_run_files,
-    write_summary,
 )
-from declora.harness.report import RunLog, headline, start_summary, write_json
+from declora.harness.progress import Bar
+from declora.harness.report import RunLog
 from declora.harness.runner import play_rounds
 from declora.harness.session import Session, party_for, prepare
+from declora.harness.summary import Summary
 from declora.learning.train import Stopped
 from declora.protocol.gossip import Links, Mail
 from declora.protocol.rounds import NodeCounters, Transport
@@ -63,22 +65,6 @@ class MemoryTransport(Links):
         pass
 
 
-class Bar:
-    """A progress bar over one method's rounds, showing the latest evaluation of what the
-    method's headline reports (the nodes' own adapters for ``local``)."""
-
-    def __init__(self, method: str, rounds: int, leave: bool = True):
-        self.method = method
-        self.bar = tqdm(total=rounds, desc=f"{method:>11}", unit="round", leave=leave)
-
-    def round_done(self, t: int) -> None:
-        self.bar.update(1)
-
-    def evaluated(self, record: dict) -> None:
-        shown = headline(self.method, record)
-        self.bar.set_postfix(acc=f"{shown['accuracy']:.3f}", loss=f"{shown['loss']:.3f}")
-
-
 def run_method(
     s: Session, method: str, log: RunLog, wrap: Wrap | None = None
 ) -> tuple[dict, list[State], dict | None]:
@@ -88,12 +74,13 @@ def run_method(
     transport = MemoryTransport() if wrap is None else wrap(MemoryTransport())
     bar = Bar(method, party.total_rounds)
     try:
-        states = play_rounds(s, party, transport, log, bar)
+        played = play_rounds(s, party, transport, log, bar)
     finally:
         bar.bar.close()
+    states = played.states
     if states is None:  # per-site evaluation gathers no adapter; this process holds them all
         states = [n.state() for n in party.nodes]
-    return log.records[-1], states, party.final
+    return log.records[-1], states, played.sites
 
 
 def run(cfg: Config, echo=print, wrap: Wrap | None = None) -> tuple[Path, dict]:
@@ -104,16 +91,14 @@ def run(cfg: Config, echo=print, wrap: Wrap | None = None) -> tuple[Path, dict]:
     for line in describe_run(s, out):
         echo(line)
     log = RunLog(out)
-    summary = start_summary(s)
+    summary = Summary(s, evaluate_untrained(s))
     try:
         for method in cfg.methods:
-            last, states, final = run_method(s, method, log, wrap)
-            finish_method(s, out, summary, method, last, states, final)
+            last, states, sites = run_method(s, method, log, wrap)
+            finish_method(s, out, summary, method, last, states, sites)
     except Stopped as err:  # keep what ran: the methods before, the curves up to that round
-        summary["stopped"] = str(err)
-        write_json(out / "summary.json", summary)
-        plot_curves(log.records, out / "curves.png")
+        keep_stopped(out, log, summary, str(err))
         raise type(err)(f"{err}; what ran until then is in {out}") from None
-    summary["runtime"] = {"processes": 1, "backend": "memory", "device": str(s.device)}
-    write_summary(out, log, summary, echo)
-    return out, summary
+    runtime = {"processes": 1, "backend": "memory", "device": str(s.device)}
+    finish_run(out, log, summary, runtime, echo)
+    return out, summary.data

@@ -18,17 +18,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from declora.protocol import crypt
-
-from declora.protocol import wire
+from declora.algorithms.tensors import State, flatten, numel, unflatten
+from declora.protocol import crypt, wire
 from declora.protocol.gossip import Links, Mail
 from declora.protocol.rounds import NodeCounters
-from declora.algorithms.tensors import State, flatten, numel, unflatten
-
-
-class PeerError(RuntimeError):
-    """A neighbour did not answer in time, broke its connection or sent what fails a check
-    that cannot be refused per edge; names the neighbour."""
+from declora.protocol.wire import PeerError
 
 
 def _reason(err: BaseException) -> str:
@@ -49,13 +43,18 @@ class P2PTransport(Links):
     """This process's node talks to its live neighbours only; rank r is node r."""
 
     def __init__(
-        self, device: torch.device, timeout: float, key: bytes | None = None, encrypt=False
+        self,
+        device: torch.device,
+        timeout: float,
+        key: bytes | None = None,
+        encrypt: bool = False,
+        run: bytes = bytes(wire.RUN_BYTES),
     ):
         self.device = device
         self.timeout = timeout  # seconds a neighbour may take to answer
         self.key = key
         self.encrypt = encrypt  # security.encrypt: gathered vectors are AES-256-GCM sealed
-        self.run = bytes(wire.RUN_BYTES)  # set once the processes agree on it at start
+        self.run = run  # the run id the processes agreed on at start
         self.gathers = 0  # gathers so far: every process counts the same (a nonce field)
 
     def wait(self, works, peers: list[int], round_: int) -> None:
