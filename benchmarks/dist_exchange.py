@@ -69,7 +69,7 @@ def worker() -> None:
         t1 = time.perf_counter()
         dist.barrier()
         t2 = time.perf_counter()
-        communicate(party, counters, s.W, t, transport)
+        communicate(party, counters, s.graph.at(t), t, transport)
         t3 = time.perf_counter()
         rows.append([t1 - t0, t2 - t1, t3 - t2])
     mine = torch.tensor(rows, dtype=torch.float64)  # (rounds, 3)

@@ -20,7 +20,7 @@ import json, resource, sys, time
 import torch
 from declora.config import load_config
 from declora.harness import session
-from declora.algorithms.faults import no_faults
+from declora.harness.runner import plan_of_round
 from declora.algorithms.methods import METHODS
 from declora.protocol.rounds import play_round
 from declora.runtimes.sim import MemoryTransport
@@ -32,13 +32,13 @@ gpu = s.device.type == "cuda"
 train_steps(s.model, party.nodes[0], 1, s.collate)  # warm-up step (allocator, kernels), not timed
 first, counters = 1, party.counters()
 if gpu:  # on a GPU also one untimed round: the stacked batch's kernels and cuBLAS handles
-    play_round(party, counters, 1, no_faults(party.W, party.size), MemoryTransport())
+    play_round(party, counters, 1, plan_of_round(s, party, 1), MemoryTransport())
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     first = 2
 start = time.perf_counter()
 for t in range(first, first + cfg.rounds):  # the simulator's round: steps, frames, mixing
-    play_round(party, counters, t, no_faults(party.W, party.size), MemoryTransport())
+    play_round(party, counters, t, plan_of_round(s, party, t), MemoryTransport())
 if gpu:
     torch.cuda.synchronize()
 train_s = time.perf_counter() - start

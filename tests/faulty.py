@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -66,11 +67,11 @@ class FaultyTransport:
             action = self.actions.get((i, round_)) if step.stamp.step == 0 else None
             if action not in (None, "sloweval"):  # sloweval acts in gather
                 frame = self.misbehave(action, i, round_, out.frame, step.limit)
-                outbox[i] = Outgoing(out.peers, frame)
+                outbox[i] = replace(out, frame=frame)
         return self.inner.swap(outbox, step)
 
-    def tell(self, values, kind, step):
-        return self.inner.tell(values, kind, step)
+    def tell(self, values, kind, step, hear=None):
+        return self.inner.tell(values, kind, step, hear)
 
     def gather(self, held, round_):
         got = self.inner.gather(held, round_)

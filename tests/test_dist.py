@@ -177,6 +177,35 @@ def test_dist_matches_simulator_with_faults_and_compression(tiny_model_dir, tiny
     assert sim[-1]["round"] == 7
 
 
+REMEDIES = {
+    # a one-way graph (one peer a round) with the correction that tracks the mean update
+    "one_peer_tracking": ["topology.kind=one_peer_exponential", "correction=tracking"],
+    # Base-(k+1) pairs, nodes weighted by their rows, a link down now and then
+    "base_rows_faults": [
+        "topology.kind=base",
+        "weighting=rows",
+        "partition.kind=dirichlet",
+        "faults.link_drop=0.3",
+    ],
+    # relay along the ring's spanning tree, row counts relayed, 2 gossip-only rounds after
+    "relay_rows": [
+        "exchange=relay",
+        "weighting=rows",
+        "partition.kind=dirichlet",
+        "finish_rounds=2",
+    ],
+}
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("name", sorted(REMEDIES))
+def test_dist_matches_simulator_with_the_remedies_against_skew(
+    name, tiny_model_dir, tiny_csv, tmp_path
+):
+    sim, _ = same_in_both_runtimes(tiny_model_dir, tiny_csv, tmp_path, REMEDIES[name])
+    assert sim[-1]["bytes_sent"] > 0
+
+
 @pytest.mark.multiprocess
 def test_dist_matches_simulator_with_privacy_and_encryption(tiny_model_dir, tiny_csv, tmp_path):
     """DP-SGD draws its Poisson batches and noise from each node's own seeded streams, and

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from declora.algorithms.methods import HEADLINES, METHODS
-from declora.algorithms.topology import spectral_gap
+from declora.algorithms.schedule import Schedule
 from declora.config import ConfigError, load_config
 from declora.harness import report
 from declora.harness.outputs import make_out_dir, plot_curves
@@ -233,10 +233,12 @@ def test_the_summary_opens_with_the_spectral_gap_and_the_untrained_start():
         for j in (i - 1, i, i + 1):
             W[i, j % 5] = 1 / 3
     batches = [{"labels": [0] * 64}, {"labels": [1] * 36}]
-    s = SimpleNamespace(gap=spectral_gap(W), test=batches, val=batches[:1], cfg=load_config())
+    graph = Schedule.static("ring", (W > 0) & ~np.eye(5, dtype=bool), W)
+    s = SimpleNamespace(graph=graph, test=batches, val=batches[:1], cfg=load_config())
     out = Summary(s, dict(untrained)).data
     lambda_2 = (1 + 2 * math.cos(2 * math.pi / 5)) / 3
     assert out["spectral_gap"] == pytest.approx(1 - lambda_2, abs=1e-12)
+    assert out["rounds_to_exact_average"] is None  # a ring only gets closer
     assert out["untrained"] == untrained and out["methods"] == {}
     assert out["test_rows"] == 100 and out["validation_rows"] == 64
 

@@ -27,7 +27,7 @@ from tests.helpers import tiny_args
 W3 = np.array([[0.5, 0.25, 0.25], [0.25, 0.75, 0.0], [0.25, 0.0, 0.75]])
 
 
-def tiny_party(values: list[float], held: list[int], method="dec-lora", key=None, W=W3) -> Party:
+def tiny_party(values: list[float], held: list[int], method="dec-lora", key=None) -> Party:
     """Nodes ``held`` of a network whose node i starts with every entry at ``values[i]``."""
     cfg = load_config(None, ["optimizer=sgd", "batch_size=2", "rounds=1"])
     data = Dataset([[1, 2]], np.array([0]), ["a", "b"])
@@ -45,7 +45,7 @@ def tiny_party(values: list[float], held: list[int], method="dec-lora", key=None
         steps=1,
         batch_size=2,
         size=len(values),
-        W=W,
+        mixing=None,
         link=Link(key),
         warn=lambda line: None,
     )
@@ -69,8 +69,9 @@ class StandIn:
         assert sorted(self.frames) == out.peers
         return {i: self.frames}
 
-    def tell(self, values, kind, step):
-        return {i: dict.fromkeys(row, 1) for i, row in values.items()}
+    def tell(self, values, kind, step, hear=None):
+        hear = {i: list(row) for i, row in values.items()} if hear is None else hear
+        return {i: dict.fromkeys(js, 1) for i, js in hear.items()}
 
 
 def frame_from(j: int, value: float, round_: int, key=None, nan=False) -> bytes:
@@ -129,9 +130,7 @@ def test_an_isolated_node_neither_sends_nor_mixes():
 
 def test_a_server_counts_one_upload_per_node():
     W = np.full((3, 3), 1 / 3)
-    gossip, server = (
-        tiny_party([0.0, 3.0, 6.0], [0, 1, 2], m, W=W) for m in ("dec-lora", "fedavg")
-    )
+    gossip, server = (tiny_party([0.0, 3.0, 6.0], [0, 1, 2], m) for m in ("dec-lora", "fedavg"))
     sent = {}
     for party in (gossip, server):
         sent[party.method.name] = mix(party, W, 1, MemoryTransport())
@@ -172,7 +171,7 @@ def test_a_one_sided_refusal_drops_the_edge_at_both_ends_and_keeps_the_average()
     """3 nodes, W = 1/3: node 0 refuses node 2's frame, so node 2 does not mix node 0's either:
     the mean of (0, 3, 9) stays 4 (it went to 3 when a refusal was one-sided)."""
     W = np.full((3, 3), 1 / 3)
-    party = tiny_party([0.0, 3.0, 9.0], [0, 1, 2], W=W)
+    party = tiny_party([0.0, 3.0, 9.0], [0, 1, 2])
     lines = []
     party = replace(party, warn=lines.append)
     counters = mix(party, W, 1, OneSided(bad=2, victim=0))
@@ -188,7 +187,7 @@ def test_a_one_sided_refusal_drops_the_edge_at_both_ends_and_keeps_the_average()
 
 def test_an_oversized_announcement_is_refused_before_any_byte_moves():
     W = np.full((3, 3), 1 / 3)
-    party = tiny_party([0.0, 3.0, 9.0], [0, 1, 2], W=W)
+    party = tiny_party([0.0, 3.0, 9.0], [0, 1, 2])
     lines = []
     party = replace(party, warn=lines.append)
     mix(party, W, 1, FaultyTransport(MemoryTransport(), "oversize=1@1"))
@@ -199,7 +198,7 @@ def test_an_oversized_announcement_is_refused_before_any_byte_moves():
 
 def test_under_choco_a_refused_message_updates_no_public_copy_anywhere():
     W = np.full((3, 3), 1 / 3)
-    party = tiny_party([0.0, 3.0, 9.0], [0, 1, 2], W=W)
+    party = tiny_party([0.0, 3.0, 9.0], [0, 1, 2])
     spec = CompressionConfig(scheme="choco", kind="quantize", bits=8, gamma=0.5)
     shared = {
         k: torch.zeros_like(v) for k, v in party.nodes[0].state().items()

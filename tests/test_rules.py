@@ -169,9 +169,9 @@ def test_frozen_a_mixing_is_exact_in_product_space(spec):
 
 
 def test_frozen_a_tiny_run_keeps_every_a_at_its_seed(tiny_model_dir, tiny_csv, tmp_path):
-    from declora.algorithms.faults import no_faults
     from declora.algorithms.methods import METHODS
     from declora.harness import session
+    from declora.harness.runner import plan_of_round
     from declora.protocol.rounds import play_round
     from declora.runtimes.sim import MemoryTransport
 
@@ -180,7 +180,7 @@ def test_frozen_a_tiny_run_keeps_every_a_at_its_seed(tiny_model_dir, tiny_csv, t
     party = session.party_for(s, METHODS["dec-lora"])
     counters = party.counters()
     for t in (1, 2):
-        play_round(party, counters, t, no_faults(party.W, party.size), MemoryTransport())
+        play_round(party, counters, t, plan_of_round(s, party, t), MemoryTransport())
     nodes = party.nodes
     a_keys = [k for k in s.init if is_lora_a(k)]
     assert a_keys

@@ -38,6 +38,11 @@ MAX_NODES = 10_000
 
 
 class Config(_Section):
+    """A run's whole configuration: every key with its default and a one-line help
+    (``declora configs --fields``; the reference in docs/reference/config.md). Sections are
+    the models of :mod:`declora.config.sections`. Build one with
+    :func:`declora.config.load_config`; it is saved as ``config.yaml`` beside every run."""
+
     task: TaskName = Field(
         "classification",
         description="classification (encoder + head) or causal_lm (instruction pairs, or "
@@ -90,6 +95,23 @@ class Config(_Section):
         le=100,
         description="mixing steps after each round's local steps (dec-lora): bytes x this, "
         "the nodes closer to the network average under skewed data",
+    )
+    exchange: Literal["gossip", "relay"] = Field(
+        "gossip",
+        description="dec-lora: gossip (mix with the round's W) or relay (sums and counts relayed "
+        "along a spanning tree of the graph: every node holds the exact average of every "
+        "node's model, delayed by its distance, RelaySum/Model)",
+    )
+    correction: Literal["none", "tracking"] = Field(
+        "none",
+        description="dec-lora: tracking adds each node's correction c_i, the network's mean "
+        "update minus its own, to what it mixes (gradient tracking on the optimizer's "
+        "update; twice the bytes)",
+    )
+    weighting: Literal["uniform", "rows"] = Field(
+        "uniform",
+        description="mixing methods: uniform (every node's objective counts alike) or rows "
+        "(by its training rows: the pooled objective; each node's row count is shared)",
     )
     seed: Int = Field(
         0, ge=0, le=SEED_MAX, description="seed of initialisation, partition and sampling"
@@ -245,6 +267,25 @@ class Config(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _remedy_checks(self) -> Config:
+        """The graphs and remedies against label skew, in the combinations that are sound."""
+        varying = self.topology.kind in ("one_peer_exponential", "base")
+        faults = self.faults.link_drop or self.faults.node_drop
+        if self.topology.kind == "one_peer_exponential" and (
+            faults or self.compression.scheme == "choco"
+        ):
+            raise ValueError(
+                "topology.kind=one_peer_exponential sends one way in each round: a dropped "
+                "link cannot be re-weighted without moving the network average, and CHOCO's "
+                "copies need links both ways; use topology.kind=base (its rounds go both ways)"
+            )
+        if self.exchange == "relay":
+            _relay_checks(self, varying)
+        if self.correction == "tracking":
+            _tracking_checks(self)
+        return self
+
     def one_seed(self, command: str) -> None:
         """``command`` runs one seed: ``seeds=[...]`` is refused in one line."""
         if self.seeds is not None:
@@ -257,6 +298,39 @@ class Config(_Section):
         """This config with the method's own values (``per_method``) in place of the top-level ones."""
         own = self.per_method.get(method)
         return self if own is None else self.model_copy(update=own.model_dump(exclude_none=True))
+
+
+def _relay_checks(cfg: Config, varying: bool) -> None:
+    """exchange=relay: what relaying sums along a fixed tree cannot combine with."""
+    if varying:
+        raise ValueError(
+            f"exchange=relay relays along a fixed spanning tree; topology.kind="
+            f"{cfg.topology.kind} changes every round: choose a static graph (ring, ...)"
+        )
+    if cfg.compression.kind != "none":
+        raise ValueError(
+            "exchange=relay passes on sums of what it received; compressed, every hop would "
+            "add its own rounding: use compression.kind=none"
+        )
+    if cfg.consensus == "product":
+        raise ValueError(
+            "exchange=relay averages A and B as they are: use consensus=ab or frozen_a"
+        )
+    if cfg.correction == "tracking":
+        raise ValueError("exchange=relay already averages exactly: use correction=none with it")
+    if cfg.for_method("dec-lora").gossip_steps > 1:
+        raise ValueError("exchange=relay relays once a round: use gossip_steps=1")
+
+
+def _tracking_checks(cfg: Config) -> None:
+    """correction=tracking: it mixes the adapter and its correction once a round."""
+    if cfg.compression.scheme == "choco" or cfg.consensus == "product":
+        raise ValueError(
+            "correction=tracking mixes the adapter and its correction as plain vectors: use "
+            "compression.scheme=direct and consensus=ab or frozen_a"
+        )
+    if cfg.for_method("dec-lora").gossip_steps > 1:
+        raise ValueError("correction=tracking mixes once a round: use gossip_steps=1")
 
 
 def _check_per_site(cfg: Config) -> None:

@@ -13,7 +13,7 @@ from declora.algorithms.compress import KINDS, SCHEMES
 from declora.algorithms.consensus import RULES
 from declora.algorithms.methods import METHODS
 from declora.algorithms.partition import PARTITIONS
-from declora.algorithms.topology import TOPOLOGIES
+from declora.algorithms.schedule import KINDS as TOPOLOGIES
 
 # Each set of choices is written once, in the module that acts on it; the config reads it there.
 MethodName = Literal[tuple(METHODS)]
@@ -34,8 +34,15 @@ class _Section(BaseModel):
 
 
 class TopologyConfig(_Section):
-    kind: Literal[TOPOLOGIES] = Field("ring", description="communication graph between nodes")
+    kind: Literal[TOPOLOGIES] = Field(
+        "ring",
+        description="communication graph between nodes; one_peer_exponential and base change "
+        "every round and average exactly after a few rounds (their own weights)",
+    )
     p: float = Field(0.3, gt=0, le=1, description="edge probability for erdos_renyi")
+    degree: Int = Field(
+        1, ge=1, le=64, description="kind=base: peers per node per round (the Base-(k+1) graph's k)"
+    )
     edges: list[tuple[int, int]] | None = Field(
         None, description="0-based node pairs, for kind=custom"
     )
@@ -239,8 +246,17 @@ class MethodSettings(_Section):
     gossip_steps: Int | None = Field(None, ge=1, le=100, description="mixing steps per round")
 
 
+TUNED = ("lr", "head_lr_scale", "schedule", "gossip_steps", "finish_rounds")  # jobs.tune
+
+
 class TuneConfig(_Section):
     trials: Int = Field(8, ge=1, description="declora tune: trials per method (the same for each)")
+    params: list[Literal[TUNED]] = Field(
+        list(TUNED),
+        min_length=1,
+        description="declora tune: the values searched (the others keep the config's own; "
+        "gossip_steps and finish_rounds only for methods whose nodes gossip)",
+    )
     prune: bool = Field(
         True, description="declora tune: stop a trial whose validation curve is below the median"
     )

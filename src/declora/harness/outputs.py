@@ -55,7 +55,7 @@ def describe_run(s: Session, out: Path) -> list[str]:
     comp = cfg.compression
     scheme = f"choco, gamma {comp.gamma:g}" if comp.scheme == "choco" else "direct"
     lines = [
-        f"{cfg.nodes} nodes on a {cfg.topology.kind} ({cfg.mixing} weights, spectral gap {s.gap:.4f}); "
+        f"{cfg.nodes} nodes on a {describe_graph(s)}; "
         f"{sum(s.node_rows)} training rows, {min(s.node_rows)}-{max(s.node_rows)} a node; "
         f"adapter {numel(s.init):,} values; output in {out}",
         f"messages: {describe(comp)}; scheme {scheme}",
@@ -75,6 +75,29 @@ def describe_run(s: Session, out: Path) -> list[str]:
         )
     lines += describe_privacy(s)
     return lines
+
+
+def describe_graph(s: Session) -> str:
+    """The graph, its weights and how fast it mixes; the remedies against skew in use."""
+    cfg, g = s.cfg, s.graph
+    if g.varies:
+        exact = g.rounds_to_exact
+        mixes = (
+            f"the exact average every {exact} rounds"
+            if exact
+            else f"per-round contraction {1 - g.gap:.4f}"
+        )
+        text = f"{cfg.topology.kind} graph (its own weights, changing every round: {mixes})"
+    else:
+        text = f"{cfg.topology.kind} ({cfg.mixing} weights, spectral gap {g.gap:.4f})"
+    remedies = []
+    if cfg.exchange == "relay":
+        remedies.append("relay along a spanning tree")
+    if cfg.correction == "tracking":
+        remedies.append("gradient tracking")
+    if cfg.weighting == "rows":
+        remedies.append("nodes weighted by their rows")
+    return text + "".join(f", {r}" for r in remedies)
 
 
 def describe_privacy(s: Session) -> list[str]:

@@ -37,11 +37,16 @@ def is_eval_round(cfg: Config, t: int, total: int) -> bool:
 
 
 def plan_of_round(s: Session, party: Party, t: int) -> faults.RoundPlan:
-    """Round t's W and active nodes: the config's faults apply to methods that take them."""
+    """Round t's W and active nodes: the round's mixing matrix, and the config's faults for
+    methods that take them (on the round's edges)."""
+    if party.mixing is None:
+        return faults.no_faults(None, party.size)
+    W = party.mixing.at(t)
     if party.method.faults:
         f = s.cfg.faults
-        return faults.round_plan(s.adj, party.W, f.link_drop, f.node_drop, s.cfg.seed, t)
-    return faults.no_faults(party.W, party.size)
+        edges = party.mixing.edges(t)
+        return faults.round_plan(edges, W, f.link_drop, f.node_drop, s.cfg.seed, t)
+    return faults.no_faults(W, party.size)
 
 
 def play_rounds(
@@ -53,11 +58,13 @@ def play_rounds(
     start: int = 0,
     checkpoints: checkpoint.Store | None = None,
     counters: Counters | None = None,
+    eval_rounds: set[int] | None = None,
 ) -> Played:
     """Rounds ``start + 1 ..`` the party's last (the ``finish_rounds`` after its ``rounds``
     only gossip), counted in ``counters`` (fresh ones by default; a resumed run's as they
     were); every node's final adapter reaches the process that evaluates. ``checkpoints``:
-    where per-node checkpoints go, written every ``checkpoint_every`` rounds."""
+    where per-node checkpoints go, written every ``checkpoint_every`` rounds;
+    ``eval_rounds``: the rounds evaluated (default: every ``eval_every`` and the last)."""
     cfg = s.cfg
     total = party.total_rounds
     played = Played(party.counters() if counters is None else counters)
@@ -66,7 +73,7 @@ def play_rounds(
     for t in range(start + 1, total + 1):
         play_round(party, c, t, plan_of_round(s, party, t), transport, train=t <= party.rounds)
         c.wall_s = wall0 + time.perf_counter() - began
-        if is_eval_round(cfg, t, total):
+        if t in eval_rounds if eval_rounds is not None else is_eval_round(cfg, t, total):
             if cfg.gather:
                 played.states = evaluate_and_log(s, party, c, transport, t, log, progress)
             else:

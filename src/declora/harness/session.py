@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from declora.algorithms import partition as part
-from declora.algorithms import topology as topo
 from declora.algorithms.methods import METHODS, Method
+from declora.algorithms.schedule import Schedule, relay_tree, schedule_for, server
 from declora.algorithms.tensors import State
 from declora.config import Config, ConfigError
 from declora.learning import privacy
@@ -26,7 +26,9 @@ from declora.learning.vectorize import Together
 from declora.protocol import wire
 from declora.protocol.exchange import Exchange
 from declora.protocol.gossip import Link
+from declora.protocol.relay import RelayExchange
 from declora.protocol.rounds import Party, say
+from declora.protocol.tracking import TrackingExchange
 
 POOLED_STREAM = 10**6  # RNG stream of the pooled model, apart from every node's
 TOGETHER_STREAM = 10**6 + 1  # RNG stream of the nodes' stacked batches (vectorize=true)
@@ -43,9 +45,7 @@ class Session:
     train: Dataset
     parts: list[np.ndarray]  # row ids of each node, into train
     node_rows: list[int]  # training rows of each node (also where train holds one node's only)
-    adj: np.ndarray  # (n, n) bool
-    W: np.ndarray  # (n, n) mixing matrix
-    gap: float  # its spectral gap, 1 - |lambda_2(W)|
+    graph: Schedule  # the configured graph: each round's edges and mixing matrix
     init: State  # identical starting adapter for every node (CPU tensors, as sent)
     val: list[dict]  # validation batches: curves and choices during training
     val_nodes: list[dict]  # the first node_eval_size validation rows: each node's own curve
@@ -61,13 +61,12 @@ class Session:
         return self.task.collate(ds, idx, self.pad_id)
 
 
-def graph_for(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """The config's graph (adjacency) and checked mixing matrix; bad settings -> ConfigError."""
+def graph_for(cfg: Config) -> Schedule:
+    """The config's graph, round by round (edges and checked mixing matrices); bad settings
+    raise ConfigError."""
+    t = cfg.topology
     try:
-        adj = topo.build_graph(
-            cfg.topology.kind, cfg.nodes, p=cfg.topology.p, edges=cfg.topology.edges, seed=cfg.seed
-        )
-        return adj, topo.mixing_matrix(adj, cfg.mixing)
+        return schedule_for(t.kind, cfg.nodes, cfg.mixing, t.p, t.edges, cfg.seed, t.degree)
     except ValueError as err:
         raise ConfigError(f"topology: {err}") from None
 
@@ -101,7 +100,7 @@ def prepare(
     """
     check_sizes(cfg, held=None if node is None else 1)
     device = choose(cfg.device) if device is None else device
-    adj, W = graph_for(cfg)
+    graph = graph_for(cfg)
     key = read_key(cfg) if key is None else key
     task, tok = task_for(cfg), load_tokenizer(cfg)
     load = _sites if cfg.data.per_site else _one_file
@@ -121,9 +120,7 @@ def prepare(
         train=train,
         parts=parts,
         node_rows=node_rows,
-        adj=adj,
-        W=W,
-        gap=topo.spectral_gap(W),
+        graph=graph,
         init=init,
         val=batches(common.val) if common else [],
         val_nodes=batches(common.val, cfg.node_eval_size) if common else [],
@@ -193,27 +190,28 @@ def party_for(
     held: list[int] | None = None,
     run: bytes = bytes(wire.RUN_BYTES),
     warn=say,
+    node_rows: list[int] | None = None,
 ) -> Party:
     """The nodes a process plays for ``method``: all of them (simulator) or ``held`` (one
     distributed process), their messages bound to ``run`` and their refusals told to
-    ``warn``. Every method sees the same number of training samples per round, nodes x
-    local_steps x batch_size: the pooled model takes nodes x local_steps steps."""
+    ``warn``; ``node_rows``: every node's training rows where this process does not know
+    them (per-site files: from the start-up handshake). Every method sees the same number of
+    training samples per round, nodes x local_steps x batch_size: the pooled model takes
+    nodes x local_steps steps."""
     cfg = s.cfg.for_method(method.name)
-    nodes, steps, size, W = _nodes(s, cfg, method, held)
-    exchanges = [
-        Exchange(n.node_id, s.init, cfg.compression, seed=cfg.seed, consensus=cfg.consensus)
-        for n in nodes
-    ]
+    rows = s.node_rows if node_rows is None else node_rows
+    mixing = _mixing(s, cfg, method)
+    nodes, steps = _nodes(s, cfg, method, held, rows)
     return Party(
         method=method,
         model=s.model,
         collate=s.collate,
         nodes=nodes,
-        exchanges=exchanges,
+        exchanges=[_exchange(s, cfg, method, n.node_id, mixing, rows) for n in nodes],
         steps=steps,
         batch_size=cfg.batch_size,
-        size=size,
-        W=W,
+        size=1 if method.pooled else cfg.nodes,
+        mixing=mixing,
         rounds=cfg.rounds,
         finish_rounds=cfg.finish_rounds if method.gossips else 0,
         gossip_steps=cfg.gossip_steps if method.gossips else 1,
@@ -224,25 +222,63 @@ def party_for(
     )
 
 
-def _nodes(s: Session, cfg: Config, method: Method, held: list[int] | None):
-    """(the held nodes, their steps a round, the network's size, its mixing matrix)."""
+def _mixing(s: Session, cfg: Config, method: Method) -> Schedule | None:
+    """Who the method's nodes mix with, round by round (None: nobody)."""
+    if method.pooled or not method.mixes:
+        return None
+    if method.server:
+        return server(cfg.nodes)
+    return relay_tree(s.graph) if cfg.exchange == "relay" else s.graph
+
+
+def _exchange(s: Session, cfg: Config, method: Method, i: int, mixing, rows: list[int]):
+    """Node i's side of the exchange: gossip (direct or CHOCO), tracking, or relay."""
+    if method.gossips and cfg.exchange == "relay":
+        tree = np.flatnonzero(mixing.adj[i]).tolist()
+        if cfg.weighting == "rows":
+            return RelayExchange(i, s.init, tree, rows[i], sum(rows), cfg.consensus)
+        return RelayExchange(i, s.init, tree, 1.0, cfg.nodes, cfg.consensus)
+    if method.gossips and cfg.correction == "tracking":
+        return TrackingExchange(i, s.init, cfg.compression, cfg.seed, cfg.consensus)
+    return Exchange(i, s.init, cfg.compression, seed=cfg.seed, consensus=cfg.consensus)
+
+
+def update_scale(cfg: Config, method: Method, i: int, rows: list[int]) -> float:
+    """``weighting=rows`` for a method whose nodes average their models (gossip, tracking, a
+    server): node i's every update times n n_i / sum(n), so that the mean the network keeps
+    descends the pooled objective sum_i (n_i / sum(n)) f_i (AdamW cancels a gradient's
+    scale, not its own update's). Relay weights its sums instead: 1."""
+    if cfg.weighting != "rows" or method.pooled or not method.mixes:
+        return 1.0
+    if method.gossips and cfg.exchange == "relay":
+        return 1.0
+    return len(rows) * rows[i] / sum(rows)
+
+
+def _nodes(s: Session, cfg: Config, method: Method, held: list[int] | None, rows: list[int]):
+    """(the held nodes, their optimizer steps a round)."""
     if method.pooled:
         pooled = s.train.subset(np.sort(np.concatenate(s.parts)))
         steps = cfg.nodes * cfg.local_steps
         dp = s.budgets.get("pooled", {}).get(0)
         total = cfg.rounds * steps
         one = Node.create(0, pooled, s.init, cfg, POOLED_STREAM, total, dp, device=s.device)
-        return [one], steps, 1, None
+        return [one], steps
     dp = s.budgets.get("nodes", {})
     nodes = [
         Node.create(
-            i, s.train.subset(s.parts[i]), s.init, cfg, i, budget=dp.get(i), device=s.device
+            i,
+            s.train.subset(s.parts[i]),
+            s.init,
+            cfg,
+            i,
+            budget=dp.get(i),
+            device=s.device,
+            scale=update_scale(cfg, method, i, rows),
         )
         for i in (range(cfg.nodes) if held is None else held)
     ]
-    size = cfg.nodes
-    W = None if not method.mixes else np.full((size, size), 1 / size) if method.server else s.W
-    return nodes, cfg.local_steps, size, W
+    return nodes, cfg.local_steps
 
 
 def _together(s: Session, cfg: Config, held: int) -> Together | None:

@@ -25,7 +25,8 @@ class Summary:
             "methods": {},
             "test_rows": rows_of(s.test),
             "validation_rows": rows_of(s.val),
-            "spectral_gap": s.gap,
+            "spectral_gap": s.graph.gap,
+            "rounds_to_exact_average": s.graph.rounds_to_exact,
             "untrained": untrained,
         }
         self.delta = s.cfg.privacy.delta

@@ -15,9 +15,13 @@ machine has available.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from declora.algorithms import graphs
 from declora.algorithms.compress import describe, payload_size
+from declora.algorithms.schedule import relay_tree
 from declora.algorithms.tensors import is_lora, is_lora_a
 from declora.config import Config, ConfigError
 from declora.harness.session import graph_for
@@ -73,11 +77,43 @@ def _row(values: int, message: int, sent: np.ndarray, received: np.ndarray, roun
     }
 
 
+def _count(x: float) -> int | float:
+    """A count of messages as an int when it is one (a time-varying graph's mean may not be)."""
+    return int(x) if float(x).is_integer() else float(x)
+
+
+def mixing(cfg: Config) -> dict:
+    """How the config's dec-lora mixes: the graph's per-round gap and rounds to the exact
+    average, and the remedies against skew."""
+    graph = graph_for(cfg)
+    tree = relay_tree(graph) if cfg.exchange == "relay" else None
+    return {
+        "spectral_gap": graph.gap,
+        "rounds_to_exact_average": graphs.tree_diameter(tree.adj)
+        if tree is not None
+        else graph.rounds_to_exact,
+        "exchange": cfg.exchange,
+        "correction": cfg.correction,
+        "weighting": cfg.weighting,
+    }
+
+
+def _dec_message(cfg: Config, adapter: list[int]) -> int:
+    """Bytes of one dec-lora payload: tracking sends the adapter and its correction, relay
+    the adapter's sum and its count (float32)."""
+    if cfg.exchange == "relay":
+        return payload_size([*adapter, 1], _Float32())
+    if cfg.correction == "tracking":
+        return payload_size(adapter + adapter, cfg.compression)
+    return payload_size(adapter, cfg.compression)
+
+
 def estimate(cfg: Config, num_labels: int | None = None) -> dict:
     """Traffic of ``cfg`` without training; ``num_labels`` skips reading the data."""
-    _, W = graph_for(cfg)
+    graph = graph_for(cfg)
     n = cfg.nodes
-    neighbours = ((W > 0) & ~np.eye(n, dtype=bool)).sum(1)  # (n,) messages each node sends
+    dec_graph = relay_tree(graph) if cfg.exchange == "relay" else graph
+    neighbours = dec_graph.messages()  # (n,) messages each node sends a round (period mean)
     if cfg.task == "causal_lm":  # no task head: the label count does not matter
         num_labels = num_labels or 2
     shapes = model_shapes(cfg, num_labels or count_labels(cfg))
@@ -87,6 +123,7 @@ def estimate(cfg: Config, num_labels: int | None = None) -> dict:
     dec = cfg.for_method("dec-lora")
     finish = dec.finish_rounds  # gossip-only rounds: bytes, no steps
     lora_msg, full_msg = payload_size(adapter, spec), payload_size(full, spec)
+    dec_msg = _dec_message(cfg, adapter)
     ones, all_n = np.ones(n), np.array([n])
     return {
         "nodes": n,
@@ -95,10 +132,11 @@ def estimate(cfg: Config, num_labels: int | None = None) -> dict:
         "gossip_steps": dec.gossip_steps,
         "topology": cfg.topology.kind,
         "neighbours": {
-            "min": int(neighbours.min()),
+            "min": _count(neighbours.min()),
             "mean": float(neighbours.mean()),
-            "max": int(neighbours.max()),
+            "max": _count(neighbours.max()),
         },
+        "mixing": mixing(cfg),
         "compression": cfg.compression.model_dump(),
         "messages": describe(spec),
         "float32_bytes_per_message": {
@@ -106,15 +144,15 @@ def estimate(cfg: Config, num_labels: int | None = None) -> dict:
             "full_model": payload_size(full, _Float32()),
         },
         "dec-lora": _row(
-            sum(adapter),
-            lora_msg,
+            sum(adapter) * (2 if cfg.correction == "tracking" else 1),
+            dec_msg,
             neighbours * dec.gossip_steps,
             neighbours * dec.gossip_steps,
             T + finish,
         ),
         "fedavg-node": _row(sum(adapter), lora_msg, ones, ones, T),
         "fedavg-server": _row(sum(adapter), lora_msg, all_n, all_n, T),
-        "full-model-gossip": _row(sum(full), full_msg, neighbours, neighbours, T),
+        "full-model-gossip": _row(sum(full), full_msg, graph.messages(), graph.messages(), T),
         "memory": memory(cfg, shapes),
     }
 
@@ -139,6 +177,24 @@ ROWS = (
 )
 
 
+def _mixing_line(m: dict) -> str:
+    """How fast the nodes agree, and the remedies."""
+    exact = m["rounds_to_exact_average"]
+    line = (
+        f"mixing: every node holds the exact average after {exact} rounds"
+        if exact
+        else f"mixing: spectral gap {m['spectral_gap']:.4f}, about "
+        f"{math.ceil(math.log(0.01) / math.log(max(1 - m['spectral_gap'], 1e-12)))} rounds to "
+        "1% disagreement"
+    )
+    extra = [f"exchange {m['exchange']}"]
+    if m["correction"] != "none":
+        extra.append(f"correction {m['correction']}")
+    if m["weighting"] != "uniform":
+        extra.append(f"weighting {m['weighting']}")
+    return line + "; " + ", ".join(extra)
+
+
 def format_estimate(est: dict) -> str:
     """The estimate as a plain-text table (per node = mean over nodes)."""
     nb, comp = est["neighbours"], est["compression"]
@@ -148,6 +204,7 @@ def format_estimate(est: dict) -> str:
         f"mean {nb['mean']:g}), {est['rounds']} rounds"
         + (f" (+ {est['finish_rounds']} gossip-only for Dec-LoRA)" if est["finish_rounds"] else ""),
         f"messages: {est['messages']}; scheme {scheme}",
+        _mixing_line(est["mixing"]),
         "",
         f"{'':<30} {'values':>11} {'bytes per':>10} {'vs':>6} {'per round':>21} "
         f"{'whole run':>21} {'all parties':>11}",

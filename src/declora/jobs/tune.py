@@ -40,20 +40,29 @@ from declora.runtimes.sim import MemoryTransport
 JOURNAL = "tune.journal"
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 GOSSIP_STEPS = (1, 2, 4, 8)  # mixing steps per round a search may choose
+LR = (1e-4, 6e-2)  # the learning rates a search may choose (log scale)
+GOSSIP_ONLY = ("gossip_steps", "finish_rounds")  # searched only where nodes gossip
 
 
-def suggest(trial: optuna.Trial, method: str) -> MethodSettings:
-    """One trial's values: learning rate, the head's multiple of it and the schedule for every
-    method; for a method whose nodes gossip, the gossip steps per round and the gossip-only
-    finishing rounds."""
-    values = {
-        "lr": trial.suggest_float("lr", 1e-4, 3e-2, log=True),
-        "head_lr_scale": trial.suggest_float("head_lr_scale", 1.0, 20.0, log=True),
-        "schedule": trial.suggest_categorical("schedule", ["constant", "cosine"]),
+def searched(cfg: Config, method: str) -> list[str]:
+    """The values ``tune.params`` searches for ``method``."""
+    return [p for p in cfg.tune.params if METHODS[method].gossips or p not in GOSSIP_ONLY]
+
+
+def suggest(trial: optuna.Trial, cfg: Config, method: str) -> MethodSettings:
+    """One trial's values: each searched one (learning rate, the head's multiple of it, the
+    schedule; for a method whose nodes gossip, the gossip steps a round and the gossip-only
+    finishing rounds) drawn by the sampler, the others the config's own for the method."""
+    draw = {
+        "lr": lambda: trial.suggest_float("lr", *LR, log=True),
+        "head_lr_scale": lambda: trial.suggest_float("head_lr_scale", 1.0, 20.0, log=True),
+        "schedule": lambda: trial.suggest_categorical("schedule", ["constant", "cosine"]),
+        "gossip_steps": lambda: trial.suggest_categorical("gossip_steps", GOSSIP_STEPS),
+        "finish_rounds": lambda: trial.suggest_int("finish_rounds", 0, 40, step=5),
     }
-    if METHODS[method].gossips:
-        values["gossip_steps"] = trial.suggest_categorical("gossip_steps", GOSSIP_STEPS)
-        values["finish_rounds"] = trial.suggest_int("finish_rounds", 0, 40, step=5)
+    own = cfg.for_method(method)
+    values = {k: getattr(own, k) for k in draw}
+    values.update({k: draw[k]() for k in searched(cfg, method)})
     return MethodSettings(**values)
 
 
@@ -63,12 +72,11 @@ def start_values(cfg: Config, method: str) -> dict:
     values = {"lr": own.lr, "head_lr_scale": own.head_lr_scale, "schedule": own.schedule}
     if own.schedule not in ("constant", "cosine"):
         values["schedule"] = "constant"
-    if METHODS[method].gossips:
-        values["gossip_steps"] = min(GOSSIP_STEPS, key=lambda g: abs(g - own.gossip_steps))
-        values["finish_rounds"] = min(40, 5 * round(own.finish_rounds / 5))
-    values["lr"] = min(max(values["lr"], 1e-4), 3e-2)
+    values["gossip_steps"] = min(GOSSIP_STEPS, key=lambda g: abs(g - own.gossip_steps))
+    values["finish_rounds"] = min(40, 5 * round(own.finish_rounds / 5))
+    values["lr"] = min(max(values["lr"], LR[0]), LR[1])
     values["head_lr_scale"] = min(max(values["head_lr_scale"], 1.0), 20.0)
-    return values
+    return {k: v for k, v in values.items() if k in searched(cfg, method)}
 
 
 class Reporter:
@@ -95,19 +103,22 @@ def objective(s: Session, method: str, trial: optuna.Trial) -> float:
     cfg = s.cfg
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", os.getpid())
-    settings = suggest(trial, method)
+    settings = suggest(trial, cfg, method)
     tried = dataclasses.replace(
         s, cfg=cfg.model_copy(update={"per_method": {**cfg.per_method, method: settings}})
     )
     party = party_for(tried, METHODS[method])
     reporter = Reporter(trial, method, party.total_rounds, cfg.tune.prune)
+    # the curve the pruner reads: the training rounds' evaluations only (a trial's finishing
+    # rounds only gossip; the end is scored below, on every validation row)
+    curve = {t for t in range(1, party.rounds + 1) if t % cfg.eval_every == 0}
     began = time.perf_counter()
     try:
-        states = play_rounds(tried, party, MemoryTransport(), None, reporter).states
+        play_rounds(tried, party, MemoryTransport(), None, reporter, eval_rounds=curve)
     finally:
         reporter.bar.bar.close()
         trial.set_user_attr("seconds", round(time.perf_counter() - began, 1))
-    final = evaluate_nodes(tried, states, tried.val)
+    final = evaluate_nodes(tried, [n.state() for n in party.nodes], tried.val)
     if "model" in final:
         return final["model"]["accuracy"]
     trial.set_user_attr("node_min_accuracy", final["node_min_accuracy"])
@@ -153,14 +164,19 @@ def study_for(cfg: Config, out: Path, method: str) -> optuna.Study:
         storage=storage,
         direction="maximize",
         load_if_exists=True,
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+        # no trial is stopped before half its training rounds: slow starters (a cosine
+        # schedule, a graph that mixes late) are not judged on their first evaluation
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=cfg.rounds // 2),
     )
     # seeded by the method and by the trials already there: a resumed search draws new points
     # instead of the ones its first part already tried
     seed = [cfg.seed, list(METHODS).index(method), len(study.trials)]
-    study.sampler = optuna.samplers.TPESampler(
+    # a Gaussian process models the few trials a budget allows (TPE needs tens of trials
+    # before it is better than random); the first trials are the config's own and random ones
+    study.sampler = optuna.samplers.GPSampler(
         seed=int(np.random.SeedSequence(seed).generate_state(1)[0]),
-        n_startup_trials=max(2, cfg.tune.trials // 2),
+        n_startup_trials=max(2, cfg.tune.trials // 3),
+        warn_independent_sampling=False,
     )
     # a trial left running by an interrupted search will never finish: mark it failed (but
     # not one that another live process of this machine, or another machine, is running)

@@ -100,6 +100,7 @@ class Node:
     scaler: torch.amp.GradScaler | None = None  # precision=fp16: the node's loss scale
     cuda_rng: torch.Tensor | None = None  # on a GPU, the node's CUDA RNG (dropout there)
     precision: str = "fp32"  # config precision: autocast of its forward and backward
+    scale: float = 1.0  # weighting=rows: each optimizer update times n n_i / sum(n)
 
     @property
     def epsilon(self) -> float:
@@ -118,6 +119,7 @@ class Node:
         total_steps: int | None = None,
         budget: Budget | None = None,
         device: torch.device = CPU,
+        scale: float = 1.0,
     ) -> Node:
         """A node starting from ``init``; ``total_steps`` (default rounds x local_steps) sets the
         length of its learning-rate schedule. Under ``consensus=frozen_a`` the LoRA A tensors get
@@ -148,6 +150,7 @@ class Node:
             scaler=torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None,
             cuda_rng=cuda_stream(seed, device),
             precision=cfg.precision,
+            scale=scale,
         )
 
     @property
@@ -166,12 +169,29 @@ class Node:
         self.last_grad_norm = float(
             torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
         )
+        before = self._before_update()
         if self.scaler is None:
             self.optimizer.step()
         else:
             self.scaler.step(self.optimizer)
             self.scaler.update()
+        self._scale_update(before)
         self.scheduler.step()
+
+    def _before_update(self) -> list[torch.Tensor] | None:
+        """The trainable tensors before a step, when the step's update is to be scaled."""
+        if self.scale == 1.0:
+            return None
+        return [p.detach().clone() for p in self.params.values() if p.requires_grad]
+
+    @torch.no_grad()
+    def _scale_update(self, before: list[torch.Tensor] | None) -> None:
+        """x <- before + scale (x - before): the optimizer's own update, times ``scale``."""
+        if before is None:
+            return
+        trainable = [p for p in self.params.values() if p.requires_grad]
+        for p, b in zip(trainable, before, strict=True):
+            p.copy_(b + self.scale * (p - b))
 
     def record(self, losses: list[float]) -> float:
         """The losses of a round's steps (those that drew rows): their mean, and whether one

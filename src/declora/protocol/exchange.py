@@ -72,7 +72,9 @@ class Exchange:
             self.public[j] = flatten(self.template).clone()
         return self.public[j]
 
-    def outgoing(self, state: State, round_: int, step: int = 0) -> bytes:
+    alone = False  # a node with no live edge keeps its adapter as it is
+
+    def outgoing(self, state: State, round_: int, step: int = 0, peers=None) -> bytes:
         """The payload this node sends to every neighbour in gossip step ``step`` of a round."""
         flat = flatten(self._message(state))
         choco = self.spec.scheme == "choco"

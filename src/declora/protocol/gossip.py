@@ -43,14 +43,20 @@ Inbox = dict[int, dict[int, bytes | str | None]]
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One node's frame for this step and the live neighbours it goes to: one frame for all,
-    or one a peer (encrypted frames are sealed for their receiver)."""
+    """One node's frame for this step, the live neighbours it goes to (``peers``) and those it
+    hears from (``sources``: the same on an undirected round): one frame for all, or one a
+    peer (encrypted frames are sealed for their receiver; relay sends each its own sum)."""
 
     peers: list[int]
     frame: bytes | dict[int, bytes]
+    sources: list[int] | None = None  # None: the peers
 
     def to(self, peer: int) -> bytes:
         return self.frame[peer] if isinstance(self.frame, dict) else self.frame
+
+    @property
+    def heard(self) -> list[int]:
+        return self.peers if self.sources is None else self.sources
 
 
 @dataclass(frozen=True)
@@ -80,21 +86,27 @@ class Links:
         raise NotImplementedError
 
     def tell(
-        self, values: dict[int, dict[int, int]], kind: str, step: Step
+        self,
+        values: dict[int, dict[int, int]],
+        kind: str,
+        step: Step,
+        hear: dict[int, list[int]] | None = None,
     ) -> dict[int, dict[int, int | wire.Refused]]:
-        """One number from each held node to each of its peers, and theirs back (a
-        :class:`~declora.protocol.wire.Refused` where the answer fails its checks)."""
+        """One number from each held node to each peer in ``values[i]``, and one from each
+        node in ``hear[i]`` (default: the same peers) back (a
+        :class:`~declora.protocol.wire.Refused` where one fails its checks)."""
         s, key = step.stamp, step.key
         outbox = {
             i: {j: wire.seal_control(kind, v, i, j, s, key) for j, v in row.items()}
             for i, row in values.items()
         }
-        expect = {i: dict.fromkeys(row, wire.CONTROL_SIZE) for i, row in values.items()}
+        hear = {i: list(row) for i, row in values.items()} if hear is None else hear
+        expect = {i: dict.fromkeys(js, wire.CONTROL_SIZE) for i, js in hear.items()}
         got = self.post(outbox, expect, s.round)
         answers: dict[int, dict[int, int | wire.Refused]] = {}
-        for i, row in values.items():
+        for i, js in hear.items():
             answers[i] = {}
-            for j in row:
+            for j in js:
                 try:
                     answers[i][j] = wire.open_control(got[i][j], kind, j, i, s, key)
                 except wire.Refused as why:
@@ -102,20 +114,24 @@ class Links:
         return answers
 
     def swap(self, outbox: dict[int, Outgoing], step: Step) -> Inbox:
-        """Phases 1-3: each held node's frame to the peers that take it, and theirs back."""
+        """Phases 1-3: each held node's frame to the peers that take it, and what it takes
+        from those it hears from. Each direction of an edge decides alone: node j's frame
+        crosses to i only if i took j's announced length."""
         sizes = {i: {j: len(out.to(j)) for j in out.peers} for i, out in outbox.items()}
-        lengths = self.tell(sizes, "length", step)
+        sources = {i: out.heard for i, out in outbox.items()}
+        lengths = self.tell(sizes, "length", step, sources)
         why = {i: {j: _takes(n, step.limit) for j, n in row.items()} for i, row in lengths.items()}
         taken = {i: {j: int(r is None) for j, r in row.items()} for i, row in why.items()}
-        acks = self.tell(taken, "ack", step)
-        both = {i: [j for j in row if row[j] is None and acks[i][j] == 1] for i, row in why.items()}
+        acks = self.tell(taken, "ack", step, {i: out.peers for i, out in outbox.items()})
+        send = {i: [j for j in out.peers if acks[i][j] == 1] for i, out in outbox.items()}
+        take = {i: [j for j, r in row.items() if r is None] for i, row in why.items()}
         got = self.post(
-            {i: {j: outbox[i].to(j) for j in js} for i, js in both.items()},
-            {i: {j: lengths[i][j] for j in js} for i, js in both.items()},
+            {i: {j: outbox[i].to(j) for j in js} for i, js in send.items()},
+            {i: {j: lengths[i][j] for j in js} for i, js in take.items()},
             step.stamp.round,
         )
         return {
-            i: {j: got[i][j] if j in both[i] else reason for j, reason in row.items()}
+            i: {j: got[i][j] if reason is None else reason for j, reason in row.items()}
             for i, row in why.items()
         }
 
@@ -133,8 +149,8 @@ class Link:
 class Traffic:
     """What one gossip step did at one node."""
 
-    payload: int = 0  # bytes of its payload (one edge)
-    peers: int = 0  # live neighbours it sent the payload to
+    payload: int = 0  # bytes of one of its payloads (one edge)
+    sent: int = 0  # payload bytes it sent, to every live neighbour together
     refused: int = 0  # messages it refused
 
 
@@ -158,59 +174,97 @@ def gossip_step(
     step: int = 0,
     several: bool = False,
 ) -> dict[int, Traffic]:
-    """Every held node with a live edge sends its frame, then mixes over the edges whose two
-    ends accepted each other's frames (gossip step ``step`` of round t, one of ``several``
-    when the round has more than one: its frames carry round t and the step; its rounding
-    noise is its own). Returns what each node that sent did.
+    """Every held node with a live edge sends its frame, then mixes over what it accepted
+    (gossip step ``step`` of round t, one of ``several`` when the round has more than one:
+    its frames carry round t and the step; its rounding noise is its own). Returns what each
+    node that sent did.
 
-    A node with no live edge this round (faults) neither sends nor mixes. The frame's header
-    and the control messages are not in the payload (``wire.HEADER.size`` + ``wire.TAG_SIZE``
-    with a key per frame, and 3 or 4 of ``wire.CONTROL_SIZE`` bytes per edge and step).
+    Row i of W is what node i mixes: it hears from j where W_ij > 0 and sends to j where
+    W_ji > 0. On a symmetric W an edge mixes only when both ends accepted each other's frame
+    (its weight goes to the diagonal otherwise). On a directed round (one-peer exponential)
+    no weight can move without moving the network average: a refusal at either end stops
+    the round with a :class:`~declora.protocol.wire.PeerError` naming the peer. A node with
+    no live edge neither sends nor receives; an exchange with ``alone`` set mixes with itself.
     """
     limit = wire.max_frame_size(held[0][1].sizes)
     call = Step(wire.Stamp(link.run, t, step), link.key, limit)
-    outbox, weights, traffic = _outbox(held, W, t, step, link, call)
-    if not outbox:
-        return traffic
-    inbox = transport.swap(outbox, call)
-    accepted = {}
-    for node, ex in held:
-        i = node.node_id
-        if i in outbox:
-            got = inbox.get(i, {})
-            accepted[i] = accept(link, ex, i, got, outbox[i].peers, call, traffic[i], warn, several)
-    verdicts = {i: {j: int(j in got) for j in outbox[i].peers} for i, got in accepted.items()}
-    theirs = transport.tell(verdicts, "verdict", call)
-    committed = None
-    if held[0][1].spec.scheme == "choco":
-        committed = commit(transport, theirs, outbox, call)
+    directed = not np.array_equal(W != 0, W.T != 0)
+    outbox, rows, traffic = _outbox(held, W, t, step, link, call)
+    accepted, theirs, committed = {}, {}, None
+    if outbox:
+        accepted, theirs = _cross(held, outbox, transport, call, link, traffic, warn, several)
+        if held[0][1].spec.scheme == "choco":
+            committed = commit(transport, theirs, outbox, call)
     for node, ex in held:
         i = node.node_id
         if i not in outbox:
+            if getattr(ex, "alone", False):
+                node.set_state(ex.incoming(node.state(), {}, {i: 1.0}))
             continue
-        got, row = accepted[i], weights[i]
-        for j in outbox[i].peers:  # an edge mixes only when both ends accepted
-            if not (j in got and theirs[i][j] == 1):
-                row[i] += row.pop(j)
+        got, row = accepted[i], rows[i]
+        if directed:
+            _all_accepted(i, outbox[i], got, theirs[i], t)
+        else:
+            for j in outbox[i].peers:  # an edge mixes only when both ends accepted
+                if not (j in got and theirs[i][j] == 1):
+                    row[i] += row.pop(j)
         mixed = got if committed is not None else {j: got[j] for j in row if j in got}
         kept = None if committed is None else committed[i]
         node.set_state(ex.incoming(node.state(), mixed, row, committed=kept))
     return traffic
 
 
-def _outbox(held, W: np.ndarray, t: int, step: int, link: Link, call: Step):
-    """Phase 0: each held node's row of W, and the frame of each node with a live edge."""
-    outbox, weights, traffic = {}, {}, {}
+def _cross(held, outbox, transport: Links, call: Step, link: Link, traffic, warn, several):
+    """Phases 1-4: frames cross, each node accepts what passes its checks, and every node
+    learns its peers' verdicts on its own frame. (what each accepted, their verdicts)."""
+    inbox = transport.swap(outbox, call)
+    accepted = {}
     for node, ex in held:
         i = node.node_id
-        weights[i] = row_weights(W, i)
-        peers = sorted(j for j in weights[i] if j != i)
-        if not peers:
+        if i in outbox:
+            got, heard = inbox.get(i, {}), outbox[i].heard
+            accepted[i] = accept(link, ex, i, got, heard, call, traffic[i], warn, several)
+    verdicts = {i: {j: int(j in got) for j in outbox[i].heard} for i, got in accepted.items()}
+    theirs = transport.tell(verdicts, "verdict", call, {i: o.peers for i, o in outbox.items()})
+    return accepted, theirs
+
+
+def _all_accepted(i: int, out: Outgoing, got: dict, theirs: dict, t: int) -> None:
+    """On a directed round every frame must have crossed both ways it was meant to."""
+    for j in out.heard:
+        if j not in got:
+            raise wire.PeerError(
+                f"round {t}: node {i} refused the message from node {j} on a one-way round "
+                "(topology.kind=one_peer_exponential), where no weight can move without moving "
+                "the network average: the run stops (resume from a checkpoint)"
+            )
+    for j in out.peers:
+        if theirs[j] != 1:
+            raise wire.PeerError(
+                f"round {t}: node {j} did not accept node {i}'s message on a one-way round "
+                "(topology.kind=one_peer_exponential): the run stops (resume from a checkpoint)"
+            )
+
+
+def _outbox(held, W: np.ndarray, t: int, step: int, link: Link, call: Step):
+    """Phase 0: each held node's row of W, and the frame of each node with a live edge."""
+    outbox, rows, traffic = {}, {}, {}
+    for node, ex in held:
+        i = node.node_id
+        rows[i] = row_weights(W, i)
+        heard = sorted(j for j in rows[i] if j != i)
+        peers = sorted(int(j) for j in np.flatnonzero(W[:, i]) if j != i)
+        if not peers and not heard:
             continue
-        payload = ex.outgoing(node.state(), t, step)
-        traffic[i] = Traffic(len(payload), len(peers))
-        outbox[i] = Outgoing(peers, _frames(link, ex, payload, i, peers, call))
-    return outbox, weights, traffic
+        payload = ex.outgoing(node.state(), t, step, peers) if peers else b""
+        if isinstance(payload, dict):  # a payload of its own for each peer (relay)
+            sizes = [len(payload[j]) for j in peers]
+        else:
+            sizes = [len(payload)] * len(peers)
+        traffic[i] = Traffic(max(sizes, default=0), sum(sizes))
+        frames = _frames(link, ex, payload, i, peers, call)
+        outbox[i] = Outgoing(peers, frames, None if heard == peers else heard)
+    return outbox, rows, traffic
 
 
 def commit(transport: Links, theirs: dict, outbox: dict, call: Step) -> dict[int, set[int]]:
@@ -257,10 +311,19 @@ def accept(
     return received
 
 
-def _frames(link: Link, ex: Exchange, payload: bytes, i: int, peers, call: Step):
-    """Node i's frame for its peers: one for all, or (encrypted) one sealed for each."""
-    seal = lambda to=None: wire.seal(payload, i, call.stamp, _dtype(ex), link.key, to)  # noqa: E731
-    return {j: seal(j) for j in peers} if link.encrypt else seal()
+def _frames(link: Link, ex: Exchange, payload, i: int, peers, call: Step):
+    """Node i's frame for its peers: one for all, or one sealed for each (encrypted, or a
+    payload of its own for each: relay)."""
+    own = isinstance(payload, dict)
+    seal = lambda to=None: wire.seal(  # noqa: E731
+        payload[to] if own else payload,
+        i,
+        call.stamp,
+        _dtype(ex),
+        link.key,
+        to if link.encrypt else None,
+    )
+    return {j: seal(j) for j in peers} if link.encrypt or own else seal()
 
 
 def _dtype(ex: Exchange):

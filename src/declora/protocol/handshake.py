@@ -67,17 +67,25 @@ class Start:
 
     run: bytes  # run id bound into every message of this start
     round: int  # the newest round every node holds an intact checkpoint of (0: afresh)
+    rows: tuple[int, ...] = ()  # every node's training rows, as it offered them
 
 
 def offer(
-    cfg: Config, nonce: bytes, have: list[int], rank: int, key: bytes | None, failure: str
+    cfg: Config,
+    nonce: bytes,
+    have: list[int],
+    rank: int,
+    key: bytes | None,
+    failure: str,
+    rows: int = 0,
 ) -> bytes:
     """Node ``rank``'s offer: ``nonce``, the config's fingerprint, the newest checkpoint
-    rounds it holds (``have``) and why it could not start (``failure``), tagged with ``key``."""
+    rounds it holds (``have``), its training rows (``weighting=rows`` weighs each node by
+    them) and why it could not start (``failure``), tagged with ``key``."""
     slots = (have[-OFFER_SLOTS:] + [-1] * OFFER_SLOTS)[:OFFER_SLOTS]
     print_ = bytes.fromhex(fingerprint(cfg)) + key_digests(cfg)[1]
     why = failure.encode()[:REASON_BYTES].ljust(REASON_BYTES, b"\0")
-    body = nonce + print_ + struct.pack(f"<{OFFER_SLOTS}q", *slots) + why
+    body = nonce + print_ + struct.pack(f"<{OFFER_SLOTS}qq", *slots, rows) + why
     return body + (wire.sign(key, b"start", struct.pack("<I", rank), body) if key else wire.NO_TAG)
 
 
@@ -139,10 +147,11 @@ def agree(cfg: Config, offers: list[bytes], rank: int, key: bytes | None, warn) 
     end = _check_configs(cfg, offers, rank)
     run = hashlib.sha256(b"".join(o[:NONCE_BYTES] for o in offers)).digest()[: wire.RUN_BYTES]
     lists = [struct.unpack_from(f"<{OFFER_SLOTS}q", o, end) for o in offers]
+    rows = tuple(struct.unpack_from("<q", o, end + 8 * OFFER_SLOTS)[0] for o in offers)
     common = set.intersection(*(set(x) - {-1} for x in lists))
     if not common and any(x[0] != -1 for x in lists) and rank == 0:
         warn(
             "declora: no round is checkpointed intact on every node (a node's files are missing "
             "or refused, see above): starting over from round 0"
         )
-    return Start(run, max(common, default=0))
+    return Start(run, max(common, default=0), rows)

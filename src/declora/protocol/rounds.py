@@ -39,6 +39,7 @@ from torch import nn
 
 from declora.algorithms.faults import RoundPlan
 from declora.algorithms.methods import Method
+from declora.algorithms.schedule import Schedule
 from declora.algorithms.tensors import State
 from declora.learning.dpsgd import Losses
 from declora.learning.train import Collate, Node, Stopped, train_steps
@@ -157,7 +158,7 @@ class Party:
     steps: int  # optimizer steps per node per round
     batch_size: int
     size: int  # nodes in the method's network (1 when pooled), held or not
-    W: np.ndarray | None  # configured mixing matrix; None = no messages
+    mixing: Schedule | None  # who mixes with whom, round by round; None = no messages
     rounds: int = 1  # rounds with local steps
     finish_rounds: int = 0  # gossip-only rounds after them
     gossip_steps: int = 1  # mixing steps in each round
@@ -224,5 +225,5 @@ def communicate(
     for i, done in traffic.items():
         c = counters.nodes[i]
         c.payload = done.payload
-        c.sent += done.payload * (1 if party.method.server else done.peers)
+        c.sent += done.payload if party.method.server else done.sent
         c.refused += done.refused

@@ -69,13 +69,14 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
         if cfg.checkpoint_every > 0
         else []
     )
-    agreed = agree_on_start(cfg, rank, world, where, key, have)
+    agreed = agree_on_start(cfg, rank, world, where, key, have, rows=s.node_rows[rank])
     start = agreed.round
     if fresh:  # every node has started: only now is anything written
         create_dir(out)
         write_run_files(s, out)
     warn = site_log(out, rank, agreed)
-    party = party_for(s, METHODS["dec-lora"], held=[rank], run=agreed.run, warn=warn)
+    rows = list(agreed.rows) if cfg.data.per_site else None  # each site knows only its own
+    party = party_for(s, METHODS["dec-lora"], [rank], agreed.run, warn, node_rows=rows)
     counters = resume(party, root, start) if start else None
     transport = P2PTransport(where.wire, cfg.peer_timeout, key, cfg.security.encrypt, agreed.run)
     wrapped: Transport = wrap(transport) if wrap else transport
@@ -98,9 +99,11 @@ def agree_on_start(
     key: bytes | None,
     have: list[int],
     failure: str = "",
+    rows: int = 0,
 ) -> handshake.Start:
     """Every node's start-up offer, moved and checked (:mod:`declora.protocol.handshake`)."""
-    mine = handshake.offer(cfg, os.urandom(handshake.NONCE_BYTES), have, rank, key, failure)
+    nonce = os.urandom(handshake.NONCE_BYTES)
+    mine = handshake.offer(cfg, nonce, have, rank, key, failure, rows)
     return handshake.agree(cfg, exchange_offers(mine, world, where.wire), rank, key, say)
 
 

@@ -1,0 +1,142 @@
+"""Who mixes with whom in round t, and with what weights: a static graph's one mixing matrix
+every round, or the round's matrix of a time-varying graph (:mod:`declora.algorithms.graphs`)
+that averages exactly after a finite number of rounds.
+
+Pure numpy. The round's plan (:func:`declora.algorithms.faults.round_plan`) takes the round's
+edges and W from here; a time-varying W is drawn from t alone, so every process agrees on it
+without talking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from declora.algorithms import graphs
+from declora.algorithms import topology as topo
+
+TIME_VARYING = graphs.KINDS  # one_peer_exponential, base
+KINDS = (*topo.TOPOLOGIES, *TIME_VARYING)  # config topology.kind
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The mixing matrices of a run, round by round.
+
+    ``kind`` is a topology kind; ``W`` the static mixing matrix (None for a time-varying
+    kind, whose round t has :func:`declora.algorithms.graphs.time_varying`); ``adj`` every
+    edge some round may use (the static graph's; for a time-varying kind, the union of one
+    period's, symmetrised); ``degree`` the Base-(k+1) graph's k.
+    """
+
+    kind: str
+    n: int
+    adj: np.ndarray  # (n, n) bool
+    W: np.ndarray | None = None  # (n, n) static mixing matrix
+    degree: int = 1
+
+    @classmethod
+    def static(cls, kind: str, adj: np.ndarray, W: np.ndarray) -> Schedule:
+        return cls(kind, len(W), np.asarray(adj, dtype=bool), W)
+
+    @classmethod
+    def varying(cls, kind: str, n: int, degree: int = 1) -> Schedule:
+        """A time-varying graph of ``n`` nodes (``degree`` peers a round for ``base``)."""
+        if kind not in TIME_VARYING:
+            raise ValueError(f"{kind} is not a time-varying graph ({', '.join(TIME_VARYING)})")
+        rounds = [
+            graphs.time_varying(kind, n, t, degree) for t in range(1, _period(kind, n, degree) + 1)
+        ]
+        adj = np.zeros((n, n), dtype=bool)
+        for W in rounds:
+            adj |= graphs.edges_of(W)
+        return cls(kind, n, adj | adj.T, None, degree)
+
+    @property
+    def varies(self) -> bool:
+        return self.W is None
+
+    @property
+    def directed(self) -> bool:
+        """Whether some round sends along an edge one way only (one_peer_exponential)."""
+        return self.varies and any(
+            not np.array_equal(W, W.T) for W in (self.at(t) for t in range(1, self.period + 1))
+        )
+
+    @property
+    def period(self) -> int:
+        """Rounds after which the matrices repeat (1 for a static graph)."""
+        return 1 if not self.varies else _period(self.kind, self.n, self.degree)
+
+    def at(self, t: int) -> np.ndarray:
+        """W of round t (1-based), shape (n, n)."""
+        return (
+            self.W if self.W is not None else graphs.time_varying(self.kind, self.n, t, self.degree)
+        )
+
+    def edges(self, t: int) -> np.ndarray:
+        """The (n, n) symmetric boolean edges of round t: the links faults may drop."""
+        if not self.varies:
+            return self.adj
+        support = graphs.edges_of(self.at(t))
+        return support | support.T
+
+    @cached_property
+    def rounds_to_exact(self) -> int | None:
+        """Rounds from round 1 after which every node holds the exact average of what the
+        nodes held (None: never exactly, only geometrically)."""
+        if not self.varies:
+            return 1 if np.allclose(self.W, 1.0 / self.n, atol=1e-12) else None
+        return graphs.rounds_to_exact(self.kind, self.n, self.degree)
+
+    @cached_property
+    def gap(self) -> float:
+        """Per-round contraction of disagreement, as a gap: 1 - |lambda_2(W)| for a static
+        graph; 1 - ||W_T ... W_1 - J||_2 ** (1 / T) over one period T of a time-varying one
+        (1.0 when the period averages exactly)."""
+        if not self.varies:
+            return topo.spectral_gap(self.W)
+        error = graphs.consensus_error([self.at(t) for t in range(1, self.period + 1)])
+        return 1.0 - error ** (1.0 / self.period) if error > 1e-12 else 1.0
+
+    def messages(self) -> np.ndarray:
+        """(n,) messages each node sends a round, averaged over one period."""
+        sent = sum(graphs.edges_of(self.at(t)).sum(axis=0) for t in range(1, self.period + 1))
+        return np.asarray(sent, dtype=np.float64) / self.period
+
+
+def _period(kind: str, n: int, degree: int) -> int:
+    if kind == "one_peer_exponential":
+        return graphs.one_peer_period(n)
+    return graphs.base_period(n, degree)
+
+
+def schedule_for(
+    kind: str,
+    n: int,
+    rule: str = "metropolis",
+    p: float = 0.3,
+    edges=None,
+    seed: int = 0,
+    degree: int = 1,
+) -> Schedule:
+    """The configured graph's schedule: a static graph with its ``rule`` weights, or a
+    time-varying one with its own; bad settings raise ValueError."""
+    if kind in TIME_VARYING:
+        return Schedule.varying(kind, n, degree)
+    adj = topo.build_graph(kind, n, p=p, edges=edges, seed=seed)
+    return Schedule.static(kind, adj, topo.mixing_matrix(adj, rule))
+
+
+def server(n: int) -> Schedule:
+    """A server's exact average every round: W = J (fedavg)."""
+    return Schedule.static("server", ~np.eye(n, dtype=bool), np.full((n, n), 1.0 / n))
+
+
+def relay_tree(graph: Schedule) -> Schedule:
+    """A spanning tree of ``graph``'s edges (:func:`declora.algorithms.graphs.spanning_tree`),
+    with Metropolis weights: relay's messages go along its edges only."""
+    tree = graphs.spanning_tree(graph.adj)
+    return Schedule.static("tree", tree, topo.mixing_matrix(tree, "metropolis"))

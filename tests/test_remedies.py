@@ -1,0 +1,229 @@
+"""The remedies against label skew, as the round plays them (in memory, hand-made nodes):
+time-varying graphs average exactly after their period, relay holds the exact delayed
+average from the tree's diameter on, tracking keeps the mean correction at 0, size weighting
+moves the fixed point to the row-weighted optimum; and the combinations that are not sound
+are refused in one line."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from declora.algorithms import graphs
+from declora.algorithms.methods import METHODS
+from declora.algorithms.schedule import Schedule, relay_tree, schedule_for
+from declora.config import ConfigError, load_config
+from declora.learning.dataset import Dataset
+from declora.learning.train import Node
+from declora.protocol import wire
+from declora.protocol.exchange import Exchange
+from declora.protocol.gossip import Link
+from declora.protocol.relay import RelayExchange
+from declora.protocol.rounds import Party, communicate
+from declora.protocol.tracking import TrackingExchange
+from declora.runtimes.sim import MemoryTransport
+from tests.test_rounds import OneSided
+
+HEAD = (3,)  # one tensor of 3 values stands for the adapter
+
+
+def make_party(values, make_exchange=Exchange, optimizer="sgd", lr=0.1, scales=None) -> Party:
+    """Nodes 0..n-1, node i starting with every entry at values[i], one exchange each."""
+    cfg = load_config(None, [f"optimizer={optimizer}", f"lr={lr}", "batch_size=2", "rounds=1"])
+    data = Dataset([[1, 2]], np.array([0]), ["a", "b"])
+    nodes, exchanges = [], []
+    shared = {"head": torch.zeros(HEAD)}
+    for i, v in enumerate(values):
+        scale = 1.0 if scales is None else scales[i]
+        node = Node.create(i, data, {"head": torch.full(HEAD, float(v))}, cfg, i, scale=scale)
+        nodes.append(node)
+        exchanges.append(make_exchange(i, shared))
+    return Party(
+        method=METHODS["dec-lora"],
+        model=None,
+        collate=None,
+        nodes=nodes,
+        exchanges=exchanges,
+        steps=1,
+        batch_size=2,
+        size=len(values),
+        mixing=None,
+        link=Link(),
+        warn=lambda line: None,
+    )
+
+
+def heads(party) -> np.ndarray:
+    return np.array([n.params["head"].detach().numpy() for n in party.nodes])  # (n, 3)
+
+
+def mix(party, W, t, transport=None):
+    counters = party.counters()
+    communicate(party, counters, W, t, transport or MemoryTransport())
+    return counters
+
+
+@pytest.mark.parametrize(
+    "kind,n,k", [("one_peer_exponential", 8, 1), ("base", 6, 1), ("base", 7, 2)]
+)
+def test_a_time_varying_graph_averages_exactly_after_its_period(kind, n, k):
+    values = np.arange(n, dtype=float) ** 2
+    party = make_party(values)
+    g = Schedule.varying(kind, n, k)
+    assert g.rounds_to_exact == g.period
+    for t in range(1, g.period + 1):
+        counters = mix(party, g.at(t), t)
+        sent = [c.sent for c in counters.nodes.values()]
+        payload = max(c.payload for c in counters.nodes.values())
+        assert max(sent) <= k * payload  # at most k messages a node a round
+    np.testing.assert_allclose(heads(party), values.mean(), rtol=1e-6)
+
+
+def test_one_peer_exponential_sends_one_message_a_round_half_the_rings():
+    ring = schedule_for("ring", 8)
+    one = Schedule.varying("one_peer_exponential", 8)
+    assert one.directed and not ring.directed
+    np.testing.assert_array_equal(one.messages(), np.ones(8))
+    np.testing.assert_array_equal(ring.messages(), 2 * np.ones(8))
+    assert one.gap == 1.0 and ring.gap == pytest.approx(0.1953, abs=1e-4)
+
+
+def test_a_refusal_on_a_one_way_round_stops_the_round_naming_the_peer():
+    party = make_party([0.0, 1.0, 2.0, 3.0])
+    W = graphs.one_peer_exponential(4, 1)  # node i hears from i - 1
+    both = "node 2 refused the message from node 1|node 2 did not accept node 1's message"
+    with pytest.raises(wire.PeerError, match=both):
+        mix(party, W, 1, OneSided(bad=1, victim=2))
+
+
+@pytest.mark.parametrize("rows", [None, [10, 1, 1, 28, 3, 7]])
+def test_relay_holds_the_exact_delayed_average_from_the_diameter_on(rows):
+    """A path of 6 (the ring's spanning tree), random updates every round: node i holds the
+    average over k (by rows, or uniform) of what node k held after its steps d(i, k) - 1
+    rounds ago, the start filling what has not arrived, and exactly that average from round
+    ecc(i) <= the diameter on."""
+    n, rng = 6, np.random.default_rng(0)
+    w = np.ones(n) if rows is None else np.array(rows, dtype=float)
+    tree = relay_tree(schedule_for("ring", n))
+    dist = _distances(tree.adj)
+    assert graphs.tree_diameter(tree.adj) == n - 1
+    party = make_party(np.zeros(n), lambda i, s: RelayExchange(i, s, _nbrs(tree, i), w[i], w.sum()))
+    sent = []  # sent[t - 1][k]: what node k held after its steps in round t
+    for t in range(1, 3 * n):
+        for node in party.nodes:
+            node.set_state({"head": node.params["head"] + torch.tensor(rng.normal(size=HEAD))})
+        sent.append(heads(party).copy())
+        mix(party, tree.at(t), t)
+        for i in range(n):
+            arrived = [k for k in range(n) if t >= dist[i, k]]
+            parts = [w[k] * sent[t - max(dist[i, k], 1)][k] for k in arrived]  # the start is 0
+            np.testing.assert_allclose(heads(party)[i], np.sum(parts, 0) / w.sum(), atol=1e-5)
+            assert len(arrived) == n or t < graphs.tree_diameter(tree.adj)
+
+
+def test_tracking_keeps_the_mean_correction_at_zero_on_any_doubly_stochastic_w():
+    n, rng = 6, np.random.default_rng(1)
+    party = make_party(rng.normal(size=n), lambda i, s: TrackingExchange(i, s))
+    rounds = [schedule_for("ring", n).at(1), Schedule.varying("base", n).at(1)]
+    rounds += [Schedule.varying("base", n).at(t) for t in (2, 3, 4)]
+    for t, W in enumerate(rounds * 3, start=1):
+        before = heads(party).mean(axis=0)
+        delta = rng.normal(size=(n, *HEAD))
+        for node, d in zip(party.nodes, delta):
+            node.set_state({"head": node.params["head"] + torch.tensor(d, dtype=torch.float32)})
+        mix(party, W, t)
+        c = np.array([ex.c.numpy() for ex in party.exchanges])
+        np.testing.assert_allclose(c.mean(axis=0), 0.0, atol=1e-5)
+        # so the mean adapter moves by exactly the mean update
+        np.testing.assert_allclose(heads(party).mean(0), before + delta.mean(0), atol=1e-5)
+
+
+def _quadratic_steps(party, targets, steps):
+    """``steps`` SGD steps on f_i(x) = ||x - a_i||^2 / 2 at every node (gradient x - a_i)."""
+    for node, a in zip(party.nodes, targets):
+        for _ in range(steps):
+            p = node.params["head"]
+            p.grad = (p.detach() - torch.tensor(a, dtype=torch.float32)).clone()
+            node.apply_grads()
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "rows"])
+@pytest.mark.parametrize("how", ["exact", "tracking"])
+def test_size_weighting_moves_the_fixed_point_to_the_row_weighted_optimum(weighting, how):
+    """Quadratics f_i = ||x - a_i||^2 / 2 with rows n_i: the pooled objective's optimum is
+    sum(n_i a_i) / sum(n); the equal-weight one mean(a_i)."""
+    n, rows = 4, np.array([40, 10, 5, 145])
+    targets = np.array([[1.0, -2.0, 0.5], [3.0, 0.0, 1.0], [-1.0, 4.0, 2.0], [0.0, 1.0, -3.0]])
+    scales = n * rows / rows.sum() if weighting == "rows" else np.ones(n)
+    tracking = lambda i, s: TrackingExchange(i, s)  # noqa: E731
+    party = make_party(
+        np.zeros(n), tracking if how == "tracking" else Exchange, lr=0.05, scales=scales
+    )
+    W = np.full((n, n), 1 / n) if how == "exact" else schedule_for("ring", n).at(1)
+    for t in range(1, 400):
+        _quadratic_steps(party, targets, 1)
+        mix(party, W, t)
+    want = (rows[:, None] * targets).sum(0) / rows.sum() if weighting == "rows" else targets.mean(0)
+    np.testing.assert_allclose(heads(party), np.broadcast_to(want, (n, 3)), atol=2e-3)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (["topology.kind=one_peer_exponential", "faults.link_drop=0.1"], "one way"),
+        (["topology.kind=one_peer_exponential", "compression.scheme=choco"], "one way"),
+        (["exchange=relay", "topology.kind=base"], "fixed spanning tree"),
+        (["exchange=relay", "compression.kind=quantize"], "every hop"),
+        (["exchange=relay", "consensus=product"], "consensus=ab"),
+        (["exchange=relay", "correction=tracking"], "already averages exactly"),
+        (["exchange=relay", "per_method.dec-lora.gossip_steps=2"], "once a round"),
+        (["correction=tracking", "compression.scheme=choco"], "plain vectors"),
+        (["correction=tracking", "consensus=product"], "plain vectors"),
+        (["correction=tracking", "gossip_steps=2", "per_method={}"], "once a round"),
+        (["topology.degree=0"], "topology.degree"),
+        (["exchange=push"], "exchange"),
+    ],
+)
+def test_unsound_combinations_are_refused_in_one_line(override, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(None, override)
+    assert "\n" not in str(err.value)
+
+
+def _nbrs(tree: Schedule, i: int) -> list[int]:
+    return np.flatnonzero(tree.adj[i]).tolist()
+
+
+def _distances(adj: np.ndarray) -> np.ndarray:
+    """All-pairs hop distances by Floyd-Warshall (independent of the module's BFS)."""
+    n = len(adj)
+    d = np.where(adj, 1.0, np.inf)
+    np.fill_diagonal(d, 0)
+    for k in range(n):
+        d = np.minimum(d, d[:, k : k + 1] + d[k : k + 1, :])
+    return d.astype(int)
+
+
+def test_a_party_is_read_only():
+    party = make_party([0.0, 1.0])
+    with pytest.raises(AttributeError):
+        party.steps = 3  # type: ignore[misc]
+    assert replace(party, steps=3).steps == 3
+
+
+def test_the_start_up_handshake_tells_every_node_the_rows_of_every_other():
+    """Per-site files: a node knows only its own rows; weighting=rows needs them all."""
+    from declora.protocol import handshake
+
+    cfg = load_config(None, ["nodes=3", "weighting=rows"])
+    key = b"k" * 32
+    offers = [
+        handshake.offer(cfg, bytes([i]) * handshake.NONCE_BYTES, [], i, key, "", rows)
+        for i, rows in enumerate([120, 7, 3000])
+    ]
+    for rank in range(3):
+        agreed = handshake.agree(cfg, offers, rank, key, warn=lambda line: None)
+        assert agreed.rows == (120, 7, 3000) and agreed.round == 0
