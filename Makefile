@@ -1,5 +1,5 @@
 # The few commands people type. Each one sets up .venv first (pinned, CPU torch).
-.PHONY: setup run test lint fmt
+.PHONY: setup run test lint fmt docs
 
 setup:
 	bash scripts/setup.sh
@@ -15,3 +15,8 @@ lint: setup
 
 fmt:
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
+
+# the docs (Sphinx + MyST) into build/docs, warnings as errors; the source directory is the
+# repository root so that docs/, results/ and CHANGELOG.md link to each other by real paths
+docs: setup
+	.venv/bin/sphinx-build -W --keep-going -b html -c docs . build/docs

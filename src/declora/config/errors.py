@@ -5,7 +5,7 @@ from __future__ import annotations
 
 class ConfigError(ValueError):
     """A bad config value; the message is one line meant for the user (a line break in the
-    text it quotes, a key or a file name, is shown as \\n)."""
+    text it quotes, a key or a file name, is shown as ``\\n``)."""
 
     def __init__(self, message: str):
         super().__init__(one_line(message))

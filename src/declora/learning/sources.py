@@ -23,7 +23,7 @@ csv.field_size_limit(2**31 - 1)  # a long review is data, not an error (the defa
 
 class DataError(ValueError):
     """Bad or unusable data; the message is one line meant for the user (a line break in the
-    text it quotes, a column name or a value, is shown as \\n)."""
+    text it quotes, a column name or a value, is shown as ``\\n``)."""
 
     def __init__(self, message: str):
         super().__init__(one_line(message))
