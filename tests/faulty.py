@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import replace
@@ -31,7 +32,7 @@ from declora.harness import checkpoint
 from declora.protocol import wire
 from declora.protocol.gossip import Outgoing, Step
 
-WRONG_KEY = b"wrong key, wrong key, wrong key!"
+WRONG_KEY = hashlib.sha256(b"another site's key file").digest()  # 32 random-looking bytes
 DTYPE_OF = {code: dtype for dtype, code in wire.DTYPES.items()}
 
 

@@ -48,6 +48,13 @@ def tiny_llama_args(model_dir, csv_path, out) -> list[str]:
     return [*args, "task=causal_lm", *LLAMA_LABEL_WORDS, "lr=0.05"]
 
 
+def write_key(path):
+    """A good security.key_file at ``path``: 32 random bytes as hex, readable by its owner."""
+    path.write_bytes(os.urandom(32).hex().encode())
+    path.chmod(0o600)
+    return path
+
+
 def records(out) -> list[dict]:
     """The run's metrics.jsonl, one dict per line."""
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

@@ -12,8 +12,9 @@ import torch
 from declora.config import load_config
 from declora.protocol import crypt, wire
 from declora.protocol.handshake import fingerprint
+from declora.protocol.keys import Keys, read_key
 
-KEY = b"s" * 32
+KEY = Keys(b"s" * 32)  # the keys a key file holding this secret gives
 RUN = b"run-0001"
 AT = wire.Stamp(RUN, 7, 1)  # round 7, gossip step 1
 F32 = torch.float32
@@ -47,7 +48,7 @@ def test_an_encrypted_frame_round_trips_and_hides_its_payload():
 
 
 def test_a_wrong_key_is_refused():
-    assert "AES-GCM tag does not match" in _refused(_sealed(key=b"t" * 32))
+    assert "AES-GCM tag does not match" in _refused(_sealed(key=Keys(b"t" * 32)))
 
 
 @pytest.mark.parametrize(
@@ -93,18 +94,20 @@ def test_each_run_has_its_own_key_and_nonces_differ_per_field():
     assert len({crypt.nonce(*f) for f in fields}) == len(fields)
 
 
-def test_a_new_key_file_at_a_restart_keeps_the_config_and_its_checkpoints(tmp_path):
-    """Key rotation: the key file's path and content are not part of the shared config, so
-    checkpoints written under the old key are the same run's; whether encryption is on is."""
+def test_a_new_key_file_at_a_restart_is_the_same_config_under_a_new_key(tmp_path):
+    """Key rotation: the key file's path and content are not part of the shared config
+    (whether encryption is on is); what was sealed under the old key is refused (checkpoints
+    too: tests/test_checkpoint.py)."""
     old, new = tmp_path / "old.key", tmp_path / "new.key"
-    old.write_bytes(os.urandom(32).hex().encode())
-    new.write_bytes(os.urandom(32).hex().encode())
+    for path in (old, new):
+        path.write_bytes(os.urandom(32).hex().encode())
+        path.chmod(0o600)
     on = ["security.encrypt=true"]
     a = load_config(None, [f"security.key_file={old}", *on])
     b = load_config(None, [f"security.key_file={new}", *on])
     assert fingerprint(a) == fingerprint(b)
     assert fingerprint(a) != fingerprint(load_config(None, [f"security.key_file={old}"]))
     stamp = wire.Stamp(RUN, 3, 0)
-    frame = wire.seal(_payload(), 1, stamp, F32, old.read_bytes().strip(), 0)
+    frame = wire.seal(_payload(), 1, stamp, F32, read_key(old), 0)
     with pytest.raises(wire.Refused):  # a message sealed under the old key is not accepted
-        wire.open_frame(frame, 1, stamp, F32, new.read_bytes().strip(), 0)
+        wire.open_frame(frame, 1, stamp, F32, read_key(new), 0)

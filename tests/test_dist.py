@@ -29,6 +29,7 @@ from tests.helpers import (
     tiny_args,
     tiny_llama_args,
     torchrun_agents,
+    write_key,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,9 +60,14 @@ def assert_same_metrics(sim: list[dict], dist: list[dict]) -> None:
 
 def encrypted(tmp_path) -> list[str]:
     """Overrides for a DP delta the tiny sites allow, and encrypted links under a fresh key."""
-    key = tmp_path / "key"
-    key.write_bytes(os.urandom(32).hex().encode())
-    return ["privacy.delta=1e-4", f"security.key_file={key}", "security.encrypt=true"]
+    key = write_key(tmp_path / "key")
+    # the same noise in both runtimes: the DP randomness from the seed (no privacy: tests only)
+    return [
+        "privacy.delta=1e-4",
+        "privacy.reproducible=true",
+        f"security.key_file={key}",
+        "security.encrypt=true",
+    ]
 
 
 def same_in_both_runtimes(model_dir, csv_path, tmp_path, extra: list[str]):
@@ -254,8 +260,7 @@ def test_crash_recovery_under_dp_and_encryption_matches_the_simulator(
 def test_corrupted_and_forged_messages_are_refused_and_the_run_completes(
     tiny_model_dir, tiny_csv, tmp_path
 ):
-    key = tmp_path / "key"
-    key.write_bytes(os.urandom(32).hex().encode())
+    key = write_key(tmp_path / "key")
     out = tmp_path / "dist"
     args = [*base_args(tiny_model_dir, tiny_csv, out), f"security.key_file={key}"]
     proc = faulty_launch(args, "nan=1@2,short=1@3,forge=3@4,flip=2@5,drop=0@1")

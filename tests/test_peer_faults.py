@@ -10,7 +10,6 @@ ends of the edge agreed) is doubly stochastic, whatever was refused.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 
@@ -19,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from declora.harness import checkpoint
-from tests.helpers import tiny_args
+from tests.helpers import tiny_args, write_key
 from tests.test_dist import faulty_launch
 
 TRAIN, FINISH = 2, 3
@@ -42,8 +41,7 @@ def assert_average_kept(out) -> None:
 
 @pytest.fixture
 def args(tiny_model_dir, tiny_csv, tmp_path):
-    key = tmp_path / "key"
-    key.write_bytes(os.urandom(32).hex().encode())
+    key = write_key(tmp_path / "key")
     return [
         *tiny_args(tiny_model_dir, tiny_csv, tmp_path / "dist"),
         "methods=[dec-lora]",

@@ -17,6 +17,7 @@ from declora.config import ConfigError, load_config
 from declora.harness import session
 from declora.learning import dpsgd, privacy
 from declora.learning.dataset import Sampler
+from declora.learning.secret import Secret
 from declora.learning.tasks import task_for
 from tests.helpers import records, run_sim, tiny_args, tiny_llama_args
 
@@ -106,7 +107,7 @@ def test_bad_values_are_one_line_config_errors(override, message):
 
 
 def test_poisson_sampler_takes_each_row_with_probability_batch_over_rows():
-    s = Sampler(400, 16, seed=(0, 1), poisson=True)
+    s = Sampler(400, 16, seed=(0, 1), secret=Secret.fresh())
     sizes = [len(s.next()) for _ in range(2000)]
     assert abs(np.mean(sizes) - 16) < 0.3 and min(sizes) < 10 < 22 < max(sizes)
     state = s.state_dict()
@@ -183,7 +184,7 @@ def test_with_noise_zero_every_clipped_row_has_norm_at_most_clip(tiny):
         torch.testing.assert_close(summed[k], scaled[k].sum(0))
     budget = privacy.Budget(0.0, clip, 0.1, 1, 1e-5, "rdp", 1)
     dpsgd.private_grads(
-        tiny.model, node.params, batch, task_for(tiny.cfg).example_losses, budget, 8.0
+        tiny.model, node.params, batch, task_for(tiny.cfg).example_losses, budget, 8.0, None
     )
     for k, v in node.params.items():
         if v.requires_grad:
@@ -193,10 +194,11 @@ def test_with_noise_zero_every_clipped_row_has_norm_at_most_clip(tiny):
 def test_noise_has_std_noise_times_clip_over_the_expected_batch(tiny):
     node = session.party_for(tiny, METHODS["local"]).nodes[0]
     budget = privacy.Budget(1.5, 2.0, 0.1, 1, 1e-5, "rdp", 1)
-    torch.manual_seed(0)
+    secret = Secret.fresh()  # the site's own keystream, a step's draws each time
     draws = []
-    for _ in range(20):  # no row sampled: noise alone
-        dpsgd.private_grads(tiny.model, node.params, None, None, budget, 10.0)
+    for step in range(20):  # no row sampled: noise alone
+        noise = lambda n, step=step: secret.normal(step, n)  # noqa: E731
+        dpsgd.private_grads(tiny.model, node.params, None, None, budget, 10.0, noise)
         draws += [v.grad.reshape(-1).clone() for v in node.params.values() if v.requires_grad]
     noise = torch.cat(draws)
     assert abs(float(noise.mean())) < 0.01

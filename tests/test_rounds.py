@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -19,10 +20,11 @@ from declora.learning.train import Node
 from declora.protocol import wire
 from declora.protocol.exchange import Exchange
 from declora.protocol.gossip import Link, Outgoing, Step
+from declora.protocol.keys import Keys, read_key
 from declora.protocol.rounds import Counters, NodeCounters, Party, communicate
 from declora.runtimes.sim import MemoryTransport, run
 from tests.faulty import FaultyTransport, parse
-from tests.helpers import tiny_args
+from tests.helpers import tiny_args, write_key
 
 W3 = np.array([[0.5, 0.25, 0.25], [0.25, 0.75, 0.0], [0.25, 0.0, 0.75]])
 
@@ -238,12 +240,12 @@ def test_simulator_refuses_bad_frames_like_the_distributed_runtime(
 ):
     """The same refusals as test_dist's 4 processes, in one process: the round is one code."""
     key = tmp_path / "key"
-    key.write_bytes(b"k" * 32)
+    write_key(key)
     args = [*tiny_args(tiny_model_dir, tiny_csv, tmp_path / "run"), "methods=[dec-lora]"]
     cfg = load_config(None, [*args, f"security.key_file={key}"])
     spec = "nan=1@2,short=1@3,forge=3@4,flip=2@5,drop=0@1"
     lines = []
-    wrap = lambda t: FaultyTransport(t, spec, key=b"k" * 32)  # noqa: E731
+    wrap = lambda t: FaultyTransport(t, spec, key=read_key(key))  # noqa: E731
     _, summary = run(cfg, echo=lines.append, wrap=wrap)
     assert summary["methods"]["dec-lora"]["messages_refused"] == 10
     assert np.isfinite(summary["methods"]["dec-lora"]["loss"])
@@ -302,3 +304,33 @@ def test_gossip_steps_mix_more_for_more_bytes(tiny_model_dir, tiny_csv, tmp_path
     assert got[3]["bytes_sent_per_node"] == 3 * got[1]["bytes_sent_per_node"]
     assert got[3]["samples_seen"] == got[1]["samples_seen"]
     assert got[3]["consensus_ab"] < got[1]["consensus_ab"]
+
+
+class FlipVerdict(MemoryTransport):
+    """Flips one bit of the tag of node ``bad``'s verdict messages, as anyone on the path
+    could without the key."""
+
+    def __init__(self, bad: int):
+        self.bad = bad
+
+    def post(self, outbox, expect, round_):
+        sent = dict(outbox)
+        for j, data in list(sent.get(self.bad, {}).items()):
+            if len(data) == wire.CONTROL_SIZE and data[5] == wire.KINDS["verdict"]:
+                flipped = bytearray(data)
+                flipped[-1] ^= 0x01
+                sent[self.bad] = {**sent[self.bad], j: bytes(flipped)}
+        return super().post(sent, expect, round_)
+
+
+def test_a_tampered_verdict_stops_the_round_naming_the_peer_and_moves_no_average():
+    """Node 0's verdict to node 1, one bit of its tag flipped: before, node 1 dropped the
+    edge while node 0 mixed (the mean of 0 and 1 went to 0.75, nothing logged); now the
+    round stops at node 1 with one line naming node 0, before any node mixes."""
+    key = Keys(os.urandom(32))
+    party = replace(tiny_party([0.0, 1.0], [0, 1], key=key), warn=(lines := []).append)
+    W = np.full((2, 2), 0.5)
+    with pytest.raises(wire.PeerError, match="node 1 refused the verdict message from node 0"):
+        mix(party, W, 1, FlipVerdict(bad=0))
+    assert heads(party) == [0.0, 1.0]  # nobody mixed: the average is where it was
+    assert len(lines) == 1 and "HMAC tag does not match" in lines[0]

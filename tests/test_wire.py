@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from declora.algorithms.compress import compress
-from declora.config import CompressionConfig, ConfigError
+from declora.config import CompressionConfig
 from declora.protocol import wire
 
 KEY = b"k" * 32
@@ -110,18 +110,6 @@ def test_content_refuses_a_wrong_length_and_a_nan_scale():
     quantized[16:20] = struct.pack("<f", np.nan)  # the first float32 scale after the header
     with pytest.raises(wire.Refused, match="non-finite"):
         wire.check_payload(bytes(quantized), SIZES)
-
-
-def test_read_key(tmp_path):
-    good = tmp_path / "key"
-    good.write_bytes(KEY + b"\n")
-    assert wire.read_key(good) == KEY
-    short = tmp_path / "short"
-    short.write_text("secret\n")
-    with pytest.raises(ConfigError, match="at least 16 bytes"):
-        wire.read_key(short)
-    with pytest.raises(ConfigError, match="not found"):
-        wire.read_key(tmp_path / "missing")
 
 
 @pytest.mark.parametrize("key", [None, KEY])

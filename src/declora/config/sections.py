@@ -130,6 +130,11 @@ class PrivacyConfig(_Section):
     accountant: Literal["rdp", "prv"] = Field(
         "rdp", description="Opacus accountant: rdp (Renyi DP) or prv (tighter, slower)"
     )
+    reproducible: bool = Field(
+        False,
+        description="research and tests only: draw the DP noise and sample from the shared "
+        "seed, so runs repeat; then anyone with the config can remove the noise (no privacy)",
+    )
 
     @property
     def enabled(self) -> bool:

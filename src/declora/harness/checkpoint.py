@@ -9,14 +9,19 @@ loading one cannot run code. A file is written under a temporary name, flushed t
 renamed into place, so a crash leaves either the previous checkpoint or the new one, never half
 of one.
 
-Each file carries a SHA-256 checksum of its tensors and metadata and the fingerprint of the
-run's config (:func:`verify`): a file that is truncated, altered, from another config or of
-other shapes is refused, and the run falls back to the newest round every node holds intact.
+Each file carries the fingerprint of the run's config and a digest of its tensors and
+metadata (:func:`verify`): an HMAC-SHA256 under the key derived from ``security.key_file``
+for checkpoints (:class:`declora.protocol.keys.Keys`), or without a key file a SHA-256,
+which catches damage but not a hand that rewrites the file and its digest. A file that is
+truncated, altered, from another config or of other shapes is refused by name, and the run
+falls back to the newest round every node holds intact. A DP node's file holds its secret
+key, the only copy: folders are created 0700 and files 0600.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -29,6 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from declora.algorithms.tensors import State
+from declora.learning.secret import Secret
 from declora.learning.train import Node
 
 KEEP = 3  # fewest checkpoints kept per node; a run keeps keep_for(nodes)
@@ -40,8 +46,9 @@ class Store:
     """Where a run's checkpoints go and what they are checked against."""
 
     root: Path
-    fingerprint: str = ""  # the run's config fingerprint (dist.fingerprint)
+    fingerprint: str = ""  # the run's config fingerprint (protocol.handshake.fingerprint)
     keep: int = KEEP
+    key: bytes | None = None  # the checkpoint HMAC key (Keys.checkpoint); None: SHA-256
 
     @staticmethod
     def shapes_of(state: State) -> dict[str, tuple]:
@@ -76,6 +83,8 @@ def _pack(node: Node, extra: State) -> tuple[dict[str, torch.Tensor], dict]:
         for name, value in slots.items():
             tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value)
     tensors["rng"] = node.rng_state
+    if node.secret is not None:  # DP: the site's own key (this file is the only copy)
+        tensors["secret"] = torch.frombuffer(bytearray(node.secret.key), dtype=torch.uint8)
     if node.cuda_rng is not None:
         tensors["rng_cuda"] = node.cuda_rng
     sampler = node.sampler.state_dict()
@@ -100,16 +109,21 @@ def save(
     extra: State | None = None,
     fingerprint: str = "",
     keep: int = KEEP,
+    key: bytes | None = None,
 ) -> Path:
-    """Write node's checkpoint for ``round_`` atomically; keep the newest ``keep``."""
+    """Write node's checkpoint for ``round_`` atomically (0600, in a 0700 folder), signed
+    with ``key`` (or a SHA-256 without one); keep the newest ``keep``."""
     folder = node_dir(root, node.node_id)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
     tensors, meta = _pack(node, extra or {})
     meta.update(round=round_, counters=counters, fingerprint=fingerprint)
     text = json.dumps(meta)
     path = folder / f"round_{round_:06d}.safetensors"
     tmp = folder / f".round_{round_:06d}.tmp"
-    save_file(tensors, str(tmp), metadata={"declora": text, "sha256": _digest(tensors, text)})
+    tmp.unlink(missing_ok=True)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # 0600 from the start
+    save_file(tensors, str(tmp), metadata={"declora": text, **_signature(tensors, text, key)})
     with tmp.open("rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -118,9 +132,17 @@ def save(
     return path
 
 
-def _digest(tensors: dict[str, torch.Tensor], meta: str) -> str:
-    """SHA-256 over every tensor's name, dtype, shape and bytes (in name order) and the metadata."""
-    h = hashlib.sha256()
+def _signature(tensors: dict[str, torch.Tensor], meta: str, key: bytes | None) -> dict:
+    """The file's digest: an HMAC-SHA256 under ``key``, or a SHA-256 without one."""
+    if key is None:
+        return {"sha256": _digest(tensors, meta)}
+    return {"hmac": _digest(tensors, meta, key)}
+
+
+def _digest(tensors: dict[str, torch.Tensor], meta: str, key: bytes | None = None) -> str:
+    """SHA-256 (HMAC-SHA256 under ``key``) over every tensor's name, dtype, shape and bytes
+    (in name order) and the metadata."""
+    h = hmac.new(key, digestmod=hashlib.sha256) if key is not None else hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -129,8 +151,9 @@ def _digest(tensors: dict[str, torch.Tensor], meta: str) -> str:
     return h.hexdigest()
 
 
-def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor], str]:
-    """(metadata, tensors, why it is refused or ""), never an exception."""
+def _read(path: Path, key: bytes | None = None) -> tuple[dict, dict[str, torch.Tensor], str]:
+    """(metadata, tensors, why it is refused or ""), never an exception; with ``key`` the
+    file must carry its HMAC, without one its SHA-256."""
     try:
         with safe_open(str(path), framework="pt") as f:
             stored = f.metadata() or {}
@@ -139,18 +162,33 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor], str]:
         meta = json.loads(text)
     except Exception as err:  # noqa: BLE001 (a damaged file can fail anywhere in the parser)
         return {}, {}, f"unreadable ({type(err).__name__}: {str(err)[:80]})"
-    if stored.get("sha256") != _digest(tensors, text):
-        return meta, tensors, "checksum mismatch (the file was altered or damaged)"
+    if key is not None:
+        tag = stored.get("hmac")
+        if tag is None or not hmac.compare_digest(tag, _digest(tensors, text, key)):
+            return meta, tensors, "HMAC does not match (another key file, or the file was altered)"
+    elif stored.get("sha256") != _digest(tensors, text):
+        why = (
+            "signed with a key file this run does not have"
+            if "hmac" in stored
+            else ("checksum mismatch (the file was altered or damaged)")
+        )
+        return meta, tensors, why
     return meta, tensors, ""
 
 
 def verify(
-    root: Path, node_id: int, round_: int, fingerprint: str, shapes: dict[str, tuple]
+    root: Path,
+    node_id: int,
+    round_: int,
+    fingerprint: str,
+    shapes: dict[str, tuple],
+    key: bytes | None = None,
 ) -> str:
     """Why node ``node_id``'s checkpoint of ``round_`` cannot be resumed from ("" if it can):
-    damaged, another config's (``fingerprint``), or adapter shapes other than ``shapes``."""
+    damaged or altered (its digest under ``key``), another config's (``fingerprint``), or
+    adapter shapes other than ``shapes``."""
     path = node_dir(root, node_id) / f"round_{round_:06d}.safetensors"
-    meta, tensors, why = _read(path)
+    meta, tensors, why = _read(path, key)
     if why:
         return why
     if meta.get("fingerprint") != fingerprint or meta.get("round") != round_:
@@ -164,12 +202,17 @@ def verify(
 
 
 def good_rounds(
-    root: Path, node_id: int, fingerprint: str, shapes: dict[str, tuple], warn
+    root: Path,
+    node_id: int,
+    fingerprint: str,
+    shapes: dict[str, tuple],
+    warn,
+    key: bytes | None = None,
 ) -> list[int]:
     """Rounds this node can resume from, oldest first; each refused file is named by ``warn``."""
     good = []
     for t in rounds(root, node_id):
-        why = verify(root, node_id, t, fingerprint, shapes)
+        why = verify(root, node_id, t, fingerprint, shapes, key)
         if why:
             warn(f"declora: node {node_id}: checkpoint of round {t} refused: {why}")
         else:
@@ -177,13 +220,13 @@ def good_rounds(
     return good
 
 
-def load(root: Path, node: Node, round_: int) -> tuple[dict, State]:
-    """Restore ``node`` in place from its checkpoint of ``round_``.
+def load(root: Path, node: Node, round_: int, key: bytes | None = None) -> tuple[dict, State]:
+    """Restore ``node`` in place from its checkpoint of ``round_`` (checked under ``key``).
 
     Returns the saved counters and the exchange state (both as the caller saved them).
     """
     path = node_dir(root, node.node_id) / f"round_{round_:06d}.safetensors"
-    meta, tensors, why = _read(path)
+    meta, tensors, why = _read(path, key)
     if why:
         raise ValueError(f"{path}: {why}")
     for k, v in node.params.items():
@@ -198,6 +241,10 @@ def load(root: Path, node: Node, round_: int) -> tuple[dict, State]:
     node.optimizer.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
     node.scheduler.load_state_dict(meta["scheduler"])
     node.rng_state = tensors["rng"]
+    if node.secret is not None and "secret" in tensors:  # the same key: the same noise again
+        reproducible = node.secret.reproducible
+        node.secret = Secret(tensors["secret"].numpy().tobytes(), reproducible)
+        node.sampler.secret = node.secret
     if node.cuda_rng is not None and "rng_cuda" in tensors:  # else: its seeded one
         node.cuda_rng = tensors["rng_cuda"]
     node.sampler.load_state_dict(

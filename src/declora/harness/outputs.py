@@ -100,6 +100,13 @@ def describe_graph(s: Session) -> str:
     return text + "".join(f", {r}" for r in remedies)
 
 
+REPRODUCIBLE = (
+    "WARNING privacy.reproducible=true: the DP noise and sample follow the shared seed, so "
+    "anyone with the config can remove the noise: NO privacy guarantee holds (research and "
+    "tests only)"
+)
+
+
 def describe_privacy(s: Session) -> list[str]:
     """DP-SGD's settings: each kind of node's noise and the epsilon it ends at; encryption."""
     p, lines = s.cfg.privacy, []
@@ -118,6 +125,8 @@ def describe_privacy(s: Session) -> list[str]:
             + " accountant)"
             + (f"; the epsilon cap stops training after {stop} steps" if stop < planned else "")
         )
+    if p.enabled and p.reproducible:
+        lines.append(REPRODUCIBLE)
     if s.cfg.security.encrypt:
         lines.append("links: every adapter message is encrypted (AES-256-GCM, a key per run)")
     return lines

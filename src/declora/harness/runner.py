@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -168,14 +167,15 @@ def final_sites(s: Session, party: Party, transport: Transport, t: int) -> tuple
 def save_checkpoints(party: Party, counters: Counters, store: checkpoint.Store, t: int) -> None:
     for node, ex in zip(party.nodes, party.exchanges):
         own = counters.state_dict(node.node_id)
-        checkpoint.save(store.root, node, t, own, ex.state_dict(), store.fingerprint, store.keep)
+        extra = ex.state_dict()
+        checkpoint.save(store.root, node, t, own, extra, store.fingerprint, store.keep, store.key)
 
 
-def resume(party: Party, root: Path, t: int) -> Counters:
+def resume(party: Party, store: checkpoint.Store, t: int) -> Counters:
     """Every held node and its exchange as they were after round t; their counters then."""
     counters = party.counters()
     for node, ex in zip(party.nodes, party.exchanges):
-        own, extra = checkpoint.load(root, node, t)
+        own, extra = checkpoint.load(store.root, node, t, store.key)
         ex.load_state_dict(extra)
         counters.load_state_dict(node.node_id, own)
     return counters

@@ -23,9 +23,10 @@ from declora.learning.dpsgd import ExampleGrads
 from declora.learning.tasks import Task, load_task_data, task_for
 from declora.learning.train import Node
 from declora.learning.vectorize import Together
-from declora.protocol import wire
+from declora.protocol import keys, wire
 from declora.protocol.exchange import Exchange
 from declora.protocol.gossip import Link
+from declora.protocol.keys import Keys
 from declora.protocol.relay import RelayExchange
 from declora.protocol.rounds import Party, say
 from declora.protocol.tracking import TrackingExchange
@@ -133,9 +134,9 @@ def prepare(
     )
 
 
-def read_key(cfg: Config) -> bytes | None:
-    """The secret of ``security.key_file`` (None without one): read once per process."""
-    return wire.read_key(cfg.security.key_file) if cfg.security.key_file else None
+def read_key(cfg: Config) -> Keys | None:
+    """The keys of ``security.key_file`` (None without one): read once per process."""
+    return keys.read_key(cfg.security.key_file) if cfg.security.key_file else None
 
 
 def _one_file(cfg: Config, tok, node: int | None):

@@ -30,6 +30,13 @@ class Summary:
             "untrained": untrained,
         }
         self.delta = s.cfg.privacy.delta
+        if s.cfg.privacy.enabled:  # where the DP noise and sample come from
+            self.data["dp_randomness"] = (
+                "reproducible from the shared seed: anyone with the config can remove the "
+                "noise; no privacy guarantee holds"
+                if s.cfg.privacy.reproducible
+                else "each site's own secret key (os.urandom at its start, kept in its checkpoint)"
+            )
 
     def add(self, method: str, last: dict, final: dict) -> None:
         """A finished method: its last validation record and its figures on the test rows

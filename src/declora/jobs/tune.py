@@ -40,6 +40,9 @@ from declora.runtimes.sim import MemoryTransport
 JOURNAL = "tune.journal"
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 GOSSIP_STEPS = (1, 2, 4, 8)  # mixing steps per round a search may choose
+# gossip-only finishing rounds: a few finish an exact-averaging graph's period, more bring a
+# ring's nodes together
+FINISH = (0, 2, 3, 4, 5, 10, 20, 30, 40)
 LR = (1e-4, 6e-2)  # the learning rates a search may choose (log scale)
 GOSSIP_ONLY = ("gossip_steps", "finish_rounds")  # searched only where nodes gossip
 
@@ -58,7 +61,7 @@ def suggest(trial: optuna.Trial, cfg: Config, method: str) -> MethodSettings:
         "head_lr_scale": lambda: trial.suggest_float("head_lr_scale", 1.0, 20.0, log=True),
         "schedule": lambda: trial.suggest_categorical("schedule", ["constant", "cosine"]),
         "gossip_steps": lambda: trial.suggest_categorical("gossip_steps", GOSSIP_STEPS),
-        "finish_rounds": lambda: trial.suggest_int("finish_rounds", 0, 40, step=5),
+        "finish_rounds": lambda: trial.suggest_categorical("finish_rounds", FINISH),
     }
     own = cfg.for_method(method)
     values = {k: getattr(own, k) for k in draw}
@@ -73,7 +76,7 @@ def start_values(cfg: Config, method: str) -> dict:
     if own.schedule not in ("constant", "cosine"):
         values["schedule"] = "constant"
     values["gossip_steps"] = min(GOSSIP_STEPS, key=lambda g: abs(g - own.gossip_steps))
-    values["finish_rounds"] = min(40, 5 * round(own.finish_rounds / 5))
+    values["finish_rounds"] = min(FINISH, key=lambda f: abs(f - own.finish_rounds))
     values["lr"] = min(max(values["lr"], LR[0]), LR[1])
     values["head_lr_scale"] = min(max(values["head_lr_scale"], 1.0), 20.0)
     return {k: v for k, v in values.items() if k in searched(cfg, method)}

@@ -79,14 +79,20 @@ def label_ids(raw: list, column: str, where: list[str] | None = None):
     for k, key in enumerate(keys):
         if key.lower() in MISSING:
             at = where[k] if where else f"row {k + 1}"
-            raise DataError(f"{at}: no label in column '{column}' (got {raw[k]!r})")
+            raise DataError(
+                f"{at}: no label in column '{column}' (got {raw[k]!r})",
+                f"{at}: no label in column '{column}'",
+            )
     names = set(keys)
     try:
         order = sorted(names, key=lambda t: (float(t), t))
     except ValueError:
         order = sorted(names)
     if len(order) < 2:
-        raise DataError(f"data.label_column={column}: need at least 2 classes, found {order}")
+        raise DataError(
+            f"data.label_column={column}: need at least 2 classes, found {order}",
+            f"data.label_column={column}: need at least 2 classes, found {len(order)}",
+        )
     index = {k: i for i, k in enumerate(order)}
     return np.array([index[k] for k in keys], dtype=np.int64), order
 
@@ -152,7 +158,8 @@ def load_site_rows(cfg: Config, node: int) -> Rows:
         key = _label_key(row[d.label_column])
         if key not in index:
             raise DataError(
-                f"{where[k]}: label {row[d.label_column]!r} is not in data.labels {d.labels}"
+                f"{where[k]}: label {row[d.label_column]!r} is not in data.labels {d.labels}",
+                f"{where[k]}: a label that is not in data.labels {d.labels}",
             )
         labels[k] = index[key]
     n = len(rows)
@@ -210,14 +217,14 @@ def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 
 class Sampler:
-    """Endless shuffled batches over one node's rows, from its own seeded generator; with
-    ``poisson``, each batch takes every row independently with probability batch_size / rows
-    (DP-SGD's sampling: the batch size varies, its mean is batch_size)."""
+    """Endless shuffled batches over one node's rows, from its own seeded generator; with a
+    ``secret`` (:class:`declora.learning.secret.Secret`, DP-SGD), each batch takes every row
+    independently with probability batch_size / rows (Poisson sampling: the batch size
+    varies, its mean is batch_size), drawn from the site's secret keystream: batch k from
+    step k's draws, so a resumed node draws the same batch again."""
 
-    def __init__(
-        self, n_rows: int, batch_size: int, seed: int | tuple[int, ...], poisson: bool = False
-    ):
-        self.n, self.batch_size, self.poisson = n_rows, batch_size, poisson
+    def __init__(self, n_rows: int, batch_size: int, seed: int | tuple[int, ...], secret=None):
+        self.n, self.batch_size, self.secret = n_rows, batch_size, secret
         self.rng = np.random.default_rng(seed)
         self._order, self._pos = self.rng.permutation(n_rows), 0
 
@@ -230,8 +237,10 @@ class Sampler:
         self.rng.bit_generator.state = state["rng"]
 
     def next(self) -> np.ndarray:
-        if self.poisson:
-            return np.flatnonzero(self.rng.random(self.n) < self.batch_size / self.n)
+        if self.secret is not None:  # Poisson: the k-th batch from the k-th secret draws
+            u = self.secret.uniform("sample", self._pos, self.n)
+            self._pos += 1
+            return np.flatnonzero(u < self.batch_size / self.n)
         out = []
         while len(out) < self.batch_size:
             if self._pos == self.n:

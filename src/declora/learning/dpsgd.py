@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -82,12 +83,18 @@ class ExampleGrads:
         return forward_hook
 
     def grads(self) -> dict[str, torch.Tensor]:
-        """name -> (rows, *shape): each row's gradient (summed over a layer's calls)."""
+        """name -> (rows, *shape): each row's gradient (summed over a layer's calls), in
+        float32 whatever the autocast around it (a bf16 row norm overshoots the clip)."""
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            return self._per_example()
+
+    def _per_example(self) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for prefix in self.layers:
             for a, g in zip(self._acts[prefix], self._grads[prefix]):
                 rows = a.shape[0]
-                a2, g2 = a.reshape(rows, -1, a.shape[-1]), g.reshape(rows, -1, g.shape[-1])
+                a2 = a.reshape(rows, -1, a.shape[-1]).float()
+                g2 = g.reshape(rows, -1, g.shape[-1]).float()
                 parts = {"weight": torch.bmm(g2.transpose(1, 2), a2), "bias": g2.sum(1)}
                 for leaf, value in parts.items():
                     key = f"{prefix}.{leaf}"
@@ -110,7 +117,12 @@ def example_grads(
 
 def clip_and_sum(grads: dict[str, torch.Tensor], clip: float) -> dict[str, torch.Tensor]:
     """Scale each row's whole gradient (all tensors together) to norm at most ``clip``, then
-    sum over the rows."""
+    sum over the rows (in the gradients' own float32, never under autocast)."""
+    with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+        return _clip_and_sum(grads, clip)
+
+
+def _clip_and_sum(grads: dict[str, torch.Tensor], clip: float) -> dict[str, torch.Tensor]:
     norms = torch.linalg.vector_norm(
         torch.stack([g.reshape(g.shape[0], -1).norm(dim=1) for g in grads.values()]), dim=0
     )
@@ -125,10 +137,13 @@ def private_grads(
     losses: Losses,
     budget: Budget,
     expected_rows: float,
+    noise: Callable[[int], np.ndarray],
 ) -> float:
     """Set each trainable tensor's ``.grad`` to the DP-SGD gradient of ``batch`` (None: no row
-    was sampled): clipped per-example sum plus N(0, (noise x clip)^2) noise from the current
-    torch RNG, divided by the expected batch size. Returns the batch's mean loss (NaN if empty)."""
+    was sampled): clipped per-example sum plus N(0, (noise x clip)^2) noise, divided by the
+    expected batch size. ``noise(n)`` gives n standard normals for every trainable value in
+    order (the site's secret keystream, :mod:`declora.learning.secret`). Returns the batch's
+    mean loss (NaN if empty)."""
     trainable = {k: v for k, v in params.items() if v.requires_grad}
     if batch is None:
         summed, loss = {k: torch.zeros_like(v) for k, v in trainable.items()}, float("nan")
@@ -136,9 +151,14 @@ def private_grads(
         grads, per_row = example_grads(model, params, batch, losses)
         summed, loss = clip_and_sum(grads, budget.clip), float(per_row.mean())
     std = budget.noise * budget.clip
+    drawn = noise(sum(v.numel() for v in trainable.values())) * std if std else None
+    at = 0
     for k, v in trainable.items():
-        noise = torch.randn(v.shape, dtype=v.dtype, device=v.device) * std if std else 0.0
-        value = ((summed[k] + noise) / expected_rows).to(v.dtype)
+        z = 0.0
+        if drawn is not None:
+            z = torch.from_numpy(drawn[at : at + v.numel()]).reshape(v.shape).to(v.device)
+        at += v.numel()
+        value = ((summed[k] + z) / expected_rows).to(v.dtype)
         if v.grad is None:
             v.grad = value
         else:  # keep the buffer train.allocate_state made

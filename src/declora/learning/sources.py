@@ -23,10 +23,13 @@ csv.field_size_limit(2**31 - 1)  # a long review is data, not an error (the defa
 
 class DataError(ValueError):
     """Bad or unusable data; the message is one line meant for the user (a line break in the
-    text it quotes, a column name or a value, is shown as ``\\n``)."""
+    text it quotes, a column name or a value, is shown as ``\\n``). It may quote the data,
+    for the site's own operator; ``public`` says what is wrong (file, line, kind of error)
+    without a row's text or a label's value: what may leave the site."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, public: str | None = None):
         super().__init__(one_line(message))
+        self.public = one_line(public) if public is not None else str(self)
 
 
 def _bundled_rows(name: str) -> tuple[list[dict], list[str]]:
@@ -55,7 +58,9 @@ def _decode(path: Path, encoding: str) -> str:
         line = raw.count(b"\n", 0, err.start) + 1
         raise DataError(f"{path}:{line}: not {encoding} text{_guess(raw)}") from None
     except UnicodeError as err:  # codecs such as idna fail on a whole label, not a byte
-        raise DataError(f"{path}: not {encoding} text ({err})") from None
+        raise DataError(
+            f"{path}: not {encoding} text ({err})", f"{path}: not {encoding} text"
+        ) from None
     except LookupError:
         raise DataError(f"data.encoding={encoding}: unknown encoding") from None
 
@@ -115,7 +120,10 @@ def _loads(text: str, path: Path, line: int, bad: str | None = None):
 def _objects(items: list, where: list[str]) -> list[dict]:
     for item, at in zip(items, where):
         if not isinstance(item, dict):
-            raise DataError(f"{at}: expected a JSON object with named fields, got {item!r:.40}")
+            raise DataError(
+                f"{at}: expected a JSON object with named fields, got {item!r:.40}",
+                f"{at}: expected a JSON object with named fields",
+            )
     return items
 
 

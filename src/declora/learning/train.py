@@ -24,6 +24,7 @@ from declora.learning.adapters import autocast
 from declora.learning.dataset import Dataset, Sampler
 from declora.learning.devices import CPU, to_device
 from declora.learning.privacy import Budget
+from declora.learning.secret import Secret
 
 Collate = Callable[[Dataset, np.ndarray], dict[str, torch.Tensor]]  # the task's, pad id bound
 
@@ -101,12 +102,18 @@ class Node:
     cuda_rng: torch.Tensor | None = None  # on a GPU, the node's CUDA RNG (dropout there)
     precision: str = "fp32"  # config precision: autocast of its forward and backward
     scale: float = 1.0  # weighting=rows: each optimizer update times n n_i / sum(n)
+    secret: Secret | None = None  # DP-SGD: the site's own key for its noise and sample
+    released: int = 0  # DP-SGD: steps this site has released (its record outlives restarts)
 
     @property
     def epsilon(self) -> float:
-        """Privacy spent so far at the run's delta (NaN without DP): every step is a DP step,
-        and the schedule counts them (checkpoints keep it)."""
-        return self.budget.spent(self.scheduler.last_epoch) if self.budget else math.nan
+        """Privacy spent so far at the run's delta (NaN without DP): every step is a DP step;
+        counted from the steps taken (checkpoints keep them) or, when more, the steps this
+        site has released (a record written before each send, which a crash between a send
+        and the next checkpoint does not lose)."""
+        if not self.budget:
+            return math.nan
+        return self.budget.spent(max(self.scheduler.last_epoch, self.released))
 
     @classmethod
     def create(
@@ -135,6 +142,7 @@ class Node:
         }
         seed = cfg.seed * 100_003 + stream
         gen = torch.Generator().manual_seed(seed)
+        secret = None if budget is None else _secret(cfg, stream)
         optimizer = make_optimizer(params, cfg)
         allocate_state(params, optimizer)
         total = total_steps or cfg.rounds * cfg.local_steps
@@ -144,13 +152,14 @@ class Node:
             params=params,
             optimizer=optimizer,
             scheduler=make_schedule(optimizer, cfg, total),
-            sampler=Sampler(len(data), cfg.batch_size, (cfg.seed, stream), budget is not None),
+            sampler=Sampler(len(data), cfg.batch_size, (cfg.seed, stream), secret),
             rng_state=gen.get_state(),
             budget=budget,
             scaler=torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None,
             cuda_rng=cuda_stream(seed, device),
             precision=cfg.precision,
             scale=scale,
+            secret=secret,
         )
 
     @property
@@ -295,4 +304,12 @@ def _private_step(model: nn.Module, node: Node, batch: dict | None, losses) -> f
             f"node {node.node_id}: one more DP-SGD step would spend more than "
             f"privacy.epsilon={b.target:g} (epsilon {b.spent(done):.3g} after {done} steps)"
         )
-    return dpsgd.private_grads(model, node.params, batch, losses, b, b.rate * len(node.data))
+    noise = lambda n: node.secret.normal(done, n)  # noqa: E731 (step done's own noise)
+    return dpsgd.private_grads(model, node.params, batch, losses, b, b.rate * len(node.data), noise)
+
+
+def _secret(cfg: Config, stream: int) -> Secret:
+    """A DP node's key: fresh from the OS, or (``privacy.reproducible``) from the seed."""
+    if cfg.privacy.reproducible:
+        return Secret.from_seed(cfg.seed, stream)
+    return Secret.fresh()

@@ -1,8 +1,9 @@
 """AES-256-GCM for adapter messages (``security.encrypt``), from the ``cryptography`` package.
 
-- **Key**: HKDF-SHA256 of the shared secret (``security.key_file``), salted with the run id
-  (fresh at every start: all processes' random nonces, hashed), so each run, and each restart,
-  has its own key, and a new key file at a restart is a key rotation.
+- **Key**: HKDF-SHA256 of the encryption secret derived from ``security.key_file``
+  (:class:`declora.protocol.keys.Keys`, apart from the HMAC key), salted with the run id
+  (fresh at every start: all processes' random nonces, hashed; random in the simulator), so
+  each run, and each restart, has its own key.
 - **Nonce** (12 bytes, never reused under one key): sender (2 bytes), receiver (2), round (4),
   gossip step (2) and purpose (2: a gossip frame or the gather to node 0). A node seals each
   (receiver, round, step) once; nodes are at most 10,000, so the fields fit.
@@ -34,8 +35,11 @@ class Undecryptable(ValueError):
 
 
 @lru_cache(maxsize=8)
-def cipher(secret: bytes, run: bytes) -> AESGCM:
-    """The run's AES-256-GCM key, derived from the shared secret and the run id."""
+def cipher(keys: bytes, run: bytes) -> AESGCM:
+    """The run's AES-256-GCM key, derived from the keys' encryption secret and the run id."""
+    secret = getattr(keys, "encrypt", None)
+    if secret is None:
+        raise TypeError("crypt.cipher takes the Keys of a secret (declora.protocol.keys.Keys)")
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF

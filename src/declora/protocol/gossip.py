@@ -68,10 +68,13 @@ class Step:
     limit: int = 2**62  # longest frame a node takes (wire.max_frame_size)
 
 
-def _takes(length: int | wire.Refused, limit: int) -> str | None:
+class ControlRefused(wire.PeerError):
+    """A control message (a length, an acknowledgement, a verdict, a commit) failed its
+    checks: deciding on it would make the two ends of an edge disagree, so the round stops."""
+
+
+def _takes(length: int, limit: int) -> str | None:
     """Why an announced length is refused, or None when this node takes it."""
-    if isinstance(length, wire.Refused):
-        return f"its length announcement was refused: {length}"
     if not wire.HEADER.size <= length <= limit:
         return f"announced a frame of {length} bytes (at most {limit})"
     return None
@@ -91,10 +94,11 @@ class Links:
         kind: str,
         step: Step,
         hear: dict[int, list[int]] | None = None,
-    ) -> dict[int, dict[int, int | wire.Refused]]:
+    ) -> dict[int, dict[int, int]]:
         """One number from each held node to each peer in ``values[i]``, and one from each
-        node in ``hear[i]`` (default: the same peers) back (a
-        :class:`~declora.protocol.wire.Refused` where one fails its checks)."""
+        node in ``hear[i]`` (default: the same peers) back. One that fails its checks (a tag
+        that does not match, another kind, run, round or receiver) raises
+        :class:`ControlRefused` naming the peer: an edge's two ends must decide alike."""
         s, key = step.stamp, step.key
         outbox = {
             i: {j: wire.seal_control(kind, v, i, j, s, key) for j, v in row.items()}
@@ -103,14 +107,17 @@ class Links:
         hear = {i: list(row) for i, row in values.items()} if hear is None else hear
         expect = {i: dict.fromkeys(js, wire.CONTROL_SIZE) for i, js in hear.items()}
         got = self.post(outbox, expect, s.round)
-        answers: dict[int, dict[int, int | wire.Refused]] = {}
+        answers: dict[int, dict[int, int]] = {}
         for i, js in hear.items():
             answers[i] = {}
             for j in js:
                 try:
                     answers[i][j] = wire.open_control(got[i][j], kind, j, i, s, key)
                 except wire.Refused as why:
-                    answers[i][j] = why
+                    raise ControlRefused(
+                        f"round {s.round}: node {i} refused the {kind} message from node {j}: "
+                        f"{why}; the round stops rather than let the two ends decide apart"
+                    ) from None
         return answers
 
     def swap(self, outbox: dict[int, Outgoing], step: Step) -> Inbox:
@@ -154,6 +161,10 @@ class Traffic:
     refused: int = 0  # messages it refused
 
 
+# (node, round, gossip step, its payload or one per peer) -> None, before the payload leaves
+Release = Callable[[int, int, int, "bytes | dict[int, bytes]"], None]
+
+
 class Held(Protocol):
     """A node as a gossip step sees it: its id, and its adapter to read and overwrite."""
 
@@ -173,11 +184,13 @@ def gossip_step(
     warn: Callable[[str], None],
     step: int = 0,
     several: bool = False,
+    release: Release | None = None,
 ) -> dict[int, Traffic]:
     """Every held node with a live edge sends its frame, then mixes over what it accepted
     (gossip step ``step`` of round t, one of ``several`` when the round has more than one:
-    its frames carry round t and the step; its rounding noise is its own). Returns what each
-    node that sent did.
+    its frames carry round t and the step; its rounding noise is its own). ``release`` is
+    told every payload before it leaves (DP: the site's record). Returns what each node that
+    sent did; a control message that fails its checks stops the round (ControlRefused).
 
     Row i of W is what node i mixes: it hears from j where W_ij > 0 and sends to j where
     W_ji > 0. On a symmetric W an edge mixes only when both ends accepted each other's frame
@@ -189,12 +202,12 @@ def gossip_step(
     limit = wire.max_frame_size(held[0][1].sizes)
     call = Step(wire.Stamp(link.run, t, step), link.key, limit)
     directed = not np.array_equal(W != 0, W.T != 0)
-    outbox, rows, traffic = _outbox(held, W, t, step, link, call)
+    outbox, rows, traffic = _outbox(held, W, t, step, link, call, release)
     accepted, theirs, committed = {}, {}, None
     if outbox:
-        accepted, theirs = _cross(held, outbox, transport, call, link, traffic, warn, several)
-        if held[0][1].spec.scheme == "choco":
-            committed = commit(transport, theirs, outbox, call)
+        accepted, theirs, committed = _cross(
+            held, outbox, transport, call, link, traffic, warn, several
+        )
     for node, ex in held:
         i = node.node_id
         if i not in outbox:
@@ -215,18 +228,27 @@ def gossip_step(
 
 
 def _cross(held, outbox, transport: Links, call: Step, link: Link, traffic, warn, several):
-    """Phases 1-4: frames cross, each node accepts what passes its checks, and every node
-    learns its peers' verdicts on its own frame. (what each accepted, their verdicts)."""
-    inbox = transport.swap(outbox, call)
-    accepted = {}
-    for node, ex in held:
-        i = node.node_id
-        if i in outbox:
-            got, heard = inbox.get(i, {}), outbox[i].heard
-            accepted[i] = accept(link, ex, i, got, heard, call, traffic[i], warn, several)
-    verdicts = {i: {j: int(j in got) for j in outbox[i].heard} for i, got in accepted.items()}
-    theirs = transport.tell(verdicts, "verdict", call, {i: o.peers for i, o in outbox.items()})
-    return accepted, theirs
+    """Phases 1-5: frames cross, each node accepts what passes its checks, every node learns
+    its peers' verdicts on its own frame (and, under CHOCO, which messages count). (what each
+    accepted, their verdicts, the commits or None). A control message that fails its checks
+    is told to ``warn`` and stops the round."""
+    try:
+        inbox = transport.swap(outbox, call)
+        accepted = {}
+        for node, ex in held:
+            i = node.node_id
+            if i in outbox:
+                got, heard = inbox.get(i, {}), outbox[i].heard
+                accepted[i] = accept(link, ex, i, got, heard, call, traffic[i], warn, several)
+        verdicts = {i: {j: int(j in got) for j in outbox[i].heard} for i, got in accepted.items()}
+        hear = {i: o.peers for i, o in outbox.items()}
+        theirs = transport.tell(verdicts, "verdict", call, hear)
+        choco = held[0][1].spec.scheme == "choco"
+        committed = commit(transport, theirs, outbox, call) if choco else None
+    except ControlRefused as err:
+        warn(f"declora: {err}")
+        raise
+    return accepted, theirs, committed
 
 
 def _all_accepted(i: int, out: Outgoing, got: dict, theirs: dict, t: int) -> None:
@@ -246,8 +268,9 @@ def _all_accepted(i: int, out: Outgoing, got: dict, theirs: dict, t: int) -> Non
             )
 
 
-def _outbox(held, W: np.ndarray, t: int, step: int, link: Link, call: Step):
-    """Phase 0: each held node's row of W, and the frame of each node with a live edge."""
+def _outbox(held, W: np.ndarray, t: int, step: int, link: Link, call: Step, release=None):
+    """Phase 0: each held node's row of W, and the frame of each node with a live edge
+    (``release`` is told each payload first)."""
     outbox, rows, traffic = {}, {}, {}
     for node, ex in held:
         i = node.node_id
@@ -262,6 +285,8 @@ def _outbox(held, W: np.ndarray, t: int, step: int, link: Link, call: Step):
         else:
             sizes = [len(payload)] * len(peers)
         traffic[i] = Traffic(max(sizes, default=0), sum(sizes))
+        if peers and release is not None:
+            release(i, t, step, payload)
         frames = _frames(link, ex, payload, i, peers, call)
         outbox[i] = Outgoing(peers, frames, None if heard == peers else heard)
     return outbox, rows, traffic

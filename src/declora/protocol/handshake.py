@@ -136,14 +136,17 @@ def _check_configs(cfg: Config, offers: list[bytes], rank: int) -> int:
 def agree(cfg: Config, offers: list[bytes], rank: int, key: bytes | None, warn) -> Start:
     """What every process agrees on from every node's offer (in node order): refuses a wrong
     key or another config, naming the node, and stops every process with the reason of a
-    node that could not start."""
+    node that could not start. With a key, every tag is checked before any offer is read:
+    nobody on the path can stop the run with a reason of their choosing (without a key,
+    anyone on the path can stop it anyway)."""
     size = len(offers[rank]) - wire.TAG_SIZE
-    for j, o in enumerate(offers):  # first: a node that could not start may lack the key too
-        why = o[size - REASON_BYTES : size].rstrip(b"\0").decode(errors="replace")
-        if why:
-            raise PeerError(f"node {j} could not start: {why}")
     if key:
         _check_tags(offers, key, rank, size)
+    for j, o in enumerate(offers):
+        why = o[size - REASON_BYTES : size].rstrip(b"\0").decode(errors="replace")
+        if why:  # printable only: a reason is shown on every site's terminal and log
+            shown = "".join(c if c.isprintable() else "?" for c in why)
+            raise PeerError(f"node {j} could not start: {shown}")
     end = _check_configs(cfg, offers, rank)
     run = hashlib.sha256(b"".join(o[:NONCE_BYTES] for o in offers)).digest()[: wire.RUN_BYTES]
     lists = [struct.unpack_from(f"<{OFFER_SLOTS}q", o, end) for o in offers]

@@ -46,7 +46,7 @@ from declora.learning.train import Collate, Node, Stopped, train_steps
 from declora.learning.vectorize import Together, train_together
 from declora.protocol import wire
 from declora.protocol.exchange import Exchange
-from declora.protocol.gossip import Inbox, Link, Outgoing, Step, gossip_step
+from declora.protocol.gossip import Inbox, Link, Outgoing, Release, Step, gossip_step
 
 
 def say(line: str) -> None:
@@ -166,6 +166,7 @@ class Party:
     losses: Losses | None = None  # the task's per-row losses (DP-SGD)
     together: Together | None = None  # vectorize=true: the held nodes train in one batch
     warn: Callable[[str], None] = say
+    release: Release | None = None  # DP under launch: the site's record of what it sent
 
     @property
     def total_rounds(self) -> int:
@@ -221,7 +222,9 @@ def communicate(
     (fedavg)."""
     held = list(zip(party.nodes, party.exchanges))
     several = party.gossip_steps > 1
-    traffic = gossip_step(held, W, t, transport, party.link, party.warn, step, several)
+    traffic = gossip_step(
+        held, W, t, transport, party.link, party.warn, step, several, party.release
+    )
     for i, done in traffic.items():
         c = counters.nodes[i]
         c.payload = done.payload

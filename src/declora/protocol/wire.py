@@ -43,12 +43,10 @@ import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from declora.algorithms import compress
-from declora.config import ConfigError
 from declora.protocol import crypt
 
 MAGIC = b"DLRW"
@@ -59,7 +57,6 @@ TAG_SIZE = 32
 TAGGED = 1
 ENCRYPTED = 2
 DTYPES = {torch.float32: 1, torch.float16: 2, torch.bfloat16: 3, torch.float64: 4}
-MIN_KEY_BYTES = 16
 RUN_BYTES = 8
 NO_TAG = bytes(TAG_SIZE)
 
@@ -86,20 +83,6 @@ class Stamp:
     run: bytes = bytes(RUN_BYTES)
     round: int = 0
     step: int = 0
-
-
-def read_key(path: str | Path) -> bytes:
-    """The shared secret in ``security.key_file`` (surrounding whitespace stripped)."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"security.key_file={path}: file not found")
-    key = file.read_bytes().strip()
-    if len(key) < MIN_KEY_BYTES:
-        raise ConfigError(
-            f"security.key_file={path}: the secret must hold at least {MIN_KEY_BYTES} bytes "
-            "(e.g. head -c 32 /dev/urandom | base64 > key)"
-        )
-    return key
 
 
 def sign(key: bytes, *parts: bytes | memoryview) -> bytes:

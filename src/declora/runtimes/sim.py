@@ -7,6 +7,7 @@ memory (:class:`MemoryTransport`) and every method of the config runs in turn.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from declora.harness.runner import play_rounds
 from declora.harness.session import Session, party_for, prepare
 from declora.harness.summary import Summary
 from declora.learning.train import Stopped
+from declora.protocol import wire
 from declora.protocol.gossip import Links, Mail
 from declora.protocol.rounds import NodeCounters, Transport
 
@@ -70,7 +72,7 @@ def run_method(
 ) -> tuple[dict, list[State], dict | None]:
     """Train one method for ``rounds`` rounds; its last record, every node's adapter and,
     with per-site files, the sites' test figures."""
-    party = party_for(s, METHODS[method])
+    party = party_for(s, METHODS[method], run=os.urandom(wire.RUN_BYTES))  # a run id of its own
     transport = MemoryTransport() if wrap is None else wrap(MemoryTransport())
     bar = Bar(method, party.total_rounds)
     try:

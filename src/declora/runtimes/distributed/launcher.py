@@ -15,7 +15,7 @@ from declora.config import Config, ConfigError, dump_config, load_config
 from declora.harness.session import check_privacy
 from declora.learning.capacity import check_sizes
 from declora.learning.devices import choose
-from declora.protocol import wire
+from declora.protocol.keys import read_key
 
 
 def check_launchable(cfg: Config, processes: int, what: str = "torchrun started") -> None:
@@ -62,7 +62,7 @@ def launch(
         extra.append(f"out=runs/{datetime.now():%Y%m%d-%H%M%S}")
     cfg = load_config(config, [*overrides, *extra])
     if cfg.security.key_file:
-        wire.read_key(cfg.security.key_file)
+        read_key(cfg.security.key_file)
     check_out_dir(cfg)
     check_sizes(cfg, held=1, processes=n)  # every process of this machine, before torchrun
     check_privacy(cfg)  # DP settings against each node's rows (one data file)

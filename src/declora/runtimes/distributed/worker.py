@@ -14,6 +14,7 @@ per-site files, the counts) go to rank 0, which writes the run's outputs; every
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from declora.harness.outputs import (
     write_site,
 )
 from declora.harness.progress import Lines, Quiet
+from declora.harness.releases import Releases
 from declora.harness.report import RunLog
 from declora.harness.runner import play_rounds, resume
 from declora.harness.session import party_for, prepare, read_key
@@ -59,16 +61,15 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
         s = prepare(cfg, rank, where.device, key=key)  # this node's rows (or own file) only
     except STARTUP_ERRORS as err:  # every process is told, then all stop
         where = connect(cfg, rank, world, where)
-        agree_on_start(cfg, rank, world, where, key, [], failure=f"{err}")
+        # what is wrong, never a row's text or a label's value (DataError.public); the
+        # details stay in this site's own output
+        agree_on_start(cfg, rank, world, where, key, [], failure=getattr(err, "public", f"{err}"))
         raise
     where = connect(cfg, rank, world, where)
     root = out / "checkpoints"
-    store = checkpoint.Store(root, handshake.fingerprint(cfg), checkpoint.keep_for(world))
-    have = (
-        checkpoint.good_rounds(root, rank, store.fingerprint, store.shapes_of(s.init), say)
-        if cfg.checkpoint_every > 0
-        else []
-    )
+    mac = key.checkpoint if key else None
+    store = checkpoint.Store(root, handshake.fingerprint(cfg), checkpoint.keep_for(world), mac)
+    have = held_rounds(store, rank, s.init) if cfg.checkpoint_every > 0 else []
     agreed = agree_on_start(cfg, rank, world, where, key, have, rows=s.node_rows[rank])
     start = agreed.round
     if fresh:  # every node has started: only now is anything written
@@ -77,7 +78,9 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
     warn = site_log(out, rank, agreed)
     rows = list(agreed.rows) if cfg.data.per_site else None  # each site knows only its own
     party = party_for(s, METHODS["dec-lora"], [rank], agreed.run, warn, node_rows=rows)
-    counters = resume(party, root, start) if start else None
+    if cfg.privacy.enabled:  # the site's record of what it released, ahead of checkpoints
+        party = replace(party, release=Releases(checkpoint.node_dir(root, rank), party.nodes[0]))
+    counters = resume(party, store, start) if start else None
     transport = P2PTransport(where.wire, cfg.peer_timeout, key, cfg.security.encrypt, agreed.run)
     wrapped: Transport = wrap(transport) if wrap else transport
     log = open_log(s, out, start, echo) if rank == 0 else None
@@ -89,6 +92,12 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
         runtime = {"processes": world, "backend": where.backend, "device": str(where.device)}
         finish_dist(s, out, log, played, runtime, echo)
     dist.destroy_process_group()
+
+
+def held_rounds(store: checkpoint.Store, rank: int, init) -> list[int]:
+    """The rounds this node holds an intact checkpoint of (each refused one named)."""
+    shapes = store.shapes_of(init)
+    return checkpoint.good_rounds(store.root, rank, store.fingerprint, shapes, say, store.key)
 
 
 def agree_on_start(
