@@ -149,12 +149,14 @@ def open_out(cfg: Config) -> Path:
 
 
 def _searched(dumped: str) -> dict:
-    """What a search depends on: the config without ``tune.trials`` (more trials resume it)
-    and ``methods`` (each method has its own study: methods may be tuned in turn, or by
-    several processes at once into one folder, one method each)."""
+    """What a search depends on: the config without ``tune.trials`` (more trials resume it),
+    ``methods`` (each method has its own study: methods may be tuned in turn, or by several
+    processes at once into one folder, one method each), and where the folder is or what
+    this machine computes on (a copied or moved folder resumes)."""
     data = yaml.safe_load(dumped) or {}
     data.get("tune", {}).pop("trials", None)
-    data.pop("methods", None)
+    for key in ("methods", "out", "device"):
+        data.pop(key, None)
     return data
 
 
