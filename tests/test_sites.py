@@ -81,6 +81,26 @@ def test_bad_per_site_input_is_one_line(sites, tmp_path):
         load_site_rows(cfg, 1)
 
 
+SITE_LABELS = [  # (the labels of site 0's file, data.labels, the class ids or the error)
+    (["cafe\u0301", "negative"] * 3, "[negative, caf\u00e9]", [1, 0] * 3),  # NFD against NFC
+    (["1.0", "0"] * 3, "[0, 1]", [1, 0] * 3),  # numbers by value
+    (["negative", ""] * 3, "[negative, positive]", "site_0.csv:3: no label in column 'label'"),
+    (["negative", "nan"] * 3, "[negative, positive]", "site_0.csv:3: no label"),
+]
+
+
+@pytest.mark.parametrize(("labels", "names", "expected"), SITE_LABELS)
+def test_a_site_files_labels_follow_the_rule_of_data_labels(tmp_path, labels, names, expected):
+    write_csv(tmp_path / "site_0.csv", [{"text": "a b", "label": x} for x in labels])
+    path = str(tmp_path / "site_{node}.csv")
+    cfg = load_config(None, [f"data.path={path}", f"data.labels={names}", "data.eval_size=1"])
+    if isinstance(expected, str):
+        with pytest.raises(DataError, match=expected):
+            load_site_rows(cfg, 0)
+    else:
+        assert load_site_rows(cfg, 0).labels.tolist() == expected
+
+
 def test_the_cli_refuses_a_small_site_before_writing_anything(
     tiny_model_dir, sites, tmp_path, capsys
 ):

@@ -61,6 +61,7 @@ def describe_run(s: Session, out: Path) -> list[str]:
         f"messages: {describe(comp)}; scheme {scheme}",
         f"compute: {devices.describe(s.device)}, precision {cfg.precision}"
         + (", every node's steps in one batch (vectorize)" if cfg.vectorize else ""),
+        *describe_methods(cfg),
     ]
     if cfg.data.per_site:
         how = "off: each site scores its own rows" if not cfg.gather else "on: site 0's rows"
@@ -74,6 +75,23 @@ def describe_run(s: Session, out: Path) -> list[str]:
             f"p={f.node_drop:g} per round; Metropolis weights on the surviving graph"
         )
     lines += describe_privacy(s)
+    return lines
+
+
+def describe_methods(cfg: Config) -> list[str]:
+    """Each method's own values (``per_method`` over the top-level ones): learning rate,
+    schedule and, where its nodes gossip, gossip steps and gossip-only rounds."""
+    lines = []
+    for name in cfg.methods:
+        own = cfg.for_method(name)
+        line = f"{name}: lr {own.lr:g} (head x{own.head_lr_scale:g}), {own.schedule} schedule"
+        if METHODS[name].gossips:
+            g = own.gossip_steps
+            line += (
+                f"; {g} gossip step{'s' * (g != 1)} a round, "
+                f"{own.finish_rounds} gossip-only rounds at the end"
+            )
+        lines.append(line)
     return lines
 
 

@@ -6,7 +6,6 @@ Sources: a CSV or JSONL file, a Hugging Face dataset (id or ``save_to_disk`` fol
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,8 @@ import numpy as np
 import torch
 
 from declora.config import Config
+from declora.config.labels import is_missing
+from declora.config.labels import label_key as _label_key
 from declora.learning.sources import DataError, read_table
 
 
@@ -57,27 +58,12 @@ def concat(parts: list[Dataset]) -> Dataset:
 Build = Callable[[Config, Any, list[dict], list[str], np.ndarray, list[str]], Dataset]
 
 
-MISSING = ("", "nan", "none", "null")  # label texts that mean no label
-
-
-def _label_key(value) -> str:
-    """A label's class name: numbers by value (1, 1.0 and " 1" are one class), else the text."""
-    text = "" if value is None else str(value).strip()
-    try:
-        number = float(text)
-    except ValueError:
-        return text
-    if not math.isfinite(number):
-        return ""
-    return str(int(number)) if number.is_integer() else repr(number)
-
-
 def label_ids(raw: list, column: str, where: list[str] | None = None):
     """Map labels (numbers or strings) to ids 0..C-1, numbers in numeric order, other labels in
     text order; a missing, empty or NaN label is an error naming its row."""
     keys = [_label_key(v) for v in raw]
     for k, key in enumerate(keys):
-        if key.lower() in MISSING:
+        if is_missing(key):
             at = where[k] if where else f"row {k + 1}"
             raise DataError(
                 f"{at}: no label in column '{column}' (got {raw[k]!r})",
@@ -156,6 +142,11 @@ def load_site_rows(cfg: Config, node: int) -> Rows:
     labels = np.empty(len(rows), dtype=np.int64)
     for k, row in enumerate(rows):
         key = _label_key(row[d.label_column])
+        if is_missing(key):
+            raise DataError(
+                f"{where[k]}: no label in column '{d.label_column}' (got {row[d.label_column]!r})",
+                f"{where[k]}: no label in column '{d.label_column}'",
+            )
         if key not in index:
             raise DataError(
                 f"{where[k]}: label {row[d.label_column]!r} is not in data.labels {d.labels}",
