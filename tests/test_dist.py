@@ -114,6 +114,8 @@ def test_out_dir_rules(tmp_path):
         (["--nproc", "3", "nodes=4"], "one process per node"),
         (["methods=[centralized]"], "launch runs dec-lora"),
         (["security.key_file=/nonexistent/key"], "security.key_file"),
+        (["--nproc", "0", "nodes=4"], "--nproc asks for 0 processes"),  # issue 25: it ran 4
+        (["--nproc", "-2", "nodes=4"], "--nproc asks for -2 processes"),
     ],
 )
 def test_launch_refuses_bad_input_in_one_line(args, message, capsys, tmp_path):

@@ -240,3 +240,28 @@ def test_each_machine_surveys_its_own_sites_and_the_counts_combine(sites, tmp_pa
     assert (tmp_path / "both" / "survey.png").is_file()
     assert main(["survey", f"out={tmp_path / 'dup'}", "--combine", parts[0], parts[0]]) == 2
     assert "a node appears in two surveys" in capsys.readouterr().err
+
+
+def test_key_value_overrides_go_anywhere_on_the_command_line(sites, tmp_path):
+    """The README's `declora survey sites --nodes 2,3 out=runs/survey_m1`: an override after
+    an option is one too (issue 25)."""
+    base = ["survey", f"data.path={sites}", "data.labels=[negative,positive]"]
+    assert main([*base, "--nodes", "2,3", "nodes=4", f"out={tmp_path / 'm1'}"]) == 0
+    sv = json.loads((tmp_path / "m1" / "survey.json").read_text())
+    assert [n["node"] for n in sv["nodes"]] == [2, 3] and sv["network_nodes"] == 4
+
+
+@pytest.mark.parametrize(
+    ("nodes", "message"),
+    [
+        ("7", "--nodes 7: node 7 is not one of nodes 0..3"),
+        ("-1", "--nodes -1: node -1 is not one of nodes 0..3"),
+        ("1,1", "--nodes 1,1: node 1 is given twice"),
+    ],
+)
+def test_survey_refuses_a_node_outside_the_run(sites, tmp_path, capsys, nodes, message):
+    base = ["survey", f"data.path={sites}", "data.labels=[negative,positive]", "nodes=4"]
+    assert main([*base, f"out={tmp_path / 'x'}", f"--nodes={nodes}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()

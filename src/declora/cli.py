@@ -213,7 +213,14 @@ def _add_small_commands(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     # deprecation notices from inside transformers/peft are not for declora's users
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    # key=value overrides anywhere, after an option too (declora survey sites --nodes 2,3 out=x)
+    stray = [x for x in rest if x.startswith("-") or "=" not in x or not hasattr(args, "items")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if rest:
+        args.items = [*args.items, *rest]
     try:
         return args.func(args)
     except USER_ERRORS as err:

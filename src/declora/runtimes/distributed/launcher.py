@@ -54,7 +54,7 @@ def launch(
 ) -> int:
     """``declora launch``: check the config here, then hand over to torchrun on this machine."""
     cfg = load_config(config, overrides)
-    n = nproc or cfg.nodes
+    n = cfg.nodes if nproc is None else nproc  # --nproc 0 is refused, not read as "all"
     check_launchable(cfg, n, "--nproc asks for")
     extra = [] if cfg.methods == ["dec-lora"] else ["methods=[dec-lora]"]
     others = ", ".join(m for m in cfg.methods if m != "dec-lora")
