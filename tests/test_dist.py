@@ -108,6 +108,30 @@ def test_out_dir_rules(tmp_path):
         check_out_dir(load_config(None, []))
 
 
+SITE_LOCAL = [  # (what the first start had, what the restart has): the same run
+    (["security.key_file=/srv/a/key"], ["security.key_file=/srv/b/key"]),  # a new key file
+    (["out={run}"], ["out={run}/./"]),
+    (["device=auto"], ["device=cpu"]),
+    (
+        ["data.path=/a/site_{{node}}.csv", "data.labels=[x,y]", "data.encoding=cp1252"],
+        ["data.path=b/site_{{node}}.csv", "data.labels=[x,y]"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("before", "after"), SITE_LOCAL)
+def test_a_resumed_launch_may_change_what_is_site_local(tmp_path, before, after):
+    """issue 25: compared as config.yaml text, these were "files of another run"."""
+    from declora.config import dump_config
+
+    run = tmp_path / "run"
+    first = load_config(None, [f"out={run}", *(a.format(run=run) for a in before)])
+    run.mkdir()
+    (run / "config.yaml").write_text(dump_config(first))
+    again = load_config(None, [f"out={run}", *(a.format(run=run) for a in after)])
+    assert check_out_dir(again) is True
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -265,3 +265,26 @@ def test_survey_refuses_a_node_outside_the_run(sites, tmp_path, capsys, nodes, m
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("written", "encoding", "note"),
+    [
+        ("utf-8", "cp1252", True),  # a UTF-8 neighbour of a cp1252 site: read as UTF-8, said
+        ("cp1252", "cp1252", False),
+        ("utf-8", "utf-8", False),
+    ],
+)
+def test_a_site_file_in_utf8_is_read_as_utf8_whatever_data_encoding_says(
+    tmp_path, capfd, written, encoding, note
+):
+    """issue 25: data.encoding=cp1252, as the refusal of a cp1252 file suggests, garbled the
+    UTF-8 files of the other sites ("cafÃ©")."""
+    rows = [{"text": "caf\u00e9 tr\u00e8s bon", "label": x} for x in ["a", "b"] * 3]
+    path = tmp_path / "site_0.csv"
+    path.write_bytes(write_csv(path, rows).read_text().encode(written))
+    args = [f"data.path={tmp_path}/site_{{node}}.csv", "data.labels=[a,b]", "data.eval_size=1"]
+    r = load_site_rows(load_config(None, [*args, f"data.encoding={encoding}"]), 0)
+    assert r.texts[0] == "caf\u00e9 tr\u00e8s bon"
+    said = capfd.readouterr().err
+    assert ("site 0: " in said and "is UTF-8 text: read as UTF-8, not as cp1252" in said) == note

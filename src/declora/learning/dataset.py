@@ -6,6 +6,8 @@ Sources: a CSV or JSONL file, a Hugging Face dataset (id or ``save_to_disk`` fol
 
 from __future__ import annotations
 
+import codecs
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +136,7 @@ def load_site_rows(cfg: Config, node: int) -> Rows:
     path = d.site_path(node)
     if not Path(path).is_file():
         raise DataError(f"site {node}: data.path={path}: file not found")
-    rows, where = read_table(path, d.encoding)
+    rows, where = read_table(path, site_encoding(path, d.encoding, node))
     if not rows:
         raise DataError(f"site {node}: {path}: no rows")
     _check_columns(rows, where, (d.text_column, d.label_column), path)
@@ -164,6 +166,32 @@ def load_site_rows(cfg: Config, node: int) -> Rows:
     texts = [str(r[d.text_column] or "") for r in rows]
     test_idx, val_idx, train_idx = order[:held], order[held : 2 * held], order[2 * held :]
     return Rows(rows, texts, labels, list(d.labels), np.sort(train_idx), val_idx, test_idx)
+
+
+def site_encoding(path: str, encoding: str, node: int) -> str:
+    """The encoding of a site's file: UTF-8 when its bytes are UTF-8 text beyond ASCII,
+    whatever ``data.encoding`` says (said in one line): a one-byte encoding such as cp1252
+    decodes any bytes, so a UTF-8 file read in it comes out garbled ("cafÃ©") without an
+    error. ``data.encoding`` names how the files that are not UTF-8 are encoded."""
+    if _is_utf8(encoding):
+        return encoding
+    try:
+        raw = Path(path).read_bytes()
+        raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError, LookupError):
+        return encoding  # reading it in data.encoding says what is wrong
+    if raw.isascii():
+        return encoding
+    note = f"declora: site {node}: {path} is UTF-8 text: read as UTF-8, not as {encoding}"
+    os.write(2, f"{note} (data.encoding names the files that are not UTF-8)\n".encode())
+    return "utf-8"
+
+
+def _is_utf8(encoding: str) -> bool:
+    try:
+        return codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
+    except LookupError:
+        return False
 
 
 def _check_columns(rows: list[dict], where: list[str], columns, path: str) -> None:

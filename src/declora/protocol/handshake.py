@@ -32,14 +32,15 @@ SITE_LOCAL = ("out", "device")  # config keys each site may set for itself
 def _shared(cfg: Config) -> Config:
     """The config every process must share: all of it but the site-local keys, the key
     file's path (whether there is a key counts; the secret itself never leaves) and, with
-    per-site files, where each machine keeps its files."""
+    per-site files, where each machine keeps its files and how they are encoded."""
     key = "set" if cfg.security.key_file else None
-    site_files = cfg.data.per_site  # then each machine may name its own files
+    site_files = {"path": "{node}", "encoding": "each site's own"}
+    data = cfg.data.model_copy(update=site_files) if cfg.data.per_site else cfg.data
     return cfg.model_copy(
         update={
             **dict.fromkeys(SITE_LOCAL),
             "security": cfg.security.model_copy(update={"key_file": key}),
-            "data": cfg.data.model_copy(update={"path": "{node}"}) if site_files else cfg.data,
+            "data": data,
         }
     )
 
@@ -127,8 +128,9 @@ def _check_configs(cfg: Config, offers: list[bytes], rank: int) -> int:
             "?",
         )
         raise PeerError(
-            f"node {differ[0]} runs another config (first difference: {first}; only out= and "
-            "security.key_file may differ): start every node with the same config"
+            f"node {differ[0]} runs another config (first difference: {first}; only out=, "
+            "device, security.key_file and, with per-site files, data.path and data.encoding "
+            "may differ): start every node with the same config"
         )
     return end
 

@@ -11,10 +11,11 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from declora.config import Config, ConfigError, dump_config, load_config
+from declora.config import Config, ConfigError, load_config
 from declora.harness.session import check_privacy
 from declora.learning.capacity import check_sizes
 from declora.learning.devices import choose
+from declora.protocol.handshake import fingerprint
 from declora.protocol.keys import read_key
 
 
@@ -43,10 +44,22 @@ def check_out_dir(cfg: Config) -> bool:
         return False
     if (out / "summary.json").exists():
         raise ConfigError(f"out={out} holds a finished run; choose an empty or new folder")
-    saved = out / "config.yaml"
-    if not saved.is_file() or saved.read_text() != dump_config(cfg):
+    if not _same_run(out / "config.yaml", cfg):
         raise ConfigError(f"out={out} holds files of another run; choose an empty or new folder")
     return True
+
+
+def _same_run(saved: Path, cfg: Config) -> bool:
+    """Whether ``saved`` (a run's config.yaml) is of this run: the same fingerprint, which
+    leaves out what each site may change at a restart (out=, device, the key file's path,
+    per-site files' paths and encodings)."""
+    if not saved.is_file():
+        return False
+    try:  # read back through today's Config, so that a key added since keeps its default
+        before = load_config(str(saved))
+    except ConfigError:
+        return False
+    return fingerprint(before) == fingerprint(cfg)
 
 
 def launch(
