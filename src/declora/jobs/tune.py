@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from declora.algorithms.methods import METHODS
 from declora.config import Config, ConfigError, MethodSettings, dump_config, load_config
 from declora.harness.evaluation import evaluate_nodes
-from declora.harness.outputs import make_out_dir, save_figure
+from declora.harness.outputs import check_out, make_out_dir, save_figure
 from declora.harness.progress import Bar
 from declora.harness.report import headline
 from declora.harness.runner import play_rounds
@@ -134,7 +134,7 @@ def objective(s: Session, method: str, trial: optuna.Trial) -> float:
 def open_out(cfg: Config) -> Path:
     """A new output folder, or the folder of an earlier search of the same config (resume)."""
     out = Path(cfg.out) if cfg.out else None
-    if out is not None and (out / JOURNAL).is_file():
+    if out is not None and check_out(out) and (out / JOURNAL).is_file():
         check_journal(out / JOURNAL)
         saved = out / "config.yaml"
         # read back through today's Config, so that a key added since keeps its default
@@ -398,6 +398,8 @@ def tune(cfg: Config, echo=print) -> tuple[Path, dict[str, optuna.Study]]:
             "declora tune reads one data file; per-site files (data.path with {node}) are not "
             "searched yet"
         )
+    if cfg.out:  # before the model loads: a folder that cannot be the search's
+        check_out(Path(cfg.out))
     s = prepare(cfg)
     out = open_out(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -134,7 +134,11 @@ def load_site_rows(cfg: Config, node: int) -> Rows:
     for test, drawn with ``data.split_seed`` and the node."""
     d = cfg.data
     path = d.site_path(node)
-    if not Path(path).is_file():
+    try:
+        found = Path(path).is_file()
+    except OSError as err:  # a name too long for the file system, a folder it cannot enter
+        raise DataError(f"site {node}: data.path={path}: cannot read ({err.strerror})") from None
+    if not found:
         raise DataError(f"site {node}: data.path={path}: file not found")
     rows, where = read_table(path, site_encoding(path, d.encoding, node))
     if not rows:

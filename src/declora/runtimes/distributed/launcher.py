@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from declora.config import Config, ConfigError, load_config
+from declora.harness.outputs import check_out
 from declora.harness.session import check_privacy
 from declora.learning.capacity import check_sizes
 from declora.learning.devices import choose
@@ -38,9 +39,7 @@ def check_out_dir(cfg: Config) -> bool:
     if cfg.out is None:
         raise ConfigError("out= is required: every process must write to the same folder")
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out={out} is a file, not a folder; choose a new folder")
-    if not out.exists() or not any(out.iterdir()):
+    if not check_out(out):  # new or empty (a file, or a place this user cannot write: refused)
         return False
     if (out / "summary.json").exists():
         raise ConfigError(f"out={out} holds a finished run; choose an empty or new folder")
