@@ -34,7 +34,7 @@ from declora.harness.progress import Lines, Quiet
 from declora.harness.releases import Releases
 from declora.harness.report import RunLog
 from declora.harness.runner import play_rounds, resume
-from declora.harness.session import party_for, prepare, read_key
+from declora.harness.session import Session, party_for, prepare, read_key
 from declora.learning.adapters import ModelError
 from declora.learning.devices import CPU, Placement
 from declora.learning.sources import DataError
@@ -55,10 +55,14 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
     fresh = rank == 0 and not check_out_dir(cfg)
     out = Path(cfg.out)
     key, where = None, Placement(CPU, "gloo")
+    root = out / "checkpoints"
     try:
         key = read_key(cfg)
         where = placement(cfg)
         s = prepare(cfg, rank, where.device, key=key)  # this node's rows (or own file) only
+        mac = key.checkpoint if key else None
+        store = checkpoint.Store(root, handshake.fingerprint(cfg), checkpoint.keep_for(world), mac)
+        have = held_rounds(store, rank, s) if cfg.checkpoint_every > 0 else []
     except STARTUP_ERRORS as err:  # every process is told, then all stop
         where = connect(cfg, rank, world, where)
         # what is wrong, never a row's text or a label's value (DataError.public); the
@@ -66,10 +70,6 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
         agree_on_start(cfg, rank, world, where, key, [], failure=getattr(err, "public", f"{err}"))
         raise
     where = connect(cfg, rank, world, where)
-    root = out / "checkpoints"
-    mac = key.checkpoint if key else None
-    store = checkpoint.Store(root, handshake.fingerprint(cfg), checkpoint.keep_for(world), mac)
-    have = held_rounds(store, rank, s.init) if cfg.checkpoint_every > 0 else []
     agreed = agree_on_start(cfg, rank, world, where, key, have, rows=s.node_rows[rank])
     start = agreed.round
     if fresh:  # every node has started: only now is anything written
@@ -94,10 +94,16 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
     dist.destroy_process_group()
 
 
-def held_rounds(store: checkpoint.Store, rank: int, init) -> list[int]:
-    """The rounds this node holds an intact checkpoint of (each refused one named)."""
-    shapes = store.shapes_of(init)
-    return checkpoint.good_rounds(store.root, rank, store.fingerprint, shapes, say, store.key)
+def held_rounds(store: checkpoint.Store, rank: int, s: Session) -> list[int]:
+    """The rounds this node holds an intact checkpoint of, every value within the range a
+    node of this run takes (each refused one named); checkpoint paths a save would fail on
+    are one ConfigError line."""
+    checkpoint.check_paths(store.root, rank)
+    probe = party_for(s, METHODS["dec-lora"], [rank]).nodes[0]  # a fresh node, never trained
+    shapes = store.shapes_of(s.init)
+    return checkpoint.good_rounds(
+        store.root, rank, store.fingerprint, shapes, say, store.key, probe
+    )
 
 
 def agree_on_start(
