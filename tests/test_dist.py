@@ -149,6 +149,26 @@ def test_launch_refuses_bad_input_in_one_line(args, message, capsys, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize(
+    ("codes", "expected"), [([2, 2, -15, 2], 2), ([1, 1, -15], 1), ([-9, 1], 1)]
+)
+def test_launch_exits_2_for_a_configuration_error_and_1_for_a_failed_run(
+    monkeypatch, codes, expected
+):
+    """issue 25: every failure was exit 1 after torchrun's ChildFailedError traceback."""
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from declora.runtimes.distributed import launcher
+
+    def fail(args):
+        failures = {i: ProcessFailure(i, 100 + i, code, "") for i, code in enumerate(codes)}
+        raise ChildFailedError("declora.cli", failures)
+
+    monkeypatch.setattr(torchrun, "run", fail)
+    assert launcher.torchrun(["--standalone", "-m", "declora.cli", "worker"]) == expected
+
+
 # ---------------------------------------------------------------- 4 processes on loopback
 
 

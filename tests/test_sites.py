@@ -197,10 +197,13 @@ def test_a_missing_site_file_stops_every_process_with_a_line_naming_the_site(
         shutil.copy(sites.replace("{node}", str(i)), folder)
     out = tmp_path / "run"
     proc = launch(site_args(tiny_model_dir, str(folder / "site_{node}.csv"), out))
-    assert proc.returncode != 0
-    for rank in range(4):
+    assert proc.returncode == 2, proc.stderr[-3000:]  # a data error (issue 25: it was 1)
+    for rank in range(3):  # each node's line once; node 3 says its own error
         line = f"declora: node {rank}: node 3 could not start: site 3: data.path="
-        assert line in proc.stderr, proc.stderr[-3000:]
+        assert proc.stderr.count(line) == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("declora: error: site 3: data.path=") == 1
+    # not torchrun's ChildFailedError traceback (about 40 lines) after them
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr
     assert not out.exists()  # nothing half-written
 
 

@@ -90,6 +90,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def worker(items: list[str], wrap=None) -> int:
     """The worker's body; ``wrap(transport, cfg)`` (tests) puts a transport around the real one."""
+    from declora.protocol.handshake import StartRefused
     from declora.protocol.rounds import say
     from declora.protocol.wire import PeerError
     from declora.runtimes.distributed.worker import run_worker
@@ -100,7 +101,7 @@ def worker(items: list[str], wrap=None) -> int:
         run_worker(cfg, wrap=None if wrap is None else lambda t: wrap(t, cfg))
     except (PeerError, Stopped) as err:
         say(f"declora: node {os.environ.get('RANK', '?')}: {err}")
-        return 1
+        return 2 if isinstance(err, StartRefused) else 1  # a config error, or a failed run
     return 0
 
 

@@ -5,8 +5,8 @@ folder."""
 
 from __future__ import annotations
 
+import logging
 import os
-import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -81,10 +81,7 @@ def launch(
     choose(cfg.device)  # a GPU named that this machine does not have
     if others:
         print(f"declora: launch runs dec-lora only ({others}: see declora run)", file=sys.stderr)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
+    args = [
         "--standalone",
         f"--nproc-per-node={n}",
         f"--max-restarts={max_restarts}",
@@ -95,5 +92,22 @@ def launch(
         *overrides,
         *extra,
     ]
-    env = {"OMP_NUM_THREADS": "1", **os.environ}
-    return subprocess.call(cmd, env=env)
+    return torchrun(args)
+
+
+def torchrun(args: list[str]) -> int:
+    """torchrun's agent in this process (as ``python -m torch.distributed.run ARGS`` runs it):
+    each node prints its own line; the agent's log lines and its ChildFailedError traceback
+    (40 lines that repeat what the nodes said) are left out. Exit 2 when a node stopped on a
+    configuration or data error (its exit code 2), else 1 for a run that failed."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(args))
+    except ChildFailedError as err:
+        codes = [f.exitcode for f in err.failures.values()]
+        return 2 if 2 in codes else 1
+    return 0
