@@ -73,7 +73,9 @@ class Config(_Section):
             "local": MethodSettings(lr=0.001202, head_lr_scale=1.080764, schedule="constant"),
         },
         description="values one method uses instead of the top-level ones, e.g. "
-        "{centralized: {lr: 0.002}} (declora tune writes them)",
+        "{centralized: {lr: 0.002}} (declora tune writes them); a top-level value given in "
+        "the config file or on the command line wins over the per-method ones below it "
+        "(built-in, then file) unless that layer gives the method's own value too",
     )
     head_lr_scale: float = Field(
         5.0, gt=0, description="the task head learns at lr x this (random init, unlike LoRA's base)"

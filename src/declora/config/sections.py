@@ -191,7 +191,9 @@ class DataConfig(_Section):
     )
     text_column: str = Field("text", description="column holding the input text")
     encoding: str = Field(
-        "utf-8", description="text encoding of CSV / JSON files (e.g. cp1252 for old exports)"
+        "utf-8",
+        description="text encoding of CSV / JSON files (e.g. cp1252 for old exports); per-site "
+        "files: each site's own, for the files that are not UTF-8",
     )
     label_column: str = Field("label", description="column holding the class (int or string)")
     test_size: Int = Field(
