@@ -55,9 +55,8 @@ def _only(cfg: Config, only: list[int]) -> list[int]:
     given = ",".join(map(str, only))
     for i in only:
         if not 0 <= i < cfg.nodes:
-            raise ConfigError(
-                f"--nodes {given}: node {i} is not one of nodes 0..{cfg.nodes - 1} (nodes={cfg.nodes})"
-            )
+            last = cfg.nodes - 1
+            raise ConfigError(f"--nodes {given}: node {i} is not one of nodes 0..{last}")
         if only.count(i) > 1:
             raise ConfigError(f"--nodes {given}: node {i} is given twice")
     return only

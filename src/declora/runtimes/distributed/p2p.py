@@ -4,8 +4,9 @@ authenticated gather to rank 0 for evaluation and outputs.
 
 A neighbour that does not answer within ``peer_timeout`` seconds, or that closed its
 connection, fails the round with a :class:`PeerError` naming it and the cause (or, for an
-honest neighbour that stopped first, the cause it stopped on: :mod:`.stops`). Rank 0 checks every gathered state like a frame (HMAC with the
-run, node and round when a key is set; finite values) before it evaluates or exports it.
+honest neighbour that stopped first, the cause it stopped on: :mod:`.stops`). Rank 0 checks
+every gathered state like a frame (HMAC with the run, node and round when a key is set; finite
+values) before it evaluates or exports it.
 """
 
 from __future__ import annotations
