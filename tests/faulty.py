@@ -14,6 +14,7 @@
 - ``delay``: the node sleeps ``delay_s`` seconds before sending;
 - ``crash``: the process exits before sending, once (a marker file in ``marker_dir``);
 - ``corrupt``: as ``crash``, after flipping a byte of the node's newest checkpoint;
+- ``kill``: the process sends itself SIGKILL before sending (no restart: a dead peer);
 - ``sloweval``: the evaluating process (``NODE`` 0) takes ``delay_s`` seconds more to evaluate
   that round, as a large test set would.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -107,6 +109,8 @@ class FaultyTransport:
         if action == "delay":
             time.sleep(self.delay_s)
             return frame
+        if action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
         if action in ("crash", "corrupt"):
             marker = self.marker_dir / f".crashed_node{i}_round{round_}"
             if not marker.exists():

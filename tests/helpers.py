@@ -111,11 +111,12 @@ def launch(args: list[str], *flags: str, **environ) -> subprocess.CompletedProce
 
 
 def torchrun_agents(
-    args: list[str], cwds: list, nproc: int = 2
+    args: list[str], cwds: list, nproc: int = 2, entry: tuple[str, ...] = ("declora.cli", "worker")
 ) -> list[subprocess.CompletedProcess]:
     """One torchrun agent per folder in ``cwds``, as separate machines would run them
     (``--nnodes``, one rendezvous on 127.0.0.1; agent g hosts nodes g*nproc ...), each running
-    ``declora.cli worker ARGS``; every agent's whole process group is killed on timeout."""
+    ``declora.cli worker ARGS`` (or ``-m ENTRY ARGS``); every agent's whole process group is
+    killed on timeout."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -131,8 +132,7 @@ def torchrun_agents(
                 f"--nproc-per-node={nproc}",
                 f"--rdzv-endpoint=127.0.0.1:{port}",
                 "-m",
-                "declora.cli",
-                "worker",
+                *entry,
                 *args,
             ]
         )

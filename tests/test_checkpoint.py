@@ -4,6 +4,9 @@ whole (write, then rename), old ones are pruned, and nothing in them is pickled.
 from __future__ import annotations
 
 import json
+import math
+import re
+import shutil
 
 import pytest
 import torch
@@ -108,3 +111,133 @@ def test_a_damaged_foreign_or_misshapen_checkpoint_is_refused(setup, tmp_path):
 def test_a_run_keeps_enough_checkpoints_for_its_nodes_to_meet():
     assert checkpoint.keep_for(2) == checkpoint.KEEP
     assert checkpoint.keep_for(16) == 17  # more than any two nodes can be apart on 16 nodes
+
+
+# --- issue 25: what a checkpoint restores is within range; its paths are what they should be
+
+
+def resign(path, change) -> None:
+    """Rewrite a checkpoint with ``change(meta, tensors)`` applied and its SHA-256 made
+    again, as someone who can write the file can (without a key file nothing stops them)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["declora"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    change(meta, tensors)
+    text = json.dumps(meta)
+    save_file(
+        tensors, str(path), metadata={"declora": text, "sha256": checkpoint._digest(tensors, text)}
+    )
+
+
+def _set(where: str, key, value):
+    def change(meta, tensors):
+        (meta if where == "meta" else tensors)[key] = value
+
+    return change
+
+
+def _group(key, value):
+    def change(meta, tensors):
+        meta["param_groups"][0][key] = value
+
+    return change
+
+
+OUT_OF_RANGE = {  # a re-signed checkpoint -> the reason it is refused
+    "sampler position past its rows": (_set("meta", "sampler_pos", 10**6), "sampler position"),
+    "sampler position below 0": (_set("meta", "sampler_pos", -1), "sampler position"),
+    "sampler order out of range": (
+        lambda m, t: t["sampler.order"].__setitem__(0, len(t["sampler.order"]) + 3),
+        "sampler order is not a permutation",
+    ),
+    "sampler order too short": (_set("tensors", "sampler.order", torch.arange(5)), "sampler order"),
+    "sampler generator": (_set("meta", "sampler_rng", {"state": "x"}), "sampler generator"),
+    "optimizer moment shape": (
+        _set("tensors", "optim.0.exp_avg", torch.zeros(3)),
+        "optimizer state optim.0.exp_avg",
+    ),
+    "optimizer moment NaN": (
+        lambda m, t: t["optim.0.exp_avg_sq"].fill_(math.nan),
+        "optim.0.exp_avg_sq is not finite",
+    ),
+    "optimizer slot of no tensor": (
+        _set("tensors", "optim.99.exp_avg", torch.zeros(3)),
+        "optimizer state",
+    ),
+    "negative lr": (_group("lr", -1.0), "param_groups"),
+    "text lr": (_group("lr", "fast"), "param_groups"),
+    "one param group": (lambda m, t: m["param_groups"].pop(), "param_groups"),
+    "scheduler step below 0": (
+        lambda m, t: m["scheduler"].update(last_epoch=-5),
+        "scheduler",
+    ),
+    "scheduler attribute": (
+        lambda m, t: m["scheduler"].update(optimizer="x"),
+        "scheduler",
+    ),
+    "torch RNG size": (_set("tensors", "rng", torch.zeros(7, dtype=torch.uint8)), "RNG state"),
+    "last loss": (_set("meta", "last_loss", "low"), "last_loss"),
+    "counters": (_set("meta", "counters", {"samples": -1, "wall_s": 0.0}), "counters"),
+    "exchange name": (_set("tensors", "exchange.public.x", torch.zeros(4)), "exchange state"),
+    "adapter NaN": (
+        lambda m, t: next(v for k, v in t.items() if k.startswith("adapter.")).fill_(math.nan),
+        "is not finite",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(OUT_OF_RANGE))
+def test_a_checkpoint_re_signed_out_of_range_is_refused_by_name(setup, tmp_path, case):
+    """issue 25: an out-of-range sampler state passed the SHA-256 and failed with IndexError."""
+    cfg, s = setup
+    node = fresh(cfg, s)
+    train_steps(s.model, node, 2, s.collate)
+    path = checkpoint.save(tmp_path, node, 3, {"samples": 40, "wall_s": 1.0})
+    change, reason = OUT_OF_RANGE[case]
+    resign(path, change)
+    shapes = {k: tuple(v.shape) for k, v in node.params.items()}
+    lines = []
+    assert checkpoint.good_rounds(tmp_path, 1, "", shapes, lines.append, probe=fresh(cfg, s)) == []
+    assert len(lines) == 1 and reason in lines[0], lines
+    with pytest.raises(ValueError, match=re.escape(reason)) as err:
+        checkpoint.load(tmp_path, fresh(cfg, s), 3)
+    assert "\n" not in str(err.value)
+
+
+PATHS = {  # what is put in place of a checkpoint path -> the one line
+    "node folder is a file": (lambda root: root / "node_1", "file", "node_1 is not a folder"),
+    "round file is a folder": (
+        lambda root: root / "node_1" / "round_000002.safetensors",
+        "folder",
+        "round_000002.safetensors is not a file",
+    ),
+    "checkpoints is a file": (lambda root: root, "file", "checkpoints is not a folder"),
+}
+
+
+@pytest.mark.parametrize("case", list(PATHS))
+def test_checkpoint_paths_that_cannot_be_written_are_refused_at_start(setup, tmp_path, case):
+    """issue 25: a node folder replaced by a file said "starting over", then failed with
+    FileExistsError at the first save; a round file replaced by a folder, IsADirectoryError."""
+    from declora.config import ConfigError
+    from declora.runtimes.distributed.worker import held_rounds
+
+    cfg, s = setup
+    root = tmp_path / "checkpoints"
+    for t in (1, 2):
+        checkpoint.save(root, fresh(cfg, s), t, {"samples": 0, "wall_s": 0.0})
+    where, kind, message = PATHS[case]
+    path = where(root)
+    if kind == "file":
+        shutil.rmtree(path)
+        path.write_text("x")
+    else:
+        path.unlink()
+        path.mkdir()
+    store = checkpoint.Store(root)
+    with pytest.raises(ConfigError, match=f"node 1: .*{message}") as err:
+        held_rounds(store, 1, s)
+    assert "\n" not in str(err.value)

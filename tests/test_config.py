@@ -7,6 +7,8 @@ import pytest
 from declora.cli import main
 from declora.config import Config, ConfigError, builtin_configs, load_config, parse_overrides
 
+SITES = ["data.path=s/site_{node}.csv", "data.labels=[negative,positive]"]  # per-site files
+
 
 def test_defaults_are_the_built_in_job():
     cfg = load_config()
@@ -82,6 +84,25 @@ def test_yaml_file_then_overrides(tmp_path):
         (["data.val_size=0"], "data.val_size"),
         (["data.eval_rows=100"], "unknown config key 'data.eval_rows'"),
         (["tune.trials=0"], "tune.trials"),
+        # issue 25: hostile values that were accepted, or refused without a useful line
+        (["peer_timeout=1e300"], "peer_timeout: Input should be less than or equal to 86400"),
+        (["lr=true"], "lr: expected a number, got a boolean (true)"),
+        (["privacy.clip=true"], "privacy.clip: expected a number, got a boolean"),
+        (["peer_timeout=true"], "peer_timeout: expected a number, got a boolean"),
+        (["data.eval_size=true"], "data.eval_size: expected a number, got a boolean"),
+        (["per_method={local: {lr: false}}"], "per_method.local.lr: expected a number"),
+        (["privacy.clip=1e300"], "privacy.clip: Input should be less than or equal to 1000000"),
+        ([*SITES, "data.labels=[negative,negative,positive]"], "'negative' is given twice"),
+        ([*SITES, "data.labels=['1','1.0']"], "'1.0' is the class '1' again"),
+        ([*SITES, "data.labels=['caf\u00e9','cafe\u0301']"], "is the class 'caf\u00e9' again"),
+        ([*SITES, "data.labels=[NaN,positive]"], "data.labels: 'NaN' means no label"),
+        ([*SITES, "data.labels=[positive,inf]"], "data.labels: 'inf' means no label"),
+        ([*SITES, "data.labels=['',positive]"], "data.labels: '' means no label"),
+        ([*SITES, "data.labels=[yes,no]"], "quote them"),
+        (["data.labels=[negative,positive]"], "data.labels applies to per-site files"),
+        (["data.eval_size=0.3"], "data.eval_size applies to per-site files"),
+        (["data.path=s/site_{node:03d}.csv"], "only {node} is expanded"),
+        ([*SITES, "data.eval_size=1e300"], "data.eval_size=1e+300: a fraction"),
     ],
 )
 def test_bad_config_is_one_clear_line(overrides, message):
@@ -89,7 +110,7 @@ def test_bad_config_is_one_clear_line(overrides, message):
         load_config(None, overrides)
     text = str(err.value)
     assert message in text
-    assert "\n" not in text
+    assert "\n" not in text and len(text) < 300
 
 
 @pytest.mark.parametrize(
@@ -219,3 +240,64 @@ def test_the_agree_config_is_the_default_with_more_rounds_and_gossip():
     assert (agree.rounds, agree.methods) == (140, ["dec-lora", "centralized"])
     same = {"rounds", "methods", "per_method"}
     assert agree.model_dump(exclude=same) == built_in.model_dump(exclude=same)
+
+
+def test_numbers_in_data_labels_are_the_labels_text():
+    cfg = load_config(None, ["data.path=s/site_{node}.csv", "data.labels=[0, 1, 2.5]"])
+    assert cfg.data.labels == ["0", "1", "2.5"]
+
+
+# issue 25: a value the user gives at the top level wins over the per-method values of the
+# layers below it (the built-in ones, then the config file's); a per-method value given in the
+# same layer or above wins over it
+OWN = "per_method: {dec-lora: {lr: 0.2}}\n"  # a file that gives dec-lora's own lr
+PER_METHOD_RULE = [
+    # (config file text or None, overrides, method, key, value)
+    (None, ["lr=0.5"], "dec-lora", "lr", 0.5),
+    (None, ["lr=0.5"], "centralized", "lr", 0.5),
+    (None, ["schedule=linear"], "local", "schedule", "linear"),
+    (None, ["head_lr_scale=2"], "dec-lora", "head_lr_scale", 2.0),
+    (None, ["gossip_steps=4"], "dec-lora", "gossip_steps", 4),
+    (None, ["finish_rounds=3"], "dec-lora", "finish_rounds", 3),
+    (None, ["lr=0.5", "per_method.dec-lora.lr=0.2"], "dec-lora", "lr", 0.2),
+    (None, ["lr=0.5", "per_method.dec-lora.lr=0.2"], "centralized", "lr", 0.5),
+    (None, ["rounds=3"], "dec-lora", "lr", 0.015703),  # nothing given: the built-in value
+    ("lr: 0.5\n", [], "dec-lora", "lr", 0.5),
+    ("lr: 0.5\nper_method: {dec-lora: {lr: 0.2}}\n", [], "dec-lora", "lr", 0.2),
+    ("lr: 0.5\nper_method: {dec-lora: {lr: 0.2}}\n", [], "local", "lr", 0.5),
+    (OWN, ["lr=0.7"], "dec-lora", "lr", 0.7),
+    (OWN, ["lr=0.7", "per_method.dec-lora.lr=0.3"], "dec-lora", "lr", 0.3),
+    ("tiny", ["lr=1e30"], "dec-lora", "lr", 1e30),  # a built-in config is a file too
+]
+
+
+@pytest.mark.parametrize(("text", "overrides", "method", "key", "value"), PER_METHOD_RULE)
+def test_a_top_level_value_the_user_gives_acts(tmp_path, text, overrides, method, key, value):
+    path = text
+    if text is not None and text != "tiny":
+        path = tmp_path / "c.yaml"
+        path.write_text(text)
+    cfg = load_config(None if path is None else str(path), overrides)
+    assert getattr(cfg.for_method(method), key) == value
+
+
+def test_a_saved_config_loads_back_the_same(tmp_path):
+    """config.yaml holds every key: its per_method values stay what the run used."""
+    from declora.config import dump_config
+
+    cfg = load_config(None, ["lr=0.5", "per_method.dec-lora.gossip_steps=4"])
+    (tmp_path / "config.yaml").write_text(dump_config(cfg))
+    assert load_config(str(tmp_path / "config.yaml")) == cfg
+
+
+def test_the_opening_lines_give_each_methods_own_values():
+    from declora.harness.outputs import describe_methods
+
+    cfg = load_config(None, ["lr=0.5", "per_method.dec-lora.gossip_steps=4", "finish_rounds=2"])
+    lines = describe_methods(cfg)
+    assert lines == [
+        "dec-lora: lr 0.5 (head x1.04053), cosine schedule; 4 gossip steps a round, "
+        "2 gossip-only rounds at the end",
+        "centralized: lr 0.5 (head x8.65294), cosine schedule",
+        "local: lr 0.5 (head x1.08076), constant schedule",
+    ]

@@ -108,12 +108,38 @@ def test_out_dir_rules(tmp_path):
         check_out_dir(load_config(None, []))
 
 
+SITE_LOCAL = [  # (what the first start had, what the restart has): the same run
+    (["security.key_file=/srv/a/key"], ["security.key_file=/srv/b/key"]),  # a new key file
+    (["out={run}"], ["out={run}/./"]),
+    (["device=auto"], ["device=cpu"]),
+    (
+        ["data.path=/a/site_{{node}}.csv", "data.labels=[x,y]", "data.encoding=cp1252"],
+        ["data.path=b/site_{{node}}.csv", "data.labels=[x,y]"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("before", "after"), SITE_LOCAL)
+def test_a_resumed_launch_may_change_what_is_site_local(tmp_path, before, after):
+    """issue 25: compared as config.yaml text, these were "files of another run"."""
+    from declora.config import dump_config
+
+    run = tmp_path / "run"
+    first = load_config(None, [f"out={run}", *(a.format(run=run) for a in before)])
+    run.mkdir()
+    (run / "config.yaml").write_text(dump_config(first))
+    again = load_config(None, [f"out={run}", *(a.format(run=run) for a in after)])
+    assert check_out_dir(again) is True
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--nproc", "3", "nodes=4"], "one process per node"),
         (["methods=[centralized]"], "launch runs dec-lora"),
         (["security.key_file=/nonexistent/key"], "security.key_file"),
+        (["--nproc", "0", "nodes=4"], "--nproc asks for 0 processes"),  # issue 25: it ran 4
+        (["--nproc", "-2", "nodes=4"], "--nproc asks for -2 processes"),
     ],
 )
 def test_launch_refuses_bad_input_in_one_line(args, message, capsys, tmp_path):
@@ -121,6 +147,26 @@ def test_launch_refuses_bad_input_in_one_line(args, message, capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert message in err and err.count("\n") == 0
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("codes", "expected"), [([2, 2, -15, 2], 2), ([1, 1, -15], 1), ([-9, 1], 1)]
+)
+def test_launch_exits_2_for_a_configuration_error_and_1_for_a_failed_run(
+    monkeypatch, codes, expected
+):
+    """issue 25: every failure was exit 1 after torchrun's ChildFailedError traceback."""
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from declora.runtimes.distributed import launcher
+
+    def fail(args):
+        failures = {i: ProcessFailure(i, 100 + i, code, "") for i, code in enumerate(codes)}
+        raise ChildFailedError("declora.cli", failures)
+
+    monkeypatch.setattr(torchrun, "run", fail)
+    assert launcher.torchrun(["--standalone", "-m", "declora.cli", "worker"]) == expected
 
 
 # ---------------------------------------------------------------- 4 processes on loopback

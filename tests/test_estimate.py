@@ -120,3 +120,19 @@ def test_cli_bad_input_is_one_line(capsys):
     assert main(["estimate", "compression.ratio=2"]) == 2
     err = capsys.readouterr().err.strip()
     assert "compression.ratio" in err and "\n" not in err
+
+
+def test_per_site_files_take_the_classes_from_data_labels(capsys):
+    """No file is read: with per-site files the task head has len(data.labels) classes."""
+    labels = "data.labels=[a,b,c]"
+    assert main(["estimate", "--json", "data.path=nowhere/site_{node}.csv", labels]) == 0
+    three = json.loads(capsys.readouterr().out)
+    assert main(["estimate", "--json", "--num-labels", "3"]) == 0
+    assert three["dec-lora"]["values"] == json.loads(capsys.readouterr().out)["dec-lora"]["values"]
+
+
+def test_a_task_head_that_cannot_fit_is_refused_before_it_is_built(capsys):
+    """--num-labels 100000000000 filled the machine (the config's label names alone)."""
+    assert main(["estimate", "tiny", "--num-labels", "100000000000"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--num-labels 100000000000" in err and "memory" in err

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -88,6 +89,26 @@ def test_every_node_stops_at_the_same_round_under_a_cap():
 def test_settings_that_cannot_run_are_refused(extra, rows, message):
     with pytest.raises(ConfigError, match=message):
         privacy.plan(_cfg(*extra), [rows], pooled=False)
+
+
+@pytest.mark.parametrize("target", ["1e4", "1e16", "1e30", "1e300"])
+def test_a_target_that_almost_no_noise_meets_is_refused_at_once(target):
+    """Opacus's search for the noise bisects forever above what any noise gives (from about
+    1e16 here); a target that noise below privacy.MIN_NOISE meets protects nothing."""
+    import signal
+
+    def hang(*_):
+        raise TimeoutError(f"privacy.epsilon={target}: no answer within 20 s")
+
+    signal.signal(signal.SIGALRM, hang)
+    signal.alarm(20)
+    try:
+        with pytest.raises(
+            ConfigError, match=re.escape(f"privacy.epsilon={float(target):g} is met by")
+        ):
+            privacy.plan(_cfg(f"privacy.epsilon={target}"), [800], pooled=False)
+    finally:
+        signal.alarm(0)
 
 
 @pytest.mark.parametrize(

@@ -90,6 +90,53 @@ def test_runlog_appends_to_an_existing_file(tmp_path):
     assert [json.loads(x)["method"] for x in lines] == ["earlier", "dec-lora"]
 
 
+GOOD = '{"method": "dec-lora", "round": 1}\n{"method": "dec-lora", "round": 2}\n'
+RESUMED_LOGS = [  # (metrics.jsonl of a run killed mid-write, the rounds kept or the error)
+    (GOOD + '{"method": "dec-lo', [1, 2]),  # a last line cut by a kill: dropped, said
+    (GOOD + '{"method": "dec-lora", "round": 3}', [1, 2, 3]),  # whole, but no line end
+    (GOOD + "\n\n", [1, 2]),
+    ('{"method": "dec-lora", "round": 1}\nnot json\n' + GOOD, "metrics.jsonl:2: not a record"),
+    ("[1, 2]\n" + GOOD, "metrics.jsonl:1: not a record"),
+    ('{"method": "dec-lora"}\n', "metrics.jsonl:1: not a record"),
+    (b"\xff\xfe\x00garbage", "metrics.jsonl: not UTF-8 text"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), RESUMED_LOGS)
+def test_a_resumed_log_drops_a_partial_last_line_and_refuses_a_damaged_one(
+    tmp_path, capfd, text, expected
+):
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    log = RunLog(tmp_path)
+    if isinstance(expected, str):
+        with pytest.raises(ConfigError, match=expected) as err:
+            log.keep_until(5)
+        assert "\n" not in str(err.value)
+        return
+    log.keep_until(5)
+    assert [r["round"] for r in log.records] == expected
+    assert [json.loads(x)["round"] for x in path.read_text().splitlines()] == expected
+    said = capfd.readouterr().err
+    assert ("partial last line" in said) == text.endswith("dec-lo")
+
+
+def test_runlog_writes_each_line_whole_in_one_write(tmp_path, monkeypatch):
+    """A kill between two writes of one line would leave it cut: each line is one write."""
+    real, writes = report.os.write, []
+
+    def spy(fd, data):
+        writes.append(bytes(data))
+        return real(fd, data)
+
+    monkeypatch.setattr(report.os, "write", spy)
+    log = RunLog(tmp_path)
+    log.write({"method": "dec-lora", "round": 1, "x": "y" * 10_000})
+    log.write({"method": "dec-lora", "round": 2})
+    assert [json.loads(w)["round"] for w in writes] == [1, 2]
+    assert all(w.endswith(b"\n") for w in writes)
+
+
 # --- round_record ----------------------------------------------------------------------------
 
 EVAL = {"accuracy": 0.8, "f1": 0.79, "loss": 0.4}
@@ -160,6 +207,22 @@ def test_a_round_record_through_runlog_is_valid_json(monkeypatch, tmp_path):
     line = json.loads((tmp_path / "metrics.jsonl").read_text())
     assert line["train_loss"] is None and line["grad_norm"] is None
     assert line["bytes_sent"] == 0 and line["method"] == "local"
+
+
+def test_an_infinite_epsilon_is_written_as_inf(monkeypatch, tmp_path):
+    """privacy.noise_multiplier=0: no noise, no privacy; metrics.jsonl, summary.json and the
+    table say inf, not null and a blank."""
+    monkeypatch.setattr(report, "evaluate_round", lambda s, states: dict(EVAL))
+    nodes = [NodeCounters(loss=0.5, epsilon=math.inf), NodeCounters(loss=0.6, epsilon=math.inf)]
+    RunLog(tmp_path).write(round_record(None, "dec-lora", 6, [{}, {}], nodes, Counters()))
+    line = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert line["epsilon"] == "inf" and line["epsilon_nodes"] == ["inf", "inf"]
+    entry = method_summary("dec-lora", {**record("dec-lora"), **line}, final("dec-lora"))
+    report.write_json(tmp_path / "summary.json", entry)
+    assert json.loads((tmp_path / "summary.json").read_text())["epsilon"] == "inf"
+    summary = summary_of(["dec-lora"])
+    summary["methods"]["dec-lora"] = {**entry, "delta": 1e-5}
+    assert results_table(summary).splitlines()[3].split()[-1] == "inf"
 
 
 # --- summary.json ----------------------------------------------------------------------------

@@ -81,6 +81,26 @@ def test_bad_per_site_input_is_one_line(sites, tmp_path):
         load_site_rows(cfg, 1)
 
 
+SITE_LABELS = [  # (the labels of site 0's file, data.labels, the class ids or the error)
+    (["cafe\u0301", "negative"] * 3, "[negative, caf\u00e9]", [1, 0] * 3),  # NFD against NFC
+    (["1.0", "0"] * 3, "[0, 1]", [1, 0] * 3),  # numbers by value
+    (["negative", ""] * 3, "[negative, positive]", "site_0.csv:3: no label in column 'label'"),
+    (["negative", "nan"] * 3, "[negative, positive]", "site_0.csv:3: no label"),
+]
+
+
+@pytest.mark.parametrize(("labels", "names", "expected"), SITE_LABELS)
+def test_a_site_files_labels_follow_the_rule_of_data_labels(tmp_path, labels, names, expected):
+    write_csv(tmp_path / "site_0.csv", [{"text": "a b", "label": x} for x in labels])
+    path = str(tmp_path / "site_{node}.csv")
+    cfg = load_config(None, [f"data.path={path}", f"data.labels={names}", "data.eval_size=1"])
+    if isinstance(expected, str):
+        with pytest.raises(DataError, match=expected):
+            load_site_rows(cfg, 0)
+    else:
+        assert load_site_rows(cfg, 0).labels.tolist() == expected
+
+
 def test_the_cli_refuses_a_small_site_before_writing_anything(
     tiny_model_dir, sites, tmp_path, capsys
 ):
@@ -177,10 +197,13 @@ def test_a_missing_site_file_stops_every_process_with_a_line_naming_the_site(
         shutil.copy(sites.replace("{node}", str(i)), folder)
     out = tmp_path / "run"
     proc = launch(site_args(tiny_model_dir, str(folder / "site_{node}.csv"), out))
-    assert proc.returncode != 0
-    for rank in range(4):
+    assert proc.returncode == 2, proc.stderr[-3000:]  # a data error (issue 25: it was 1)
+    for rank in range(3):  # each node's line once; node 3 says its own error
         line = f"declora: node {rank}: node 3 could not start: site 3: data.path="
-        assert line in proc.stderr, proc.stderr[-3000:]
+        assert proc.stderr.count(line) == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("declora: error: site 3: data.path=") == 1
+    # not torchrun's ChildFailedError traceback (about 40 lines) after them
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr
     assert not out.exists()  # nothing half-written
 
 
@@ -220,3 +243,51 @@ def test_each_machine_surveys_its_own_sites_and_the_counts_combine(sites, tmp_pa
     assert (tmp_path / "both" / "survey.png").is_file()
     assert main(["survey", f"out={tmp_path / 'dup'}", "--combine", parts[0], parts[0]]) == 2
     assert "a node appears in two surveys" in capsys.readouterr().err
+
+
+def test_key_value_overrides_go_anywhere_on_the_command_line(sites, tmp_path):
+    """The README's `declora survey sites --nodes 2,3 out=runs/survey_m1`: an override after
+    an option is one too (issue 25)."""
+    base = ["survey", f"data.path={sites}", "data.labels=[negative,positive]"]
+    assert main([*base, "--nodes", "2,3", "nodes=4", f"out={tmp_path / 'm1'}"]) == 0
+    sv = json.loads((tmp_path / "m1" / "survey.json").read_text())
+    assert [n["node"] for n in sv["nodes"]] == [2, 3] and sv["network_nodes"] == 4
+
+
+@pytest.mark.parametrize(
+    ("nodes", "message"),
+    [
+        ("7", "--nodes 7: node 7 is not one of nodes 0..3"),
+        ("-1", "--nodes -1: node -1 is not one of nodes 0..3"),
+        ("1,1", "--nodes 1,1: node 1 is given twice"),
+    ],
+)
+def test_survey_refuses_a_node_outside_the_run(sites, tmp_path, capsys, nodes, message):
+    base = ["survey", f"data.path={sites}", "data.labels=[negative,positive]", "nodes=4"]
+    assert main([*base, f"out={tmp_path / 'x'}", f"--nodes={nodes}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("written", "encoding", "note"),
+    [
+        ("utf-8", "cp1252", True),  # a UTF-8 neighbour of a cp1252 site: read as UTF-8, said
+        ("cp1252", "cp1252", False),
+        ("utf-8", "utf-8", False),
+    ],
+)
+def test_a_site_file_in_utf8_is_read_as_utf8_whatever_data_encoding_says(
+    tmp_path, capfd, written, encoding, note
+):
+    """issue 25: data.encoding=cp1252, as the refusal of a cp1252 file suggests, garbled the
+    UTF-8 files of the other sites ("cafÃ©")."""
+    rows = [{"text": "caf\u00e9 tr\u00e8s bon", "label": x} for x in ["a", "b"] * 3]
+    path = tmp_path / "site_0.csv"
+    path.write_bytes(write_csv(path, rows).read_text().encode(written))
+    args = [f"data.path={tmp_path}/site_{{node}}.csv", "data.labels=[a,b]", "data.eval_size=1"]
+    r = load_site_rows(load_config(None, [*args, f"data.encoding={encoding}"]), 0)
+    assert r.texts[0] == "caf\u00e9 tr\u00e8s bon"
+    said = capfd.readouterr().err
+    assert ("site 0: " in said and "is UTF-8 text: read as UTF-8, not as cp1252" in said) == note

@@ -4,6 +4,7 @@ split a run trains on; the heterogeneity figure against a numpy reference; files
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -91,3 +92,100 @@ def test_the_survey_sees_the_rows_a_run_trains_on(tiny_model_dir, tiny_csv, tmp_
     assert [n["rows"] for n in sv["nodes"]] == s.node_rows
     for n, ix in zip(sv["nodes"], s.parts):
         assert list(n["counts"].values()) == np.bincount(s.train.labels[ix], minlength=2).tolist()
+
+
+# --- survey --combine on forged or damaged survey.json files (issue 25) ----------------------
+
+
+@pytest.fixture(scope="module")
+def part(tiny_model_dir, tiny_csv, tmp_path_factory):
+    """A real survey.json of 3 nodes (one data file), as text."""
+    out = tmp_path_factory.mktemp("part") / "s"
+    args = tiny_args(tiny_model_dir, tiny_csv, out)
+    assert main(["survey", *args, "nodes=3"]) == 0
+    return (out / "survey.json").read_text()
+
+
+def _node0(sv: dict, **change) -> dict:
+    sv["nodes"][0].update(change)
+    return sv
+
+
+FORGED = {  # what is done to a good survey.json -> what the one line says
+    "a list": (lambda sv: [sv], "expected a JSON object"),
+    "empty": (lambda sv: {}, "Field required"),
+    "no labels": (lambda sv: {k: v for k, v in sv.items() if k != "labels"}, "labels: Field"),
+    "no counts": (lambda sv: _node0(sv, counts=None), "nodes.0.counts: Input should be"),
+    "string node id": (lambda sv: _node0(sv, node="0"), "nodes.0.node: Input should be"),
+    "string count": (
+        lambda sv: _node0(sv, counts={"negative": "5", "positive": 3}),
+        "nodes.0.counts.negative: Input should be a valid integer",
+    ),
+    "infinite count": (
+        lambda sv: _node0(sv, counts={"negative": math.inf, "positive": 3}),
+        "nodes.0.counts.negative: Input should be a valid integer",
+    ),
+    "huge count": (
+        lambda sv: _node0(sv, counts={"negative": 10**400, "positive": 3}),
+        "nodes.0.counts.negative: Input should be less than or equal to",
+    ),
+    "negative rows": (
+        lambda sv: _node0(sv, counts={"negative": -988, "positive": 3}),
+        "nodes.0.counts.negative: Input should be greater than or equal to 0",
+    ),
+    "string words": (lambda sv: _node0(sv, words_mean="12"), "nodes.0.words_mean: Input should"),
+    "other labels": (
+        lambda sv: _node0(sv, counts={"neg": 1, "positive": 3}),
+        "nodes.0.counts names the labels ['neg', 'positive'], not ['negative', 'positive']",
+    ),
+    "node 99 of 3": (lambda sv: _node0(sv, node=99), "node 99 is not one of the run's 3 nodes"),
+    "deep": (lambda sv: "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    "deep field": (
+        lambda sv: json.dumps({**sv, "partition": "X"}).replace('"X"', "[" * 9**5 + "]" * 9**5),
+        "nested too deeply",
+    ),
+    "no fingerprint": (
+        lambda sv: {k: v for k, v in sv.items() if k != "fingerprint"},
+        "fingerprint: Field required",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(FORGED))
+def test_a_forged_survey_is_refused_in_one_line_and_nothing_is_written(
+    part, tmp_path, capsys, case
+):
+    change, message = FORGED[case]
+    forged = change(json.loads(part))
+    path = tmp_path / "forged.json"
+    path.write_text(forged if isinstance(forged, str) else json.dumps(forged))
+    assert main(["survey", f"out={tmp_path / 'out'}", "--combine", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.count("\n") == 0, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"fingerprint": "0" * 64}, "another data set, split or partition"),
+        ({"network_nodes": 7}, "another data set, split or partition"),
+        ({"labels": ["positive", "negative"]}, "name different labels"),
+    ],
+)
+def test_surveys_of_other_data_do_not_combine(part, tmp_path, capsys, change, message):
+    ours = json.loads(part)
+    theirs = {**json.loads(part), **change}
+    for n in theirs["nodes"]:
+        n["node"] += 3  # other nodes, so that only the data differs
+        n["counts"] = dict(zip(theirs["labels"], n["counts"].values()))
+    theirs["network_nodes"] = change.get("network_nodes", 6)
+    ours["network_nodes"] = 6
+    files = []
+    for name, sv in (("a", ours), ("b", theirs)):
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(sv))
+    assert main(["survey", f"out={tmp_path / 'out'}", "--combine", *map(str, files)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.count("\n") == 0, err
+    assert not (tmp_path / "out").exists()

@@ -119,3 +119,52 @@ def test_a_resumed_search_fails_only_the_trials_no_live_process_is_running(tmp_p
     state = {t.user_attrs["name"]: t.state for t in again.trials if "name" in t.user_attrs}
     running, failed = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL
     assert state == {"gone": failed, "alive": running, "remote": running, "unknown": failed}
+
+
+JOURNALS = {  # what a crash, a disk or a hand left in tune.journal -> the one line, or None
+    "cut last line": (lambda text: text + '{"op_code": 4, "worker_id": "x", "tri', None),
+    "garbage line": (lambda text: text.replace("\n", "\nhello\n", 1), "tune.journal:2: not a"),
+    "no op_code": (lambda text: text.replace("\n", '\n{"x": 1}\n', 1), "tune.journal:2: not a"),
+    "random bytes": (lambda text: text.encode() + bytes(range(256)) + b"\n", "not UTF-8 text"),
+}
+
+
+@pytest.mark.parametrize("case", list(JOURNALS))
+def test_a_damaged_journal_is_one_line_and_a_cut_last_line_is_dropped(tmp_path, capfd, case):
+    """issue 25: resuming read a cut or garbage journal with a JSONDecodeError or
+    UnicodeDecodeError traceback (Optuna skips a cut last line, then appends after it)."""
+    from declora.config import ConfigError, dump_config
+
+    change, message = JOURNALS[case]
+    out = tmp_path / "search"
+    out.mkdir()
+    cfg = load_config(None, [f"out={out}"])
+    (out / "config.yaml").write_text(dump_config(cfg))
+    tune_mod.study_for(cfg, out, "dec-lora").ask()  # a journal with a running trial
+    journal = out / tune_mod.JOURNAL
+    damaged = change(journal.read_text())
+    journal.write_bytes(damaged if isinstance(damaged, bytes) else damaged.encode())
+    if message is not None:
+        with pytest.raises(ConfigError, match=message) as err:
+            tune_mod.open_out(cfg)
+        assert "\n" not in str(err.value)
+        return
+    assert tune_mod.open_out(cfg) == out
+    assert "dropped a partial last line" in capfd.readouterr().err
+    tune_mod.study_for(cfg, out, "dec-lora").ask()  # appends after the last whole line
+    assert len(tune_mod.study_for(cfg, out, "dec-lora").trials) == 2
+
+
+def test_a_search_folder_copied_elsewhere_resumes(tmp_path):
+    """out= and device are where the folder is and what this machine computes on."""
+    import shutil
+
+    from declora.config import dump_config
+
+    first = load_config(None, [f"out={tmp_path / 'a'}"])
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "config.yaml").write_text(dump_config(first))
+    tune_mod.study_for(first, tmp_path / "a", "dec-lora")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    moved = load_config(None, [f"out={tmp_path / 'b'}/", "device=cpu"])
+    assert tune_mod.open_out(moved) == tmp_path / "b"

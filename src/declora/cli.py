@@ -90,6 +90,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def worker(items: list[str], wrap=None) -> int:
     """The worker's body; ``wrap(transport, cfg)`` (tests) puts a transport around the real one."""
+    from declora.protocol.handshake import StartRefused
     from declora.protocol.rounds import say
     from declora.protocol.wire import PeerError
     from declora.runtimes.distributed.worker import run_worker
@@ -100,7 +101,7 @@ def worker(items: list[str], wrap=None) -> int:
         run_worker(cfg, wrap=None if wrap is None else lambda t: wrap(t, cfg))
     except (PeerError, Stopped) as err:
         say(f"declora: node {os.environ.get('RANK', '?')}: {err}")
-        return 1
+        return 2 if isinstance(err, StartRefused) else 1  # a config error, or a failed run
     return 0
 
 
@@ -213,7 +214,14 @@ def _add_small_commands(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     # deprecation notices from inside transformers/peft are not for declora's users
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    # key=value overrides anywhere, after an option too (declora survey sites --nodes 2,3 out=x)
+    stray = [x for x in rest if x.startswith("-") or "=" not in x or not hasattr(args, "items")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if rest:
+        args.items = [*args.items, *rest]
     try:
         return args.func(args)
     except USER_ERRORS as err:

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from declora.config.errors import ConfigError
 from declora.config.schema import Config
+from declora.config.sections import MethodSettings
 
 CONFIG_DIR = Path(__file__).parent / "builtin"
 
@@ -153,17 +154,58 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
     dotted = any(
         item.partition("=")[0].strip().startswith("per_method.") for item in overrides or []
     )
-    if dotted and "per_method" not in data:
-        # `per_method.dec-lora.gossip_steps=8` changes one value of the built-in per_method;
-        # `per_method={...}` still gives the whole mapping
-        default = Config.model_fields["per_method"].default_factory()
-        data["per_method"] = {m: v.model_dump(exclude_none=True) for m, v in default.items()}
+    per = _per_method(data, extra, dotted)
+    if per is not None:
+        data = {**data, "per_method": per}
+        extra = {k: v for k, v in extra.items() if k != "per_method"}
     try:
         return Config.model_validate(_merge(data, extra))
     except ValidationError as err:
         raise ConfigError(f"config error: {_format_error(err)}") from None
     except RecursionError:  # a YAML alias that holds itself, in the file and an override
         raise ConfigError("config error: values nested too deeply") from None
+
+
+def _per_method(data: dict[str, Any], extra: dict[str, Any], dotted: bool) -> dict | None:
+    """The ``per_method`` the layers give: the built-in one, the file's, the command line's.
+
+    A top-level value (``lr``, ``schedule``, ...) given in a layer wins over the per-method
+    values of the layers below it, unless that layer gives the method's own value too: a
+    value the user types acts. ``per_method.dec-lora.gossip_steps=8`` changes one value of
+    the per_method below it; ``per_method={...}`` gives the whole mapping (merged into the
+    file's, as every section is). None where a layer holds no mapping (pydantic refuses it).
+    """
+    if "per_method" in data:
+        per = data["per_method"]
+    else:
+        default = Config.model_fields["per_method"].default_factory()
+        per = _without({m: v.model_dump(exclude_none=True) for m, v in default.items()}, data)
+    if "per_method" in extra:
+        given = extra["per_method"]
+        if not dotted and "per_method" not in data:
+            per = given
+        elif isinstance(per, dict) and isinstance(given, dict):
+            per = _merge(per, given) if given else {}
+        else:
+            return None
+        return _without(per, extra, given if isinstance(given, dict) else {})
+    return _without(per, extra)
+
+
+def _without(per: Any, layer: dict[str, Any], own: dict | None = None) -> Any:
+    """``per`` without the values that ``layer`` gives at the top level, but for those it
+    gives a method's own value of (``own``: that layer's per_method)."""
+    keys = [k for k in MethodSettings.model_fields if k in layer]
+    if not keys or not isinstance(per, dict):
+        return per
+    own = own or {}
+    out = {}
+    for method, values in per.items():
+        mine = own.get(method) if isinstance(own.get(method), dict) else {}
+        if isinstance(values, dict):
+            values = {k: v for k, v in values.items() if k not in keys or k in mine}
+        out[method] = values
+    return out
 
 
 def _read_yaml(file: Path) -> dict[str, Any]:

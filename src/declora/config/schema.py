@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from declora.algorithms.topology import MIXING_RULES
 from declora.config.errors import ConfigError
+from declora.config.labels import is_missing, label_key
 from declora.config.sections import (
     DEVICE,
     SEED_MAX,
@@ -72,7 +73,9 @@ class Config(_Section):
             "local": MethodSettings(lr=0.001202, head_lr_scale=1.080764, schedule="constant"),
         },
         description="values one method uses instead of the top-level ones, e.g. "
-        "{centralized: {lr: 0.002}} (declora tune writes them)",
+        "{centralized: {lr: 0.002}} (declora tune writes them); a top-level value given in "
+        "the config file or on the command line wins over the per-method ones below it "
+        "(built-in, then file) unless that layer gives the method's own value too",
     )
     head_lr_scale: float = Field(
         5.0, gt=0, description="the task head learns at lr x this (random init, unlike LoRA's base)"
@@ -174,7 +177,10 @@ class Config(_Section):
         "CPU cores it is no faster",
     )
     peer_timeout: float = Field(
-        300.0, gt=0, description="launch: seconds to wait for a neighbour before failing a round"
+        300.0,
+        gt=0,
+        le=86_400,  # a day; torch's timedelta overflows near 1e14 s
+        description="launch: seconds to wait for a neighbour before failing a round",
     )
 
     @property
@@ -201,6 +207,23 @@ class Config(_Section):
                 data = {**data, "lora": lora}
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _labels_as_text(cls, data: Any) -> Any:
+        """``data.labels=[0, 1]``: YAML reads numbers, the labels are their text; ``yes`` and
+        ``no`` are YAML's booleans, so a label of that name must be quoted."""
+        d = data.get("data") if isinstance(data, dict) else None
+        labels = d.get("labels") if isinstance(d, dict) else None
+        if not isinstance(labels, list):
+            return data
+        if any(isinstance(x, bool) or not isinstance(x, str | int | float) for x in labels):
+            raise ValueError(
+                f"data.labels={labels}: each label is a text; quote them "
+                '(data.labels=\'["yes", "no"]\'; YAML reads yes, no, true, off as booleans)'
+            )
+        text = [x if isinstance(x, str) else str(x) for x in labels]
+        return {**data, "data": {**d, "labels": text}}
+
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
         if len(set(self.methods)) != len(self.methods):
@@ -220,8 +243,7 @@ class Config(_Section):
                 "mixed as factors, not products)"
             )
         d = self.data
-        if d.per_site:
-            _check_per_site(self)
+        _check_data_path(self)
         if d.text_column == d.label_column:
             raise ValueError(f"data.text_column and data.label_column are both '{d.text_column}'")
         if self.task == "causal_lm":
@@ -333,6 +355,27 @@ def _tracking_checks(cfg: Config) -> None:
         raise ValueError("correction=tracking mixes once a round: use gossip_steps=1")
 
 
+def _check_data_path(cfg: Config) -> None:
+    """What data.path names: one file per site (it holds {node}), or one dataset, where
+    the per-site keys do not apply."""
+    d = cfg.data
+    if d.per_site:
+        _check_per_site(cfg)
+        return
+    if "{node" in d.path:
+        raise ValueError(
+            f"data.path={d.path}: only {{node}} is expanded, to the site's number "
+            "(site_{node}.csv names site_0.csv, site_1.csv, ...): no format such as {node:03d}"
+        )
+    for key in ("labels", "eval_size"):
+        given = getattr(d, key)
+        if given != DataConfig.model_fields[key].default:
+            raise ValueError(
+                f"data.{key} applies to per-site files (data.path with {{node}}); one dataset "
+                "holds its own labels and holds out data.test_size and data.val_size rows"
+            )
+
+
 def _check_per_site(cfg: Config) -> None:
     """Per-site files (data.path with {node}): the labels are agreed in the config, and the
     source is a file per node."""
@@ -346,5 +389,20 @@ def _check_per_site(cfg: Config) -> None:
         raise ValueError("data.labels=[...] is required with per-site files (data.path has {node})")
     if cfg.task != "classification":
         raise ValueError("per-site files (data.path with {node}) need task=classification")
-    if d.eval_size >= 1 and not float(d.eval_size).is_integer():
-        raise ValueError(f"data.eval_size={d.eval_size}: a fraction (< 1) or a whole count")
+    if d.eval_size >= 1 and not (float(d.eval_size).is_integer() and d.eval_size < 2**31):
+        raise ValueError(f"data.eval_size={d.eval_size:g}: a fraction (< 1) or a whole count")
+    _check_labels(d.labels)
+
+
+def _check_labels(labels: list[str]) -> None:
+    """Each class once (after the rule that makes two texts one class, :func:`label_key`),
+    and none that means no label."""
+    seen: dict[str, str] = {}
+    for name in labels:
+        key = label_key(name)
+        if is_missing(key):
+            raise ValueError(f"data.labels: '{name}' means no label; name the class otherwise")
+        if key in seen:
+            again = "given twice" if name == seen[key] else f"the class '{seen[key]}' again"
+            raise ValueError(f"data.labels: '{name}' is {again}; give each class once")
+        seen[key] = name

@@ -5,7 +5,7 @@ sections share. The whole config is :class:`declora.config.schema.Config`."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
@@ -31,6 +31,16 @@ DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # config ``device``
 class _Section(BaseModel):
     # no NaN or infinity anywhere: lr=.inf trains to NaN, peer_timeout=.inf waits forever
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value, info):
+        """A number is not true or false: lr=true would be read as 1.0 (as Int refuses
+        nodes=true)."""
+        kind = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and float in (kind, *get_args(kind)):
+            raise ValueError(f"expected a number, got a boolean ({str(value).lower()})")
+        return value
 
 
 class TopologyConfig(_Section):
@@ -126,7 +136,12 @@ class PrivacyConfig(_Section):
     delta: float = Field(
         1e-5, gt=0, lt=1, description="delta of (epsilon, delta)-DP; below 1/rows of every site"
     )
-    clip: float = Field(1.0, gt=0, description="per-example gradient norm bound C")
+    clip: float = Field(
+        1.0,
+        gt=0,
+        le=1e6,  # the noise's std is noise_multiplier x clip: far above any gradient norm
+        description="per-example gradient norm bound C",
+    )
     accountant: Literal["rdp", "prv"] = Field(
         "rdp", description="Opacus accountant: rdp (Renyi DP) or prv (tighter, slower)"
     )
@@ -176,7 +191,9 @@ class DataConfig(_Section):
     )
     text_column: str = Field("text", description="column holding the input text")
     encoding: str = Field(
-        "utf-8", description="text encoding of CSV / JSON files (e.g. cp1252 for old exports)"
+        "utf-8",
+        description="text encoding of CSV / JSON files (e.g. cp1252 for old exports); per-site "
+        "files: each site's own, for the files that are not UTF-8",
     )
     label_column: str = Field("label", description="column holding the class (int or string)")
     test_size: Int = Field(

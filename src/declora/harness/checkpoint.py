@@ -34,11 +34,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from declora.algorithms.tensors import State
+from declora.config import ConfigError
+from declora.harness import restorable
 from declora.learning.secret import Secret
 from declora.learning.train import Node
 
 KEEP = 3  # fewest checkpoints kept per node; a run keeps keep_for(nodes)
 _NAME = re.compile(r"round_(\d+)\.safetensors")
+_TMP = re.compile(r"\.round_(\d+)\.tmp")  # a save's file before it is renamed into place
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,24 @@ def keep_for(nodes: int) -> int:
 
 def node_dir(root: Path, node_id: int) -> Path:
     return Path(root) / f"node_{node_id}"
+
+
+def check_paths(root: Path, node_id: int) -> None:
+    """Refuse, before a round is played, checkpoint paths that a save would fail on: the
+    checkpoints folder or the node's folder not a folder, a round file or a save's
+    temporary file not a file, a folder this user cannot write in (one ConfigError line)."""
+    folder = node_dir(root, node_id)
+    for path in (Path(root), folder):
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"node {node_id}: {path} is not a folder; move it away")
+    if not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        made = _NAME.fullmatch(p.name) or _TMP.fullmatch(p.name)
+        if made and not p.is_file():
+            raise ConfigError(f"node {node_id}: {p} is not a file; move it away")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"node {node_id}: cannot write in {folder}")
 
 
 def rounds(root: Path, node_id: int) -> list[int]:
@@ -183,10 +204,12 @@ def verify(
     fingerprint: str,
     shapes: dict[str, tuple],
     key: bytes | None = None,
+    probe: Node | None = None,
 ) -> str:
     """Why node ``node_id``'s checkpoint of ``round_`` cannot be resumed from ("" if it can):
-    damaged or altered (its digest under ``key``), another config's (``fingerprint``), or
-    adapter shapes other than ``shapes``."""
+    damaged or altered (its digest under ``key``), another config's (``fingerprint``),
+    adapter shapes other than ``shapes``, or (with ``probe``, a fresh node of the run) a
+    value out of the range the node takes (:mod:`declora.harness.restorable`)."""
     path = node_dir(root, node_id) / f"round_{round_:06d}.safetensors"
     meta, tensors, why = _read(path, key)
     if why:
@@ -198,7 +221,7 @@ def verify(
         if got is None or tuple(got.shape) != tuple(shape):
             have = None if got is None else tuple(got.shape)
             return f"adapter tensor {k} has shape {have}, this run's is {tuple(shape)}"
-    return ""
+    return restorable.check(meta, tensors, probe) if probe is not None else ""
 
 
 def good_rounds(
@@ -208,11 +231,13 @@ def good_rounds(
     shapes: dict[str, tuple],
     warn,
     key: bytes | None = None,
+    probe: Node | None = None,
 ) -> list[int]:
-    """Rounds this node can resume from, oldest first; each refused file is named by ``warn``."""
+    """Rounds this node can resume from, oldest first; each refused file is named by ``warn``
+    (``probe``: a fresh node of the run, whose ranges every value must be within)."""
     good = []
     for t in rounds(root, node_id):
-        why = verify(root, node_id, t, fingerprint, shapes, key)
+        why = verify(root, node_id, t, fingerprint, shapes, key, probe)
         if why:
             warn(f"declora: node {node_id}: checkpoint of round {t} refused: {why}")
         else:
@@ -227,11 +252,9 @@ def load(root: Path, node: Node, round_: int, key: bytes | None = None) -> tuple
     """
     path = node_dir(root, node.node_id) / f"round_{round_:06d}.safetensors"
     meta, tensors, why = _read(path, key)
+    why = why or restorable.check(meta, tensors, node)  # before any of it is restored
     if why:
         raise ValueError(f"{path}: {why}")
-    for k, v in node.params.items():
-        if tuple(tensors[f"adapter.{k}"].shape) != tuple(v.shape):
-            raise ValueError(f"{path}: adapter tensor {k} has another shape than this run's")
     node.set_state({k: tensors[f"adapter.{k}"] for k in node.params})
     slots: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():

@@ -4,6 +4,7 @@ curves.png and the results table at the end. The opening lines a run prints."""
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -26,13 +27,39 @@ from declora.learning.adapters import export_adapter
 
 def make_out_dir(cfg: Config) -> Path:
     """A new or empty output folder (never one that holds another run's files)."""
-    out = Path(cfg.out or f"runs/{datetime.now():%Y%m%d-%H%M%S}")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out={out} is a file, not a folder; choose a new folder")
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"out={out} already holds files; choose an empty or new folder")
+    out = new_out_dir(cfg)
     create_dir(out)
     return out
+
+
+def new_out_dir(cfg: Config) -> Path:
+    """The folder ``make_out_dir`` will create, checked (:func:`check_out`) and refused if it
+    holds files; nothing is created (a run checks it before it loads anything)."""
+    out = Path(cfg.out or f"runs/{datetime.now():%Y%m%d-%H%M%S}")
+    if check_out(out):
+        raise ConfigError(f"out={out} already holds files; choose an empty or new folder")
+    return out
+
+
+def check_out(out: Path) -> bool:
+    """Whether ``out`` is a folder that holds files; an ``out`` that cannot be a run's
+    folder is one ConfigError line: a file, a name the file system refuses (too long), a
+    place this user cannot write in (read-only, immutable, another user's)."""
+    try:
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"out={out} is a file, not a folder; choose a new folder")
+        held = out.is_dir() and any(out.iterdir())
+        base = next(p for p in (out, *out.parents) if p.exists())
+    except OSError as err:
+        raise ConfigError(f"out={out}: cannot use this path ({err.strerror})") from None
+    if not base.is_dir():
+        raise ConfigError(f"out={out}: cannot create the folder ({base} is a file)")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"out={out}: cannot write in {base} (read-only, immutable or another user's); "
+            "choose another folder"
+        )
+    return held
 
 
 def create_dir(out: Path) -> None:
@@ -61,6 +88,7 @@ def describe_run(s: Session, out: Path) -> list[str]:
         f"messages: {describe(comp)}; scheme {scheme}",
         f"compute: {devices.describe(s.device)}, precision {cfg.precision}"
         + (", every node's steps in one batch (vectorize)" if cfg.vectorize else ""),
+        *describe_methods(cfg),
     ]
     if cfg.data.per_site:
         how = "off: each site scores its own rows" if not cfg.gather else "on: site 0's rows"
@@ -74,6 +102,23 @@ def describe_run(s: Session, out: Path) -> list[str]:
             f"p={f.node_drop:g} per round; Metropolis weights on the surviving graph"
         )
     lines += describe_privacy(s)
+    return lines
+
+
+def describe_methods(cfg: Config) -> list[str]:
+    """Each method's own values (``per_method`` over the top-level ones): learning rate,
+    schedule and, where its nodes gossip, gossip steps and gossip-only rounds."""
+    lines = []
+    for name in cfg.methods:
+        own = cfg.for_method(name)
+        line = f"{name}: lr {own.lr:g} (head x{own.head_lr_scale:g}), {own.schedule} schedule"
+        if METHODS[name].gossips:
+            g = own.gossip_steps
+            line += (
+                f"; {g} gossip step{'s' * (g != 1)} a round, "
+                f"{own.finish_rounds} gossip-only rounds at the end"
+            )
+        lines.append(line)
     return lines
 
 

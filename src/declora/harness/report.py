@@ -14,34 +14,74 @@ import numpy as np
 from declora.algorithms.methods import METHODS
 from declora.algorithms.scores import mean_finite
 from declora.algorithms.tensors import State
+from declora.config import ConfigError
 from declora.harness.evaluation import (
     evaluate_round,
     pool_sites,
 )
 from declora.harness.session import Session
-from declora.protocol.rounds import Counters, NodeCounters
+from declora.protocol.rounds import Counters, NodeCounters, say
 
 
 class RunLog:
-    """Appends one JSON object per method and evaluated round to ``metrics.jsonl``."""
+    """Appends one JSON object per method and evaluated round to ``metrics.jsonl``, each line
+    whole in one write (a kill cannot cut a line in two writes; a cut that a crash of the
+    machine leaves is dropped on resume, :meth:`keep_until`)."""
 
     def __init__(self, out: Path):
         self.path = out / "metrics.jsonl"
         self.records: list[dict] = []
 
-    def keep_until(self, t: int) -> None:
-        """Drop the records after round t (a resumed run plays them again), in place."""
-        kept = [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
-        self.records = [r for r in kept if r["round"] <= t]
+    def keep_until(self, t: int, warn=say) -> None:
+        """Drop the records after round t (a resumed run plays them again), in place. A last
+        line cut by a crash is dropped and ``warn`` says so; any other line that is not a
+        record is one ConfigError."""
+        kept = [r for r in self._read(warn) if r["round"] <= t]
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         os.replace(tmp, self.path)
+        self.records = kept
+
+    def _read(self, warn) -> list[dict]:
+        try:
+            text = self.path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{self.path}: not UTF-8 text (byte {err.start})") from None
+        lines = text.split("\n")
+        out = []
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            rec = _record(line)
+            if rec is None and n == len(lines):  # no line end after it: cut by a crash
+                warn(f"declora: {self.path}: dropped a partial last line (cut by a crash)")
+            elif rec is None:
+                raise ConfigError(
+                    f"{self.path}:{n}: not a record of metrics.jsonl; restore the file or "
+                    "start a new run (a new out=)"
+                )
+            else:
+                out.append(rec)
+        return out
 
     def write(self, record: dict) -> None:
         record = {k: _clean(v) for k, v in record.items()}
         self.records.append(record)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, (json.dumps(record) + "\n").encode())
+        finally:
+            os.close(fd)
+
+
+def _record(line: str) -> dict | None:
+    """One metrics.jsonl line as a record (a JSON object with a round), or None."""
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    ok = isinstance(rec, dict) and type(rec.get("round")) is int and "method" in rec
+    return rec if ok else None
 
 
 def _clean(value):
@@ -53,6 +93,11 @@ def _clean(value):
     if isinstance(value, list | tuple):
         return [_clean(v) for v in value]
     return value
+
+
+def _inf(value: float):
+    """Infinity as the text "inf" (JSON has no infinity; null would read as no value)."""
+    return "inf" if value == math.inf else value
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -93,7 +138,10 @@ def _counter_fields(method: str, t: int, per_node: list[NodeCounters], c: Counte
     sent = np.array([n.sent for n in per_node])
     eps = [n.epsilon for n in per_node]
     spent = [e for e in eps if not math.isnan(e)]
-    private = {"epsilon": max(spent), "epsilon_nodes": eps} if spent else {}  # DP-SGD
+    # DP-SGD; no noise (noise_multiplier=0) spends an infinite epsilon: "inf", not null
+    private = (
+        {"epsilon": _inf(max(spent)), "epsilon_nodes": [_inf(e) for e in eps]} if spent else {}
+    )
     return dict(
         method=method,
         round=t,

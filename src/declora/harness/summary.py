@@ -88,7 +88,7 @@ def _fmt(value, missing: str = "") -> str:
 def _eps(value) -> str:
     if value is None:
         return ""
-    return "inf" if math.isinf(value) else f"{value:.2f}"
+    return "inf" if value == "inf" or math.isinf(value) else f"{value:.2f}"
 
 
 def method_entry(method: str, last: dict, final: dict) -> dict:

@@ -29,6 +29,7 @@ from declora.learning.capacity import (
     GB,
     Shapes,
     available_memory,
+    check_labels,
     check_shapes,
     held_nodes,
     memory_needed,
@@ -38,7 +39,10 @@ from declora.learning.dataset import load_rows
 
 
 def count_labels(cfg: Config) -> int:
-    """Classes in the data (the size of the task head), read without tokenizing."""
+    """Classes in the data (the size of the task head), read without tokenizing; with
+    per-site files, the classes every site agreed on (data.labels): no site's file is here."""
+    if cfg.data.per_site:
+        return len(cfg.data.labels)
     return len(load_rows(cfg).names)
 
 
@@ -116,6 +120,8 @@ def estimate(cfg: Config, num_labels: int | None = None) -> dict:
     neighbours = dec_graph.messages()  # (n,) messages each node sends a round (period mean)
     if cfg.task == "causal_lm":  # no task head: the label count does not matter
         num_labels = num_labels or 2
+    if num_labels is not None:  # the model's config names every class: check it fits first
+        check_labels(num_labels, "--num-labels")
     shapes = model_shapes(cfg, num_labels or count_labels(cfg))
     check_shapes(cfg, shapes)
     adapter, full = _message_sizes(cfg, shapes)

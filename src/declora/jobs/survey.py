@@ -20,6 +20,7 @@ import numpy as np
 from declora.config import Config, ConfigError
 from declora.harness.outputs import make_out_dir
 from declora.harness.session import split
+from declora.jobs.survey_file import fingerprint, read_part
 from declora.learning.dataset import load_rows, load_site_rows
 
 
@@ -28,7 +29,7 @@ def _nodes(cfg: Config, only: list[int] | None) -> tuple[dict, list[str], int, i
     rows held out: from the partition of one file, or from each site's own file (``only``:
     the sites whose files this machine holds)."""
     if cfg.data.per_site:
-        ids = range(cfg.nodes) if only is None else only
+        ids = range(cfg.nodes) if only is None else _only(cfg, only)
         sites = {i: load_site_rows(cfg, i) for i in ids}
         per = {
             i: (r.labels[r.train_idx], np.array([len(r.texts[k].split()) for k in r.train_idx]))
@@ -49,6 +50,18 @@ def _nodes(cfg: Config, only: list[int] | None) -> tuple[dict, list[str], int, i
     return per, r.names, len(r.val_idx), len(r.test_idx)
 
 
+def _only(cfg: Config, only: list[int]) -> list[int]:
+    """``--nodes``: each one of the run's nodes, once."""
+    given = ",".join(map(str, only))
+    for i in only:
+        if not 0 <= i < cfg.nodes:
+            last = cfg.nodes - 1
+            raise ConfigError(f"--nodes {given}: node {i} is not one of nodes 0..{last}")
+        if only.count(i) > 1:
+            raise ConfigError(f"--nodes {given}: node {i} is given twice")
+    return only
+
+
 def survey(cfg: Config, only: list[int] | None = None) -> dict:
     """Per-node rows, label counts, text lengths, and the label heterogeneity (``only``: the
     given sites' files alone, to be combined later with :func:`combine`)."""
@@ -63,6 +76,8 @@ def survey(cfg: Config, only: list[int] | None = None) -> dict:
         for i, (labels, w) in per.items()
     ]
     head = {
+        "fingerprint": fingerprint(cfg),
+        "network_nodes": cfg.nodes,
         "data": cfg.data.path,
         "partition": "per-site files" if cfg.data.per_site else cfg.partition.model_dump(),
         "labels": names,
@@ -93,22 +108,24 @@ def summarize(head: dict, nodes: list[dict]) -> dict:
 
 
 def combine(paths: list[str]) -> dict:
-    """One survey from several sites' survey.json files: only their label counts and text
-    lengths are read, never a row."""
-    parts = []
-    for path in paths:
-        try:
-            parts.append(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"--combine {path}: not a survey.json ({err})") from None
-    names = parts[0]["labels"]
+    """One survey from several sites' survey.json files (:mod:`declora.jobs.survey_file`
+    checks each): only their label counts and text lengths are read, never a row."""
+    parts = [read_part(path) for path in paths]
+    first = parts[0]
+    names = first["labels"]
     if any(p["labels"] != names for p in parts):
         raise ConfigError(f"--combine: the surveys name different labels ({names}, ...)")
+    same = ("fingerprint", "network_nodes")
+    if any(p[k] != first[k] for p in parts for k in same):
+        raise ConfigError(
+            "--combine: the surveys are of another data set, split or partition, or of "
+            "another number of nodes: survey every site with the same config"
+        )
     nodes = [dict(n) for p in parts for n in p["nodes"]]
     ids = [n["node"] for n in nodes]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"--combine: a node appears in two surveys ({sorted(ids)})")
-    head = {k: parts[0][k] for k in ("data", "partition", "labels")}
+    head = {k: first[k] for k in ("fingerprint", "network_nodes", "data", "partition", "labels")}
     head["validation_rows"] = sum(p["validation_rows"] for p in parts)
     head["test_rows"] = sum(p["test_rows"] for p in parts)
     return summarize(head, nodes)
@@ -168,9 +185,10 @@ def write_survey(
     """Survey the config's data (``only`` some sites' files; or combine the ``parts``,
     survey.json files of sites); write survey.json and survey.png to a new ``out`` folder."""
     sv = combine(parts) if parts else survey(cfg, only)
+    table = format_survey(sv)  # everything is computed before anything is written
     out = make_out_dir(cfg)
     (out / "survey.json").write_text(json.dumps(sv, indent=2))
     plot_survey(sv, out / "survey.png")
-    echo(format_survey(sv))
+    echo(table)
     echo(f"written: {out / 'survey.json'}, {out / 'survey.png'}")
     return out, sv

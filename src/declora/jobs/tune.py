@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
 import socket
 import time
@@ -30,11 +31,12 @@ from tqdm.auto import tqdm
 from declora.algorithms.methods import METHODS
 from declora.config import Config, ConfigError, MethodSettings, dump_config, load_config
 from declora.harness.evaluation import evaluate_nodes
-from declora.harness.outputs import make_out_dir, save_figure
+from declora.harness.outputs import check_out, make_out_dir, save_figure
 from declora.harness.progress import Bar
 from declora.harness.report import headline
 from declora.harness.runner import play_rounds
 from declora.harness.session import Session, party_for, prepare
+from declora.protocol.rounds import say
 from declora.runtimes.sim import MemoryTransport
 
 JOURNAL = "tune.journal"
@@ -132,7 +134,8 @@ def objective(s: Session, method: str, trial: optuna.Trial) -> float:
 def open_out(cfg: Config) -> Path:
     """A new output folder, or the folder of an earlier search of the same config (resume)."""
     out = Path(cfg.out) if cfg.out else None
-    if out is not None and (out / JOURNAL).is_file():
+    if out is not None and check_out(out) and (out / JOURNAL).is_file():
+        check_journal(out / JOURNAL)
         saved = out / "config.yaml"
         # read back through today's Config, so that a key added since keeps its default
         before = dump_config(load_config(str(saved))) if saved.is_file() else ""
@@ -146,6 +149,38 @@ def open_out(cfg: Config) -> Path:
     out = make_out_dir(cfg)
     (out / "config.yaml").write_text(dump_config(cfg))
     return out
+
+
+def check_journal(path: Path, warn=say) -> None:
+    """A journal Optuna can resume: every line a JSON object with an ``op_code``. A last
+    line cut by a crash mid-write is dropped (Optuna would append after it, and fail on the
+    next read); anything else that is not a journal line is one ConfigError line."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text; {_RESTORE}") from None
+    lines = text.split("\n")
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or _journal_line(line):
+            continue
+        if n < len(lines):  # a whole line (it ends in a newline) that is not a journal's
+            raise ConfigError(f"{path}:{n}: not a line of an Optuna journal; {_RESTORE}")
+        warn(f"declora: {path}: dropped a partial last line (cut by a crash)")
+        with path.open("r+b") as f:
+            f.truncate(len(raw) - len(line.encode()))
+
+
+_RESTORE = "restore the file, or search into a new folder (a new out=)"
+
+
+def _journal_line(line: str) -> bool:
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(entry, dict) and type(entry.get("op_code")) is int
 
 
 def _searched(dumped: str) -> dict:
@@ -363,6 +398,8 @@ def tune(cfg: Config, echo=print) -> tuple[Path, dict[str, optuna.Study]]:
             "declora tune reads one data file; per-site files (data.path with {node}) are not "
             "searched yet"
         )
+    if cfg.out:  # before the model loads: a folder that cannot be the search's
+        check_out(Path(cfg.out))
     s = prepare(cfg)
     out = open_out(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

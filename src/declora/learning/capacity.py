@@ -150,6 +150,20 @@ def check_memory(cfg: Config, shapes: Shapes, held: int, processes: int = 1) -> 
     )
 
 
+LABEL_BYTES = 300  # memory of one class's names in a model's config (id2label, label2id)
+
+
+def check_labels(num_labels: int, key: str) -> None:
+    """Refuse a task head of ``num_labels`` classes whose names alone (transformers' config
+    holds two dicts of them, built before any weight) need more memory than is available."""
+    need, free = num_labels * LABEL_BYTES, available_memory()
+    if need > free:
+        raise ConfigError(
+            f"{key} {num_labels}: the model's config alone would need about {need / GB:,.0f} "
+            f"GB of memory for the class names, but {free / GB:.1f} GB is available"
+        )
+
+
 def check_sizes(cfg: Config, held: int | None = None, processes: int = 1) -> None:
     """Refuse sizes that cannot run (:func:`check_shapes`, :func:`check_memory`) before
     anything is allocated or written. ``held``: adapters one process holds (default

@@ -6,7 +6,8 @@ Sources: a CSV or JSONL file, a Hugging Face dataset (id or ``save_to_disk`` fol
 
 from __future__ import annotations
 
-import math
+import codecs
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 
 from declora.config import Config
+from declora.config.labels import is_missing
+from declora.config.labels import label_key as _label_key
 from declora.learning.sources import DataError, read_table
 
 
@@ -57,27 +60,12 @@ def concat(parts: list[Dataset]) -> Dataset:
 Build = Callable[[Config, Any, list[dict], list[str], np.ndarray, list[str]], Dataset]
 
 
-MISSING = ("", "nan", "none", "null")  # label texts that mean no label
-
-
-def _label_key(value) -> str:
-    """A label's class name: numbers by value (1, 1.0 and " 1" are one class), else the text."""
-    text = "" if value is None else str(value).strip()
-    try:
-        number = float(text)
-    except ValueError:
-        return text
-    if not math.isfinite(number):
-        return ""
-    return str(int(number)) if number.is_integer() else repr(number)
-
-
 def label_ids(raw: list, column: str, where: list[str] | None = None):
     """Map labels (numbers or strings) to ids 0..C-1, numbers in numeric order, other labels in
     text order; a missing, empty or NaN label is an error naming its row."""
     keys = [_label_key(v) for v in raw]
     for k, key in enumerate(keys):
-        if key.lower() in MISSING:
+        if is_missing(key):
             at = where[k] if where else f"row {k + 1}"
             raise DataError(
                 f"{at}: no label in column '{column}' (got {raw[k]!r})",
@@ -146,9 +134,13 @@ def load_site_rows(cfg: Config, node: int) -> Rows:
     for test, drawn with ``data.split_seed`` and the node."""
     d = cfg.data
     path = d.site_path(node)
-    if not Path(path).is_file():
+    try:
+        found = Path(path).is_file()
+    except OSError as err:  # a name too long for the file system, a folder it cannot enter
+        raise DataError(f"site {node}: data.path={path}: cannot read ({err.strerror})") from None
+    if not found:
         raise DataError(f"site {node}: data.path={path}: file not found")
-    rows, where = read_table(path, d.encoding)
+    rows, where = read_table(path, site_encoding(path, d.encoding, node))
     if not rows:
         raise DataError(f"site {node}: {path}: no rows")
     _check_columns(rows, where, (d.text_column, d.label_column), path)
@@ -156,6 +148,11 @@ def load_site_rows(cfg: Config, node: int) -> Rows:
     labels = np.empty(len(rows), dtype=np.int64)
     for k, row in enumerate(rows):
         key = _label_key(row[d.label_column])
+        if is_missing(key):
+            raise DataError(
+                f"{where[k]}: no label in column '{d.label_column}' (got {row[d.label_column]!r})",
+                f"{where[k]}: no label in column '{d.label_column}'",
+            )
         if key not in index:
             raise DataError(
                 f"{where[k]}: label {row[d.label_column]!r} is not in data.labels {d.labels}",
@@ -173,6 +170,32 @@ def load_site_rows(cfg: Config, node: int) -> Rows:
     texts = [str(r[d.text_column] or "") for r in rows]
     test_idx, val_idx, train_idx = order[:held], order[held : 2 * held], order[2 * held :]
     return Rows(rows, texts, labels, list(d.labels), np.sort(train_idx), val_idx, test_idx)
+
+
+def site_encoding(path: str, encoding: str, node: int) -> str:
+    """The encoding of a site's file: UTF-8 when its bytes are UTF-8 text beyond ASCII,
+    whatever ``data.encoding`` says (said in one line): a one-byte encoding such as cp1252
+    decodes any bytes, so a UTF-8 file read in it comes out garbled ("cafÃ©") without an
+    error. ``data.encoding`` names how the files that are not UTF-8 are encoded."""
+    if _is_utf8(encoding):
+        return encoding
+    try:
+        raw = Path(path).read_bytes()
+        raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError, LookupError):
+        return encoding  # reading it in data.encoding says what is wrong
+    if raw.isascii():
+        return encoding
+    note = f"declora: site {node}: {path} is UTF-8 text: read as UTF-8, not as {encoding}"
+    os.write(2, f"{note} (data.encoding names the files that are not UTF-8)\n".encode())
+    return "utf-8"
+
+
+def _is_utf8(encoding: str) -> bool:
+    try:
+        return codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
+    except LookupError:
+        return False
 
 
 def _check_columns(rows: list[dict], where: list[str], columns, path: str) -> None:

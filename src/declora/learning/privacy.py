@@ -22,6 +22,9 @@ from functools import lru_cache
 from declora.config import Config, ConfigError
 
 MAX_NOISE = 50.0  # a target that needs more noise than this cannot train anything useful
+# a target that less noise than this meets protects nothing (and Opacus's bisection for it may
+# never end: from about epsilon 1e16 it does not)
+MIN_NOISE = 0.1
 
 
 @lru_cache(maxsize=4096)
@@ -43,9 +46,12 @@ def epsilon(noise: float, rate: float, steps: int, delta: float, accountant: str
 @lru_cache(maxsize=4096)
 def noise_for(target: float, rate: float, steps: int, delta: float, accountant: str) -> float:
     """The smallest noise multiplier (to 0.01 in epsilon) that keeps ``steps`` steps within
-    ``target``; ``inf`` when even ``MAX_NOISE`` does not."""
+    ``target``; ``inf`` when even ``MAX_NOISE`` does not, 0 when less than ``MIN_NOISE``
+    does (no search then)."""
     if epsilon(MAX_NOISE, rate, steps, delta, accountant) > target:
         return math.inf
+    if epsilon(MIN_NOISE, rate, steps, delta, accountant) <= target:
+        return 0.0
     from opacus.accountants.utils import get_noise_multiplier
 
     with warnings.catch_warnings():
@@ -102,6 +108,14 @@ def budget(cfg: Config, node: int | str, rows: int, steps: int) -> Budget:
                 f"privacy.epsilon={p.epsilon:g} cannot be met at node {node} ({steps} steps at "
                 f"sampling rate {rate:.3g}) with noise_multiplier up to {MAX_NOISE:g}: raise "
                 "privacy.epsilon, or lower rounds, local_steps or batch_size"
+            )
+        if noise == 0:
+            floor = epsilon(MIN_NOISE, rate, steps, p.delta, p.accountant)
+            raise ConfigError(
+                f"privacy.epsilon={p.epsilon:g} is met by a noise multiplier below "
+                f"{MIN_NOISE:g} at node {node} (which spends epsilon {floor:.3g} in {steps} "
+                "steps): such noise protects nothing; lower privacy.epsilon, or give "
+                "privacy.noise_multiplier"
             )
     b = Budget(noise, p.clip, rate, steps, p.delta, p.accountant, steps, p.epsilon)
     if p.epsilon is not None and b.spent(steps) > p.epsilon:

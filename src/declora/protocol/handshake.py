@@ -23,6 +23,12 @@ from declora.config import Config, dump_config
 from declora.protocol import wire
 from declora.protocol.wire import PeerError
 
+
+class StartRefused(PeerError):
+    """The nodes cannot start together (another key or config, or a node's own input): a
+    configuration error of the run, refused before any round (exit 2, as a bad config)."""
+
+
 NONCE_BYTES = 16
 OFFER_SLOTS = 64  # checkpoint rounds a node offers at start (the newest ones)
 REASON_BYTES = 240  # why a node could not start (its own data or config), told to every node
@@ -32,14 +38,15 @@ SITE_LOCAL = ("out", "device")  # config keys each site may set for itself
 def _shared(cfg: Config) -> Config:
     """The config every process must share: all of it but the site-local keys, the key
     file's path (whether there is a key counts; the secret itself never leaves) and, with
-    per-site files, where each machine keeps its files."""
+    per-site files, where each machine keeps its files and how they are encoded."""
     key = "set" if cfg.security.key_file else None
-    site_files = cfg.data.per_site  # then each machine may name its own files
+    site_files = {"path": "{node}", "encoding": "each site's own"}
+    data = cfg.data.model_copy(update=site_files) if cfg.data.per_site else cfg.data
     return cfg.model_copy(
         update={
             **dict.fromkeys(SITE_LOCAL),
             "security": cfg.security.model_copy(update={"key_file": key}),
-            "data": cfg.data.model_copy(update={"path": "{node}"}) if site_files else cfg.data,
+            "data": data,
         }
     )
 
@@ -98,12 +105,12 @@ def _check_tags(offers: list[bytes], key: bytes, rank: int, size: int) -> None:
     ]
     others = [j for j in range(len(offers)) if j != rank]
     if others and set(others) <= set(bad):
-        raise PeerError(
+        raise StartRefused(
             "the start-up message of every other node fails its HMAC tag: this node's "
             "security.key_file differs from theirs"
         )
     if bad:
-        raise PeerError(
+        raise StartRefused(
             f"node {bad[0]}'s start-up message fails its HMAC tag: it has another "
             "security.key_file (or an altered message); no round was played"
         )
@@ -126,9 +133,10 @@ def _check_configs(cfg: Config, offers: list[bytes], rank: int) -> int:
             ),
             "?",
         )
-        raise PeerError(
-            f"node {differ[0]} runs another config (first difference: {first}; only out= and "
-            "security.key_file may differ): start every node with the same config"
+        raise StartRefused(
+            f"node {differ[0]} runs another config (first difference: {first}; only out=, "
+            "device, security.key_file and, with per-site files, data.path and data.encoding "
+            "may differ): start every node with the same config"
         )
     return end
 
@@ -146,7 +154,7 @@ def agree(cfg: Config, offers: list[bytes], rank: int, key: bytes | None, warn) 
         why = o[size - REASON_BYTES : size].rstrip(b"\0").decode(errors="replace")
         if why:  # printable only: a reason is shown on every site's terminal and log
             shown = "".join(c if c.isprintable() else "?" for c in why)
-            raise PeerError(f"node {j} could not start: {shown}")
+            raise StartRefused(f"node {j} could not start: {shown}")
     end = _check_configs(cfg, offers, rank)
     run = hashlib.sha256(b"".join(o[:NONCE_BYTES] for o in offers)).digest()[: wire.RUN_BYTES]
     lists = [struct.unpack_from(f"<{OFFER_SLOTS}q", o, end) for o in offers]

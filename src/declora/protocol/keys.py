@@ -79,15 +79,20 @@ def read_key(path: str | Path) -> Keys:
     """The keys of ``security.key_file``; a missing, exposed or weak file is one
     ConfigError line that says how to make a good one."""
     file = Path(path)
-    if not file.is_file():
+    try:
+        found = file.is_file()
+        mode = stat.S_IMODE(os.stat(file).st_mode) if found else 0
+        text = file.read_bytes() if found and not mode & 0o077 else b""
+    except OSError as err:  # a name too long, a file this user cannot read
+        raise ConfigError(f"security.key_file={path}: cannot read ({err.strerror})") from None
+    if not found:
         raise ConfigError(f"security.key_file={path}: file not found")
-    mode = stat.S_IMODE(os.stat(file).st_mode)
     if mode & 0o077:
         raise ConfigError(
             f"security.key_file={path} can be read by group or others (mode {mode:04o}): "
             f"run chmod 600 {path}"
         )
-    raw = decode(file.read_bytes())
+    raw = decode(text)
     make = MAKE.format(path=path)
     if raw is None:
         raise ConfigError(

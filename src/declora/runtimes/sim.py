@@ -23,6 +23,7 @@ from declora.harness.outputs import (
     finish_run,
     keep_stopped,
     make_out_dir,
+    new_out_dir,
     write_run_files,
 )
 from declora.harness.progress import Bar
@@ -87,6 +88,7 @@ def run_method(
 
 def run(cfg: Config, echo=print, wrap: Wrap | None = None) -> tuple[Path, dict]:
     """Run every configured method and write config, metrics, summary, curves and adapters."""
+    new_out_dir(cfg)  # before the model loads: a folder that cannot be this run's
     s = prepare(cfg)
     out = make_out_dir(cfg)
     write_run_files(s, out)

@@ -5,16 +5,18 @@ folder."""
 
 from __future__ import annotations
 
+import logging
 import os
-import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
 
-from declora.config import Config, ConfigError, dump_config, load_config
+from declora.config import Config, ConfigError, load_config
+from declora.harness.outputs import check_out
 from declora.harness.session import check_privacy
 from declora.learning.capacity import check_sizes
 from declora.learning.devices import choose
+from declora.protocol.handshake import fingerprint
 from declora.protocol.keys import read_key
 
 
@@ -37,16 +39,26 @@ def check_out_dir(cfg: Config) -> bool:
     if cfg.out is None:
         raise ConfigError("out= is required: every process must write to the same folder")
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out={out} is a file, not a folder; choose a new folder")
-    if not out.exists() or not any(out.iterdir()):
+    if not check_out(out):  # new or empty (a file, or a place this user cannot write: refused)
         return False
     if (out / "summary.json").exists():
         raise ConfigError(f"out={out} holds a finished run; choose an empty or new folder")
-    saved = out / "config.yaml"
-    if not saved.is_file() or saved.read_text() != dump_config(cfg):
+    if not _same_run(out / "config.yaml", cfg):
         raise ConfigError(f"out={out} holds files of another run; choose an empty or new folder")
     return True
+
+
+def _same_run(saved: Path, cfg: Config) -> bool:
+    """Whether ``saved`` (a run's config.yaml) is of this run: the same fingerprint, which
+    leaves out what each site may change at a restart (out=, device, the key file's path,
+    per-site files' paths and encodings)."""
+    if not saved.is_file():
+        return False
+    try:  # read back through today's Config, so that a key added since keeps its default
+        before = load_config(str(saved))
+    except ConfigError:
+        return False
+    return fingerprint(before) == fingerprint(cfg)
 
 
 def launch(
@@ -54,7 +66,7 @@ def launch(
 ) -> int:
     """``declora launch``: check the config here, then hand over to torchrun on this machine."""
     cfg = load_config(config, overrides)
-    n = nproc or cfg.nodes
+    n = cfg.nodes if nproc is None else nproc  # --nproc 0 is refused, not read as "all"
     check_launchable(cfg, n, "--nproc asks for")
     extra = [] if cfg.methods == ["dec-lora"] else ["methods=[dec-lora]"]
     others = ", ".join(m for m in cfg.methods if m != "dec-lora")
@@ -69,10 +81,7 @@ def launch(
     choose(cfg.device)  # a GPU named that this machine does not have
     if others:
         print(f"declora: launch runs dec-lora only ({others}: see declora run)", file=sys.stderr)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
+    args = [
         "--standalone",
         f"--nproc-per-node={n}",
         f"--max-restarts={max_restarts}",
@@ -83,5 +92,22 @@ def launch(
         *overrides,
         *extra,
     ]
-    env = {"OMP_NUM_THREADS": "1", **os.environ}
-    return subprocess.call(cmd, env=env)
+    return torchrun(args)
+
+
+def torchrun(args: list[str]) -> int:
+    """torchrun's agent in this process (as ``python -m torch.distributed.run ARGS`` runs it):
+    each node prints its own line; the agent's log lines and its ChildFailedError traceback
+    (40 lines that repeat what the nodes said) are left out. Exit 2 when a node stopped on a
+    configuration or data error (its exit code 2), else 1 for a run that failed."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(args))
+    except ChildFailedError as err:
+        codes = [f.exitcode for f in err.failures.values()]
+        return 2 if 2 in codes else 1
+    return 0

@@ -2,14 +2,15 @@
 (``batch_isend_irecv``; the phases of a gossip step are in :mod:`declora.protocol.gossip`), and the
 authenticated gather to rank 0 for evaluation and outputs.
 
-A neighbour that does not answer within ``peer_timeout`` seconds fails the round with a
-:class:`PeerError` naming it. Rank 0 checks every gathered state like a frame (HMAC with the
-run, node and round when a key is set; finite values) before it evaluates or exports it.
+A neighbour that does not answer within ``peer_timeout`` seconds, or that closed its
+connection, fails the round with a :class:`PeerError` naming it and the cause (or, for an
+honest neighbour that stopped first, the cause it stopped on: :mod:`.stops`). Rank 0 checks
+every gathered state like a frame (HMAC with the run, node and round when a key is set; finite
+values) before it evaluates or exports it.
 """
 
 from __future__ import annotations
 
-import re
 import struct
 import time
 from datetime import timedelta
@@ -23,12 +24,7 @@ from declora.protocol import crypt, wire
 from declora.protocol.gossip import Links, Mail
 from declora.protocol.rounds import NodeCounters
 from declora.protocol.wire import PeerError
-
-
-def _reason(err: BaseException) -> str:
-    """First line of a backend error, without gloo's [file:line] prefix."""
-    line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return re.sub(r"^\[[^\]]*\]\s*", "", line)
+from declora.runtimes.distributed.stops import Stops, reason
 
 
 def _bytes(t: torch.Tensor) -> bytes:
@@ -49,6 +45,7 @@ class P2PTransport(Links):
         key: bytes | None = None,
         encrypt: bool = False,
         run: bytes = bytes(wire.RUN_BYTES),
+        stops: Stops | None = None,
     ):
         self.device = device
         self.timeout = timeout  # seconds a neighbour may take to answer
@@ -56,10 +53,11 @@ class P2PTransport(Links):
         self.encrypt = encrypt  # security.encrypt: gathered vectors are AES-256-GCM sealed
         self.run = run  # the run id the processes agreed on at start
         self.gathers = 0  # gathers so far: every process counts the same (a nonce field)
+        self.stops = stops or Stops(None, 0, 1)  # why the run stopped, told to the others
 
     def wait(self, works, peers: list[int], round_: int) -> None:
-        """Wait for every request; one that misses the deadline names its peer (when the
-        backend returns one request per operation) or the peers of the round."""
+        """Wait for every request; one that fails names its peer (when the backend returns
+        one request per operation) or the peers of the round, and the cause."""
         deadline = time.monotonic() + self.timeout
         for k, work in enumerate(works):
             peer = peers[k] if len(works) == len(peers) else None
@@ -67,21 +65,35 @@ class P2PTransport(Links):
             try:
                 work.wait(timeout=left)
             except RuntimeError as err:
-                who = f"node {peer}" if peer is not None else f"one of nodes {sorted(set(peers))}"
-                raise PeerError(
-                    f"round {round_}: {who} did not answer within {self.timeout:g} s "
-                    f"(peer_timeout): {_reason(err)}"
-                ) from None
+                raise self.stops.fail(err, peer, peers, round_, self.timeout) from None
+
+    def start(self, ops: list[tuple], round_: int) -> list:
+        """Post ``(isend or irecv, tensor, peer)`` operations. Gloo has no batching: they go
+        one by one (as batch_isend_irecv would post them), so that one that fails at once (a
+        peer whose connection is closed) names its peer; NCCL batches them in one group."""
+        peers = [peer for _, _, peer in ops]
+        if dist.get_backend() == "nccl":
+            try:
+                return dist.batch_isend_irecv([dist.P2POp(*op) for op in ops])
+            except RuntimeError as err:
+                raise self.stops.fail(err, None, peers, round_, self.timeout) from None
+        works = []
+        for op, tensor, peer in ops:
+            try:
+                works.append(op(tensor, peer))
+            except RuntimeError as err:
+                raise self.stops.fail(err, peer, peers, round_, self.timeout) from None
+        return works
 
     def post(self, outbox: Mail, expect: dict[int, dict[int, int]], round_: int) -> Mail:
         ((i, sends),) = outbox.items()  # one node a process
         bufs = {
             j: torch.empty(n, dtype=torch.uint8, device=self.device) for j, n in expect[i].items()
         }
-        ops = [dist.P2POp(dist.isend, _tensor(data, self.device), j) for j, data in sends.items()]
-        ops += [dist.P2POp(dist.irecv, b, j) for j, b in bufs.items()]
+        ops = [(dist.isend, _tensor(data, self.device), j) for j, data in sends.items()]
+        ops += [(dist.irecv, b, j) for j, b in bufs.items()]
         if ops:
-            self.wait(dist.batch_isend_irecv(ops), [*sends, *bufs], round_)
+            self.wait(self.start(ops, round_), [j for _, _, j in ops], round_)
         return {i: {j: _bytes(b) for j, b in bufs.items()}}
 
     def gather(
@@ -111,8 +123,12 @@ class P2PTransport(Links):
         mine = _tensor(self._seal(node, round_, np.asarray(vec, dtype=np.float64)), self.device)
         world = dist.get_world_size()
         bucket = [torch.empty_like(mine) for _ in range(world)] if dist.get_rank() == 0 else None
-        work = dist.gather(mine, bucket, dst=0, async_op=True)
-        self.wait([work], [0] if bucket is None else list(range(1, world)), round_)
+        peers = [0] if bucket is None else list(range(1, world))
+        try:
+            work = dist.gather(mine, bucket, dst=0, async_op=True)
+        except RuntimeError as err:
+            raise self.stops.fail(err, None, peers, round_, self.timeout) from None
+        self.wait([work], peers, round_)
         if bucket is None:
             return None
         n = len(vec) if finite is None else finite
@@ -169,6 +185,8 @@ class P2PTransport(Links):
         try:
             dist.broadcast(flag, src=0)
         except RuntimeError as err:
+            theirs = self.stops.read(0)
+            self.stops.fail(err, 0, [0], round_, self.timeout)  # its line, for the others
             raise PeerError(
-                f"round {round_}: node 0 stopped while evaluating: {_reason(err)}"
+                f"round {round_}: node 0 stopped while evaluating: {theirs or reason(err)}"
             ) from None

@@ -40,8 +40,9 @@ def rendezvous_store(rank: int, world: int, timeout: timedelta) -> dist.Store:
     return dist.PrefixStore(f"declora/attempt_{attempt}/", store)
 
 
-def connect(cfg: Config, rank: int, world: int, where: Placement) -> Placement:
-    """Join the process group; the placement it runs under (:func:`agree_backend`)."""
+def connect(cfg: Config, rank: int, world: int, where: Placement) -> tuple[Placement, dist.Store]:
+    """Join the process group; the placement it runs under (:func:`agree_backend`) and the
+    run's store (where nodes that stop say why: :mod:`.stops`)."""
     # collectives get room for the slowest machine to load; exchanges wait peer_timeout only
     startup = timedelta(seconds=max(cfg.peer_timeout, STARTUP_S))
     store = rendezvous_store(rank, world, startup)
@@ -51,7 +52,7 @@ def connect(cfg: Config, rank: int, world: int, where: Placement) -> Placement:
     dist.init_process_group(
         where.backend, store=store, rank=rank, world_size=world, timeout=startup
     )
-    return where
+    return where, store
 
 
 def agree_backend(store: dist.Store, rank: int, world: int, where: Placement) -> Placement:

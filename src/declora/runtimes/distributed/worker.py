@@ -13,6 +13,7 @@ per-site files, the counts) go to rank 0, which writes the run's outputs; every
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import replace
 from datetime import datetime
@@ -34,7 +35,7 @@ from declora.harness.progress import Lines, Quiet
 from declora.harness.releases import Releases
 from declora.harness.report import RunLog
 from declora.harness.runner import play_rounds, resume
-from declora.harness.session import party_for, prepare, read_key
+from declora.harness.session import Session, party_for, prepare, read_key
 from declora.learning.adapters import ModelError
 from declora.learning.devices import CPU, Placement
 from declora.learning.sources import DataError
@@ -43,6 +44,7 @@ from declora.protocol.rounds import Transport, say
 from declora.runtimes.distributed.launcher import check_launchable, check_out_dir
 from declora.runtimes.distributed.p2p import P2PTransport
 from declora.runtimes.distributed.rendezvous import connect, exchange_offers, placement
+from declora.runtimes.distributed.stops import Stops
 
 STARTUP_ERRORS = (ConfigError, DataError, ModelError)  # a node's own input: told to all
 
@@ -55,22 +57,21 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
     fresh = rank == 0 and not check_out_dir(cfg)
     out = Path(cfg.out)
     key, where = None, Placement(CPU, "gloo")
+    root = out / "checkpoints"
     try:
         key = read_key(cfg)
         where = placement(cfg)
         s = prepare(cfg, rank, where.device, key=key)  # this node's rows (or own file) only
+        mac = key.checkpoint if key else None
+        store = checkpoint.Store(root, handshake.fingerprint(cfg), checkpoint.keep_for(world), mac)
+        have = held_rounds(store, rank, s) if cfg.checkpoint_every > 0 else []
     except STARTUP_ERRORS as err:  # every process is told, then all stop
-        where = connect(cfg, rank, world, where)
-        # what is wrong, never a row's text or a label's value (DataError.public); the
-        # details stay in this site's own output
-        agree_on_start(cfg, rank, world, where, key, [], failure=getattr(err, "public", f"{err}"))
+        tell_failure(cfg, rank, world, where, key, err)
         raise
-    where = connect(cfg, rank, world, where)
-    root = out / "checkpoints"
-    mac = key.checkpoint if key else None
-    store = checkpoint.Store(root, handshake.fingerprint(cfg), checkpoint.keep_for(world), mac)
-    have = held_rounds(store, rank, s.init) if cfg.checkpoint_every > 0 else []
+    where, store_ = connect(cfg, rank, world, where)
+    stops = Stops(store_, rank, world)  # why the run stops, as each node tells it
     agreed = agree_on_start(cfg, rank, world, where, key, have, rows=s.node_rows[rank])
+    stops.on_sigterm(machine_nodes(rank))
     start = agreed.round
     if fresh:  # every node has started: only now is anything written
         create_dir(out)
@@ -81,7 +82,9 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
     if cfg.privacy.enabled:  # the site's record of what it released, ahead of checkpoints
         party = replace(party, release=Releases(checkpoint.node_dir(root, rank), party.nodes[0]))
     counters = resume(party, store, start) if start else None
-    transport = P2PTransport(where.wire, cfg.peer_timeout, key, cfg.security.encrypt, agreed.run)
+    transport = P2PTransport(
+        where.wire, cfg.peer_timeout, key, cfg.security.encrypt, agreed.run, stops
+    )
     wrapped: Transport = wrap(transport) if wrap else transport
     log = open_log(s, out, start, echo) if rank == 0 else None
     progress = Lines(party.total_rounds, echo) if rank == 0 else Quiet()
@@ -94,10 +97,32 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
     dist.destroy_process_group()
 
 
-def held_rounds(store: checkpoint.Store, rank: int, init) -> list[int]:
-    """The rounds this node holds an intact checkpoint of (each refused one named)."""
-    shapes = store.shapes_of(init)
-    return checkpoint.good_rounds(store.root, rank, store.fingerprint, shapes, say, store.key)
+def tell_failure(cfg: Config, rank: int, world: int, where, key, err: Exception) -> None:
+    """Tell every node why this one cannot start: what is wrong, never a row's text or a
+    label's value (DataError.public); the details stay in this site's own output, which
+    says its own error (exit 2)."""
+    where, _ = connect(cfg, rank, world, where)
+    with contextlib.suppress(handshake.StartRefused):
+        failure = getattr(err, "public", f"{err}")
+        agree_on_start(cfg, rank, world, where, key, [], failure=failure)
+
+
+def machine_nodes(rank: int) -> list[int]:
+    """The nodes this machine's torchrun agent runs (its processes hold consecutive ranks)."""
+    local, size = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return list(range(rank - local, rank - local + size))
+
+
+def held_rounds(store: checkpoint.Store, rank: int, s: Session) -> list[int]:
+    """The rounds this node holds an intact checkpoint of, every value within the range a
+    node of this run takes (each refused one named); checkpoint paths a save would fail on
+    are one ConfigError line."""
+    checkpoint.check_paths(store.root, rank)
+    probe = party_for(s, METHODS["dec-lora"], [rank]).nodes[0]  # a fresh node, never trained
+    shapes = store.shapes_of(s.init)
+    return checkpoint.good_rounds(
+        store.root, rank, store.fingerprint, shapes, say, store.key, probe
+    )
 
 
 def agree_on_start(
