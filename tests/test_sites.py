@@ -68,7 +68,7 @@ def test_bad_per_site_input_is_one_line(sites, tmp_path):
     labels = "data.labels=[negative,positive]"
     with pytest.raises(ConfigError, match=r"data.labels=\[...\] is required"):
         load_config(None, [f"data.path={sites}"])
-    with pytest.raises(ConfigError, match="one CSV / JSONL / JSON file per site"):
+    with pytest.raises(ConfigError, match="one CSV / JSONL / JSON / Parquet file per site"):
         load_config(None, ["data.path=bundled:rotten_tomatoes{node}", labels])
     cfg = load_config(None, [f"data.path={tmp_path}/missing_{{node}}.csv", labels])
     with pytest.raises(DataError, match=r"site 2: data.path=.*missing_2.csv: file not found"):

@@ -339,7 +339,7 @@ def _check_per_site(cfg: Config) -> None:
     d = cfg.data
     if d.path.startswith("bundled:") or not Path(d.path).suffix:
         raise ValueError(
-            f"data.path={d.path}: {{node}} names one CSV / JSONL / JSON file per site "
+            f"data.path={d.path}: {{node}} names one CSV / JSONL / JSON / Parquet file per site "
             "(e.g. sites/site_{node}.csv), not a single dataset"
         )
     if d.labels is None:

