@@ -131,6 +131,12 @@ def _table(tmp, **columns):
     return path
 
 
+def _twice(tmp):
+    path = tmp / "x.parquet"
+    pq.write_table(pa.table([TEXTS, TEXTS, LABELS], names=["text", "text", "label"]), path)
+    return path
+
+
 TEXTS = ["a b", "c d", "e f", "g h"] * 10
 LABELS = [0, 1] * 20
 
@@ -146,6 +152,7 @@ LABELS = [0, 1] * 20
         (lambda t: _table(t, text=TEXTS[:7] + [None] + TEXTS[8:], label=LABELS), [], "x.parquet: row 8: no text in column 'text' (null)"),
         (lambda t: _table(t, text=TEXTS, label=LABELS[:3] + [None] + LABELS[4:]), [], "x.parquet: row 4: no label in column 'label' (null)"),
         (_not_arrow, [], "x.arrow: not an Arrow file"),
+        (_twice, [], "x.parquet: column 'text' appears twice"),
     ],
 )  # fmt: skip
 def test_bad_columnar_input_is_one_line_and_nothing_is_written(

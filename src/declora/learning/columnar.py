@@ -193,6 +193,8 @@ def _check_schema(path: str, schema, columns: dict[str, str]) -> None:
             raise DataError(
                 f"data: column '{col}' not found in {path} (columns: {', '.join(schema.names)})"
             )
+        if schema.names.count(col) > 1:
+            raise DataError(f"{path}: column '{col}' appears twice")
         kind = schema.field(col).type
         if not (_is_label(kind) if key == LABEL else _is_text(kind)):
             want = "a class (integers or strings)" if key == LABEL else "text"
