@@ -224,6 +224,7 @@ class Config(_Section):
             _check_per_site(self)
         if d.text_column == d.label_column:
             raise ValueError(f"data.text_column and data.label_column are both '{d.text_column}'")
+        _pair_checks(self)
         if self.task == "causal_lm":
             pairs = d.prompt_column is not None or d.response_column is not None
             if pairs == (d.label_words is not None):
@@ -331,6 +332,29 @@ def _tracking_checks(cfg: Config) -> None:
         )
     if cfg.for_method("dec-lora").gossip_steps > 1:
         raise ValueError("correction=tracking mixes once a round: use gossip_steps=1")
+
+
+def _pair_checks(cfg: Config) -> None:
+    """data.text_pair_column: a second text beside data.text_column, for classification or
+    label words (whose prompt names both sides)."""
+    d = cfg.data
+    pair = d.text_pair_column
+    if pair is None:
+        if "{text_pair}" in d.prompt_template:
+            raise ValueError("data.prompt_template names {text_pair}: set data.text_pair_column")
+        return
+    if pair in (d.text_column, d.label_column):
+        raise ValueError(f"data.text_pair_column={pair} is also the text or label column")
+    if d.prompt_column is not None:
+        raise ValueError(
+            "data.text_pair_column is for classification (or data.label_words), not instruction "
+            "pairs: put both texts in data.prompt_column"
+        )
+    if cfg.task == "causal_lm" and "{text_pair}" not in d.prompt_template:
+        raise ValueError(
+            "task=causal_lm with data.text_pair_column: data.prompt_template must place both "
+            "texts, e.g. 'premise: {text} hypothesis: {text_pair} answer:'"
+        )
 
 
 def _check_per_site(cfg: Config) -> None:

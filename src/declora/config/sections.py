@@ -176,6 +176,11 @@ class DataConfig(_Section):
         "dataset id, or bundled:rotten_tomatoes",
     )
     text_column: str = Field("text", description="column holding the input text")
+    text_pair_column: str | None = Field(
+        None,
+        description="sentence pairs: column holding each row's second text (hypothesis, "
+        "passage, code); the tokenizer gets (text, text_pair), max_length cuts the longer first",
+    )
     encoding: str = Field(
         "utf-8", description="text encoding of CSV / JSON files (e.g. cp1252 for old exports)"
     )

@@ -62,6 +62,7 @@ def describe_run(s: Session, out: Path) -> list[str]:
         f"compute: {devices.describe(s.device)}, precision {cfg.precision}"
         + (", every node's steps in one batch (vectorize)" if cfg.vectorize else ""),
     ]
+    lines += describe_pairs(s)
     if cfg.data.per_site:
         how = "off: each site scores its own rows" if not cfg.gather else "on: site 0's rows"
         lines.append(f"data: one file per site ({cfg.data.path}); eval.gather {how}")
@@ -75,6 +76,23 @@ def describe_run(s: Session, out: Path) -> list[str]:
         )
     lines += describe_privacy(s)
     return lines
+
+
+def describe_pairs(s: Session) -> list[str]:
+    """What the tokenizer receives of a sentence-pair task (none for single texts)."""
+    cfg, d = s.cfg, s.cfg.data
+    if d.text_pair_column is None:
+        return []
+    if cfg.task == "causal_lm":
+        how = f"both in the prompt template '{d.prompt_template}'"
+    elif s.train.token_types is not None:
+        how = "token type ids 0 and 1 (as BERT was pre-trained on pairs)"
+    else:
+        how = "no token type ids (the tokenizer gives none)"
+    return [
+        f"data: sentence pairs ({d.text_column}, {d.text_pair_column}), {cfg.max_length} tokens "
+        f"together, the longer side cut first; {how}"
+    ]
 
 
 def describe_graph(s: Session) -> str:

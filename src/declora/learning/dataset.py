@@ -36,23 +36,27 @@ class Dataset:
     label_names: list[str]
     targets: list[list[int]] | None = None
     choices: list[list[int]] | None = None
+    # sentence pairs on a BERT-family tokenizer: 0 for the first text's tokens, 1 for the second's
+    token_types: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
     def subset(self, idx: np.ndarray) -> Dataset:
         targets = None if self.targets is None else [self.targets[i] for i in idx]
+        types = None if self.token_types is None else [self.token_types[i] for i in idx]
         ids = [self.input_ids[i] for i in idx]
-        return Dataset(ids, self.labels[idx], self.label_names, targets, self.choices)
+        return Dataset(ids, self.labels[idx], self.label_names, targets, self.choices, types)
 
 
 def concat(parts: list[Dataset]) -> Dataset:
     """The rows of several datasets of the same classes, in order."""
     first = parts[0]
     targets = None if first.targets is None else [t for d in parts for t in d.targets]
+    types = None if first.token_types is None else [t for d in parts for t in d.token_types]
     ids = [row for d in parts for row in d.input_ids]
     labels = np.concatenate([d.labels for d in parts])
-    return Dataset(ids, labels, first.label_names, targets, first.choices)
+    return Dataset(ids, labels, first.label_names, targets, first.choices, types)
 
 
 # the task's builder: (cfg, tokenizer, rows, texts, labels, label names) -> the full Dataset
@@ -185,7 +189,16 @@ def columns_of(cfg: Config) -> dict[str, str]:
     d = cfg.data
     if d.prompt_column is not None:
         return {"data.prompt_column": d.prompt_column, "data.response_column": d.response_column}
-    return {"data.text_column": d.text_column, "data.label_column": d.label_column}
+    columns = {"data.text_column": d.text_column, "data.label_column": d.label_column}
+    if d.text_pair_column is not None:
+        columns["data.text_pair_column"] = d.text_pair_column
+    return columns
+
+
+def pair_texts(cfg: Config, rows: list[dict]) -> list[str] | None:
+    """Each row's second text (``data.text_pair_column``); None for single texts."""
+    col = cfg.data.text_pair_column
+    return None if col is None else [str(r[col] or "") for r in rows]
 
 
 def _check_columns(rows: list[dict], where: list[str], columns, path: str) -> None:
