@@ -176,6 +176,24 @@ class Config(_Section):
     peer_timeout: float = Field(
         300.0, gt=0, description="launch: seconds to wait for a neighbour before failing a round"
     )
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        [],
+        description="metric loggers that get every metrics.jsonl record and the config, as in "
+        "Hugging Face Trainer: tensorboard (out/tensorboard), mlflow, wandb; none for none",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _loggers(cls, value: Any) -> Any:
+        """report_to=tensorboard is [tensorboard]; none (alone) is []."""
+        names = [value] if isinstance(value, str) else value
+        if isinstance(names, list) and "none" in names:
+            if len(names) > 1:
+                raise ValueError("none reports to no logger: give it alone")
+            return []
+        if isinstance(names, list) and len(set(names)) != len(names):
+            raise ValueError("each logger may appear once")
+        return names
 
     @property
     def gather(self) -> bool:

@@ -16,6 +16,7 @@ from declora.algorithms.scores import from_counts
 from declora.algorithms.tensors import State, numel
 from declora.config import Config, ConfigError, dump_config
 from declora.harness.evaluation import evaluate_untrained
+from declora.harness.loggers import log_site
 from declora.harness.report import RunLog, headline, write_json
 from declora.harness.runner import Played
 from declora.harness.session import Session
@@ -184,12 +185,15 @@ def export_method(s: Session, method: str, states: list[State], path: Path) -> N
 
 def write_site(s: Session, out: Path, node: int, state: State, counts: np.ndarray) -> None:
     """out/node_<i>/ on this site's machine: its adapter (PEFT) and its own test figures from
-    ``counts``, its scoring at the end (beside its log.txt)."""
+    ``counts``, its scoring at the end (beside its log.txt), also to its own loggers."""
     folder = out / f"node_{node}"
     if s.cfg.export_adapters:
         export_site(s, out, node, state)
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "site.json", {"node": node, "rows": int(counts[0]), **from_counts(counts)})
+    figures = {"rows": int(counts[0]), **from_counts(counts)}
+    write_json(folder / "site.json", {"node": node, **figures})
+    rounds = s.cfg.rounds + s.cfg.for_method("dec-lora").finish_rounds
+    log_site(s.cfg, folder, node, figures, rounds)
 
 
 def finish_dist(

@@ -18,16 +18,28 @@ from declora.harness.evaluation import (
     evaluate_round,
     pool_sites,
 )
+from declora.harness.loggers import Loggers
 from declora.harness.session import Session
 from declora.protocol.rounds import Counters, NodeCounters
 
 
 class RunLog:
-    """Appends one JSON object per method and evaluated round to ``metrics.jsonl``."""
+    """Appends one JSON object per method and evaluated round to ``metrics.jsonl``, and
+    hands it to the config's metric loggers (:mod:`declora.harness.loggers`) if any."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, loggers: Loggers | None = None):
         self.path = out / "metrics.jsonl"
         self.records: list[dict] = []
+        self.loggers = loggers
+
+    def start(self, method: str) -> None:
+        """A method begins: the loggers open its run."""
+        if self.loggers is not None:
+            self.loggers.start(method)
+
+    def close(self) -> None:
+        if self.loggers is not None:
+            self.loggers.close()
 
     def keep_until(self, t: int) -> None:
         """Drop the records after round t (a resumed run plays them again), in place."""
@@ -42,6 +54,8 @@ class RunLog:
         self.records.append(record)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.loggers is not None:
+            self.loggers.record(record)
 
 
 def _clean(value):
