@@ -5,6 +5,7 @@ folder, per-site files); bad files refused in one line."""
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -77,11 +78,12 @@ def containers(tmp_path_factory):
         "feather": tmp / "rows.feather",
         "stream": tmp / "rows.arrow",
         "spark": spark_folder(tmp / "spark.parquet", table),
+        "parts": spark_folder(tmp / "parts", table),  # a folder of parts under any name
         "misnamed": tmp / "export.csv",
     }
 
 
-@pytest.mark.parametrize("name", ["parquet", "feather", "stream", "spark", "misnamed"])
+@pytest.mark.parametrize("name", ["parquet", "feather", "stream", "spark", "parts", "misnamed"])
 def test_every_container_gives_the_csv_rows_and_split(containers, name):
     want, got = load_rows(cfg_for(containers["csv"])), load_rows(cfg_for(containers[name]))
     assert got.texts == want.texts
@@ -120,6 +122,11 @@ def _folder(tmp):
     return tmp / "x.parquet"
 
 
+def _fifo(tmp):
+    os.mkfifo(tmp / "x.parquet")  # opening it would wait for a writer
+    return tmp / "x.parquet"
+
+
 def _not_arrow(tmp):
     (tmp / "x.arrow").write_text("hello")
     return tmp / "x.arrow"
@@ -146,6 +153,7 @@ LABELS = [0, 1] * 20
     [
         (_not_parquet, [], "x.parquet: not a Parquet file (Parquet magic bytes not found in footer)"),
         (_folder, [], "x.parquet is a folder with no Parquet files in it"),
+        (_fifo, [], "x.parquet: not a regular file"),
         (lambda t: _table(t, body=TEXTS, label=LABELS), [], "column 'text' not found in"),
         (lambda t: _table(t, text=[[w] for w in TEXTS], label=LABELS), [], "column 'text' (data.text_column) holds list<element: string>, not text"),
         (lambda t: _table(t, text=TEXTS, label=[[x] for x in LABELS]), [], "column 'label' (data.label_column) holds list<element: int64>, not a class"),

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -207,23 +208,39 @@ class Loggers:
     def __init__(self, cfg: Config, folder: Path, name: str | None = None, resumed: int = 0):
         self.cfg, name = cfg, name or folder.name
         purge = resumed + 1 if resumed else None
-        self.each: list[Logger] = [KINDS[k](folder, name, purge) for k in cfg.report_to]
+        self.each: dict[str, Logger] = {}
+        for kind in cfg.report_to:
+            with _told(kind):  # a tracking store that cannot be opened: one line
+                self.each[kind] = KINDS[kind](folder, name, purge)
 
     def start(self, method: str) -> None:
         """Open the method's run: its config as hyper-parameters."""
         own = self.cfg.for_method(method)
         params = {"method": method, **hyperparameters(own)}
-        for logger in self.each:
-            logger.start(method, params, dump_config(own))
+        for kind, logger in self.each.items():
+            with _told(kind):  # W&B not logged in, a server that does not answer
+                logger.start(method, params, dump_config(own))
 
     def record(self, record: dict, group: str | None = None) -> None:
         figures = scalars(record, group)
-        for logger in self.each:
+        for logger in self.each.values():
             logger.record(figures, int(record["round"]))
 
     def close(self) -> None:
-        for logger in self.each:
+        for logger in self.each.values():
             logger.close()
+
+
+@contextmanager
+def _told(kind: str):
+    """A logger that cannot open its run stops the run in one line, before its rounds."""
+    try:
+        yield
+    except Exception as err:  # each tool raises its own kinds
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ConfigError(
+            f"report_to={kind}: cannot open a run ({type(err).__name__}: {reason})"
+        ) from None
 
 
 def open_loggers(cfg: Config, folder: Path, resumed: int = 0) -> Loggers | None:

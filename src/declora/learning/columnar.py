@@ -61,8 +61,11 @@ def kind_of(path: str) -> str | None:
     """'parquet', 'arrow' or 'saved' (a ``save_to_disk`` folder); None for any other source."""
     p = Path(path)
     try:
-        if p.is_dir() and _saved_split(p) is not None:
-            return "saved"
+        if p.is_dir():
+            if _saved_split(p) is not None:
+                return "saved"
+            if next(p.glob("*.parquet"), None) is not None:  # Spark's or Dask's parts
+                return "parquet"
         if p.is_file():  # a regular file only: a FIFO would block the read
             with p.open("rb") as f:
                 head = f.read(6)
@@ -96,6 +99,8 @@ def _open(path: Path, kind: str):
     is not what its name or first bytes say."""
     import pyarrow as pa
 
+    if path.exists() and not (path.is_file() or path.is_dir()):  # opening a FIFO would block
+        raise DataError(f"data.path={path}: not a regular file")
     try:
         if kind == "parquet":
             return _parquet(path)
