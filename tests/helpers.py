@@ -42,6 +42,18 @@ def cue_pairs(n: int, seed: int = 0) -> list[dict]:
     ]
 
 
+def pair_rows(n: int, seed: int = 0) -> list[dict]:
+    """Sentence pairs: two synthetic reviews, labelled by whether their cue words agree
+    (``same`` / ``different``); the second review is up to 3x as long as the first."""
+    firsts, seconds = synthetic_rows(n, seed), synthetic_rows(n, seed + 1)
+    rows = []
+    for k, (a, b) in enumerate(zip(firsts, seconds)):
+        pair = " ".join([b["text"]] * (1 + k % 3))
+        label = "same" if a["label"] == b["label"] else "different"
+        rows.append({"text": a["text"], "text_pair": pair, "label": label})
+    return rows
+
+
 def tiny_llama_args(model_dir, csv_path, out) -> list[str]:
     """tiny_args for the tiny LLaMA: classification as generation of the label words."""
     args = [a for a in tiny_args(model_dir, csv_path, out) if not a.startswith("lora.rank")]

@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from declora.cli import main
 from declora.config import ConfigError, load_config
@@ -68,7 +69,7 @@ def test_bad_per_site_input_is_one_line(sites, tmp_path):
     labels = "data.labels=[negative,positive]"
     with pytest.raises(ConfigError, match=r"data.labels=\[...\] is required"):
         load_config(None, [f"data.path={sites}"])
-    with pytest.raises(ConfigError, match="one CSV / JSONL / JSON file per site"):
+    with pytest.raises(ConfigError, match="one CSV / JSONL / JSON / Parquet file per site"):
         load_config(None, ["data.path=bundled:rotten_tomatoes{node}", labels])
     cfg = load_config(None, [f"data.path={tmp_path}/missing_{{node}}.csv", labels])
     with pytest.raises(DataError, match=r"site 2: data.path=.*missing_2.csv: file not found"):
@@ -144,6 +145,7 @@ def test_two_agents_holding_only_their_own_sites_match_the_simulator(
         "methods=[dec-lora]",
         f"eval.gather={str(gather).lower()}",
         "finish_rounds=2",  # evaluated at round 8, a gossip-only round: no training loss
+        "report_to=tensorboard",
     ]
     procs = torchrun_agents(args, [tmp_path / "agent_0", tmp_path / "agent_1"])
     assert [p.returncode for p in procs] == [0, 0], procs[0].stderr[-3000:]
@@ -165,6 +167,12 @@ def test_two_agents_holding_only_their_own_sites_match_the_simulator(
     assert [o["rows"] for o in own] == [s["rows"] for s in summary["sites"]]
     assert (tmp_path / "agent_1" / "run" / "node_3" / "adapter" / "adapter_config.json").is_file()
     assert not (tmp_path / "agent_1" / "run" / "summary.json").exists()  # rank 0's, on agent 0
+    # the run's records go to rank 0's TensorBoard; each site's own figures to its own folder
+    assert (dist_out / "tensorboard" / "dec-lora").is_dir()
+    assert not (tmp_path / "agent_1" / "run" / "tensorboard").exists()
+    site = tmp_path / "agent_1" / "run" / "node_3" / "tensorboard" / "dec-lora"
+    acc = EventAccumulator(str(site)).Reload()
+    assert acc.Scalars("test/accuracy")[0].value == pytest.approx(own[3]["accuracy"])
 
 
 def test_survey_reads_the_per_site_files(sites, tmp_path):

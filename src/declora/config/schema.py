@@ -182,6 +182,24 @@ class Config(_Section):
         le=86_400,  # a day; torch's timedelta overflows near 1e14 s
         description="launch: seconds to wait for a neighbour before failing a round",
     )
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        [],
+        description="metric loggers that get every metrics.jsonl record and the config, as in "
+        "Hugging Face Trainer: tensorboard (out/tensorboard), mlflow, wandb; none for none",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _loggers(cls, value: Any) -> Any:
+        """report_to=tensorboard is [tensorboard]; none (alone) is []."""
+        names = [value] if isinstance(value, str) else value
+        if isinstance(names, list) and "none" in names:
+            if len(names) > 1:
+                raise ValueError("none reports to no logger: give it alone")
+            return []
+        if isinstance(names, list) and len(set(names)) != len(names):
+            raise ValueError("each logger may appear once")
+        return names
 
     @property
     def gather(self) -> bool:
@@ -246,6 +264,7 @@ class Config(_Section):
         _check_data_path(self)
         if d.text_column == d.label_column:
             raise ValueError(f"data.text_column and data.label_column are both '{d.text_column}'")
+        _pair_checks(self)
         if self.task == "causal_lm":
             pairs = d.prompt_column is not None or d.response_column is not None
             if pairs == (d.label_words is not None):
@@ -376,13 +395,36 @@ def _check_data_path(cfg: Config) -> None:
             )
 
 
+def _pair_checks(cfg: Config) -> None:
+    """data.text_pair_column: a second text beside data.text_column, for classification or
+    label words (whose prompt names both sides)."""
+    d = cfg.data
+    pair = d.text_pair_column
+    if pair is None:
+        if "{text_pair}" in d.prompt_template:
+            raise ValueError("data.prompt_template names {text_pair}: set data.text_pair_column")
+        return
+    if pair in (d.text_column, d.label_column):
+        raise ValueError(f"data.text_pair_column={pair} is also the text or label column")
+    if d.prompt_column is not None:
+        raise ValueError(
+            "data.text_pair_column is for classification (or data.label_words), not instruction "
+            "pairs: put both texts in data.prompt_column"
+        )
+    if cfg.task == "causal_lm" and "{text_pair}" not in d.prompt_template:
+        raise ValueError(
+            "task=causal_lm with data.text_pair_column: data.prompt_template must place both "
+            "texts, e.g. 'premise: {text} hypothesis: {text_pair} answer:'"
+        )
+
+
 def _check_per_site(cfg: Config) -> None:
     """Per-site files (data.path with {node}): the labels are agreed in the config, and the
     source is a file per node."""
     d = cfg.data
     if d.path.startswith("bundled:") or not Path(d.path).suffix:
         raise ValueError(
-            f"data.path={d.path}: {{node}} names one CSV / JSONL / JSON file per site "
+            f"data.path={d.path}: {{node}} names one CSV / JSONL / JSON / Parquet file per site "
             "(e.g. sites/site_{node}.csv), not a single dataset"
         )
     if d.labels is None:

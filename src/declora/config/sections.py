@@ -187,9 +187,15 @@ class ModelConfig(_Section):
 class DataConfig(_Section):
     path: str = Field(
         "bundled:rotten_tomatoes",
-        description="CSV / JSONL file, Hugging Face dataset id, or bundled:rotten_tomatoes",
+        description="CSV / JSONL / Parquet / Arrow file, a save_to_disk folder, Hugging Face "
+        "dataset id, or bundled:rotten_tomatoes",
     )
     text_column: str = Field("text", description="column holding the input text")
+    text_pair_column: str | None = Field(
+        None,
+        description="sentence pairs: column holding each row's second text (hypothesis, "
+        "passage, code); the tokenizer gets (text, text_pair), max_length cuts the longer first",
+    )
     encoding: str = Field(
         "utf-8",
         description="text encoding of CSV / JSON files (e.g. cp1252 for old exports); per-site "

@@ -17,6 +17,7 @@ from declora.algorithms.scores import from_counts
 from declora.algorithms.tensors import State, numel
 from declora.config import Config, ConfigError, dump_config
 from declora.harness.evaluation import evaluate_untrained
+from declora.harness.loggers import log_site
 from declora.harness.report import RunLog, headline, write_json
 from declora.harness.runner import Played
 from declora.harness.session import Session
@@ -90,6 +91,7 @@ def describe_run(s: Session, out: Path) -> list[str]:
         + (", every node's steps in one batch (vectorize)" if cfg.vectorize else ""),
         *describe_methods(cfg),
     ]
+    lines += describe_pairs(s)
     if cfg.data.per_site:
         how = "off: each site scores its own rows" if not cfg.gather else "on: site 0's rows"
         lines.append(f"data: one file per site ({cfg.data.path}); eval.gather {how}")
@@ -120,6 +122,23 @@ def describe_methods(cfg: Config) -> list[str]:
             )
         lines.append(line)
     return lines
+
+
+def describe_pairs(s: Session) -> list[str]:
+    """What the tokenizer receives of a sentence-pair task (none for single texts)."""
+    cfg, d = s.cfg, s.cfg.data
+    if d.text_pair_column is None:
+        return []
+    if cfg.task == "causal_lm":
+        how = f"both in the prompt template '{d.prompt_template}'"
+    elif s.train.token_types is not None:
+        how = "token type ids 0 and 1 (as BERT was pre-trained on pairs)"
+    else:
+        how = "no token type ids (the tokenizer gives none)"
+    return [
+        f"data: sentence pairs ({d.text_column}, {d.text_pair_column}), {cfg.max_length} tokens "
+        f"together, the longer side cut first; {how}"
+    ]
 
 
 def describe_graph(s: Session) -> str:
@@ -211,12 +230,15 @@ def export_method(s: Session, method: str, states: list[State], path: Path) -> N
 
 def write_site(s: Session, out: Path, node: int, state: State, counts: np.ndarray) -> None:
     """out/node_<i>/ on this site's machine: its adapter (PEFT) and its own test figures from
-    ``counts``, its scoring at the end (beside its log.txt)."""
+    ``counts``, its scoring at the end (beside its log.txt), also to its own loggers."""
     folder = out / f"node_{node}"
     if s.cfg.export_adapters:
         export_site(s, out, node, state)
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "site.json", {"node": node, "rows": int(counts[0]), **from_counts(counts)})
+    figures = {"rows": int(counts[0]), **from_counts(counts)}
+    write_json(folder / "site.json", {"node": node, **figures})
+    rounds = s.cfg.rounds + s.cfg.for_method("dec-lora").finish_rounds
+    log_site(s.cfg, folder, node, figures, rounds)
 
 
 def finish_dist(

@@ -19,6 +19,7 @@ from declora.harness.evaluation import (
     evaluate_round,
     pool_sites,
 )
+from declora.harness.loggers import Loggers
 from declora.harness.session import Session
 from declora.protocol.rounds import Counters, NodeCounters, say
 
@@ -26,11 +27,22 @@ from declora.protocol.rounds import Counters, NodeCounters, say
 class RunLog:
     """Appends one JSON object per method and evaluated round to ``metrics.jsonl``, each line
     whole in one write (a kill cannot cut a line in two writes; a cut that a crash of the
-    machine leaves is dropped on resume, :meth:`keep_until`)."""
+    machine leaves is dropped on resume, :meth:`keep_until`), and hands it to the config's
+    metric loggers (:mod:`declora.harness.loggers`) if any."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, loggers: Loggers | None = None):
         self.path = out / "metrics.jsonl"
         self.records: list[dict] = []
+        self.loggers = loggers
+
+    def start(self, method: str) -> None:
+        """A method begins: the loggers open its run."""
+        if self.loggers is not None:
+            self.loggers.start(method)
+
+    def close(self) -> None:
+        if self.loggers is not None:
+            self.loggers.close()
 
     def keep_until(self, t: int, warn=say) -> None:
         """Drop the records after round t (a resumed run plays them again), in place. A last
@@ -72,6 +84,8 @@ class RunLog:
             os.write(fd, (json.dumps(record) + "\n").encode())
         finally:
             os.close(fd)
+        if self.loggers is not None:
+            self.loggers.record(record)
 
 
 def _record(line: str) -> dict | None:

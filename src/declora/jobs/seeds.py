@@ -15,6 +15,7 @@ import numpy as np
 from scipy import stats
 
 from declora.config import Config, dump_config
+from declora.harness.loggers import check_installed
 from declora.harness.outputs import make_out_dir
 from declora.harness.report import write_json
 from declora.learning.capacity import check_sizes
@@ -103,6 +104,7 @@ def run_seeds(cfg: Config, echo=print) -> tuple[Path, dict]:
     """``declora run seeds=[...]``: the job once per seed in ``out/seed_<s>/``, then the
     summary over seeds in ``out/summary.json`` and its table."""
     check_sizes(cfg)  # before the folder: each seed's run checks again, after it
+    check_installed(cfg)
     out = make_out_dir(cfg)
     (out / "config.yaml").write_text(dump_config(cfg))
     summaries = {}

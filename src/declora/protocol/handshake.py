@@ -32,7 +32,7 @@ class StartRefused(PeerError):
 NONCE_BYTES = 16
 OFFER_SLOTS = 64  # checkpoint rounds a node offers at start (the newest ones)
 REASON_BYTES = 240  # why a node could not start (its own data or config), told to every node
-SITE_LOCAL = ("out", "device")  # config keys each site may set for itself
+SITE_LOCAL = ("out", "device", "report_to")  # config keys each site may set for itself
 
 
 def _shared(cfg: Config) -> Config:

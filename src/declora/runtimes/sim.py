@@ -17,6 +17,7 @@ from declora.algorithms.methods import METHODS
 from declora.algorithms.tensors import State
 from declora.config import Config
 from declora.harness.evaluation import evaluate_untrained
+from declora.harness.loggers import check_installed, open_loggers
 from declora.harness.outputs import (
     describe_run,
     finish_method,
@@ -88,21 +89,25 @@ def run_method(
 
 def run(cfg: Config, echo=print, wrap: Wrap | None = None) -> tuple[Path, dict]:
     """Run every configured method and write config, metrics, summary, curves and adapters."""
+    check_installed(cfg)  # a logger that is not there is refused before anything is written
     new_out_dir(cfg)  # before the model loads: a folder that cannot be this run's
     s = prepare(cfg)
     out = make_out_dir(cfg)
     write_run_files(s, out)
     for line in describe_run(s, out):
         echo(line)
-    log = RunLog(out)
+    log = RunLog(out, open_loggers(cfg, out))
     summary = Summary(s, evaluate_untrained(s))
     try:
         for method in cfg.methods:
+            log.start(method)
             last, states, sites = run_method(s, method, log, wrap)
             finish_method(s, out, summary, method, last, states, sites)
     except Stopped as err:  # keep what ran: the methods before, the curves up to that round
         keep_stopped(out, log, summary, str(err))
         raise type(err)(f"{err}; what ran until then is in {out}") from None
+    finally:
+        log.close()
     runtime = {"processes": 1, "backend": "memory", "device": str(s.device)}
     finish_run(out, log, summary, runtime, echo)
     return out, summary.data

@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from declora.config import Config, ConfigError, load_config
+from declora.harness.loggers import check_installed
 from declora.harness.outputs import check_out
 from declora.harness.session import check_privacy
 from declora.learning.capacity import check_sizes
@@ -21,7 +22,8 @@ from declora.protocol.keys import read_key
 
 
 def check_launchable(cfg: Config, processes: int, what: str = "torchrun started") -> None:
-    """What ``declora launch`` runs: dec-lora, one seed, one process per node."""
+    """What ``declora launch`` runs: dec-lora, one seed, one process per node, with loggers
+    that are installed."""
     if processes != cfg.nodes:
         raise ConfigError(
             f"nodes={cfg.nodes}, but {what} {processes} processes: launch runs one process per node"
@@ -31,6 +33,7 @@ def check_launchable(cfg: Config, processes: int, what: str = "torchrun started"
         raise ConfigError(
             f"launch runs dec-lora; methods={cfg.methods} are simulator runs (declora run)"
         )
+    check_installed(cfg)
 
 
 def check_out_dir(cfg: Config) -> bool:

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from declora.algorithms.methods import METHODS
 from declora.config import Config, ConfigError
 from declora.harness import checkpoint
+from declora.harness.loggers import open_loggers
 from declora.harness.outputs import (
     create_dir,
     describe_run,
@@ -94,6 +95,7 @@ def run_worker(cfg: Config, echo=print, wrap=None) -> None:
     if rank == 0:
         runtime = {"processes": world, "backend": where.backend, "device": str(where.device)}
         finish_dist(s, out, log, played, runtime, echo)
+        log.close()
     dist.destroy_process_group()
 
 
@@ -142,15 +144,16 @@ def agree_on_start(
 
 
 def open_log(s, out: Path, start: int, echo) -> RunLog:
-    """Rank 0's metrics log, after the run's opening lines; on a resume, the records after
-    the resumed round are dropped."""
+    """Rank 0's metrics log and loggers, after the run's opening lines; on a resume, the
+    records after the resumed round are dropped (and replaced in TensorBoard)."""
     for line in describe_run(s, out):
         echo(line)
-    log = RunLog(out)
+    log = RunLog(out, open_loggers(s.cfg, out, resumed=start))
     if log.path.exists():
         log.keep_until(start)
     if start:
         echo(f"resuming after round {start} (the newest checkpoint every node holds)")
+    log.start("dec-lora")
     return log
 
 
