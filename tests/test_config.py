@@ -12,7 +12,7 @@ SITES = ["data.path=s/site_{node}.csv", "data.labels=[negative,positive]"]  # pe
 
 def test_defaults_are_the_built_in_job():
     cfg = load_config()
-    assert cfg.topology.kind == "ring" and 8 <= cfg.nodes <= 10
+    assert cfg.topology.kind == "base" and cfg.topology.degree == 1 and cfg.nodes == 8
     assert cfg.partition.kind == "dirichlet" and cfg.partition.alpha == 0.5
     assert cfg.methods == ["dec-lora", "centralized", "local"]
     assert cfg.model.name == "bundled:minilm" and cfg.data.path == "bundled:rotten_tomatoes"

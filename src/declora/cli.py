@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="simulate all nodes in one process and compare methods",
         description="declora run [CONFIG] [key=value ...]; with no CONFIG, the built-in default "
-        "(8-node ring, bundled MiniLM, Rotten Tomatoes).",
+        "(8 nodes on a Base-2 graph, bundled MiniLM, Rotten Tomatoes).",
     )
     run.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]")
     run.set_defaults(func=cmd_run)

@@ -346,7 +346,8 @@ def _relay_checks(cfg: Config, varying: bool) -> None:
     if varying:
         raise ValueError(
             f"exchange=relay relays along a fixed spanning tree; topology.kind="
-            f"{cfg.topology.kind} changes every round: choose a static graph (ring, ...)"
+            f"{cfg.topology.kind} changes every round: choose a static graph "
+            "(topology.kind=ring, ...)"
         )
     if cfg.compression.kind != "none":
         raise ValueError(

@@ -45,9 +45,11 @@ class _Section(BaseModel):
 
 class TopologyConfig(_Section):
     kind: Literal[TOPOLOGIES] = Field(
-        "ring",
+        "base",
         description="communication graph between nodes; one_peer_exponential and base change "
-        "every round and average exactly after a few rounds (their own weights)",
+        "every round and average exactly after a few rounds (their own weights); base (the "
+        "Base-(k+1) graph, k = degree) is the default: exact for any nodes, half the ring's "
+        "messages at degree 1",
     )
     p: float = Field(0.3, gt=0, le=1, description="edge probability for erdos_renyi")
     degree: Int = Field(
