@@ -170,7 +170,9 @@ def table(got: dict) -> list[str]:
 
 def tuning_rows() -> list[str]:
     """What each variant's search chose, and its best validation accuracy."""
-    lines = ["| variant | trials (complete) | best validation (node mean) | lr | head x | schedule | finish |"]
+    lines = [
+        "| variant | trials (complete) | best validation (node mean) | lr | head x | schedule | finish |"
+    ]
     lines.append("|---|---:|---:|---:|---:|---|---:|")
     for name in VARIANTS:
         path = RESULTS / "skew" / "tune" / slug(name) / "trials.csv"
