@@ -337,6 +337,13 @@ def test_results_table_has_one_row_per_method_then_the_start_and_the_gap(methods
     assert lines[-1] == "spectral gap of the mixing matrix: 0.4607"
 
 
+def test_a_time_varying_graph_ends_the_table_with_its_rounds_to_the_exact_average():
+    """Base-2 on 8 nodes: its gap is 1.0 (exact after a period); the line says the period."""
+    summary = {**summary_of(["dec-lora"]), "spectral_gap": 1.0, "rounds_to_exact_average": 3}
+    lines = results_table(summary).splitlines()
+    assert lines[-1] == "mixing: every node holds the exact average every 3 rounds"
+
+
 def test_results_table_leaves_a_missing_f1_blank():
     summary = summary_of(["dec-lora"])
     summary["methods"]["dec-lora"]["f1"] = None
