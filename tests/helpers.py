@@ -60,6 +60,19 @@ def tiny_llama_args(model_dir, csv_path, out) -> list[str]:
     return [*args, "task=causal_lm", *LLAMA_LABEL_WORDS, "lr=0.05"]
 
 
+def refuses_data(path, tmp_path, capsys, extra: list[str], message: str) -> None:
+    """``declora run`` on the data file ``path``: exit 2, one line holding ``message``, and no
+    output folder."""
+    from declora.cli import main
+
+    out = tmp_path / "out"
+    args = [f"data.path={path}", "data.test_size=5", "data.val_size=5", f"out={out}", *extra]
+    assert main(["run", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.count("\n") == 0, err
+    assert not out.exists()
+
+
 def write_key(path):
     """A good security.key_file at ``path``: 32 random bytes as hex, readable by its owner."""
     path.write_bytes(os.urandom(32).hex().encode())

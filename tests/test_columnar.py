@@ -15,13 +15,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from declora.cli import main
 from declora.config import load_config
 from declora.jobs.survey import survey
 from declora.learning.columnar import read_rows
 from declora.learning.dataset import load_rows
 from declora.learning.sources import DataError, read_table
-from tests.helpers import synthetic_rows, write_csv
+from tests.helpers import refuses_data, synthetic_rows, write_csv
 from tests.test_properties import SETTINGS
 
 SAVED = "tests/data/saved_dataset"  # written by datasets 5.2.0 save_to_disk (a DatasetDict)
@@ -166,13 +165,7 @@ LABELS = [0, 1] * 20
 def test_bad_columnar_input_is_one_line_and_nothing_is_written(
     tmp_path, capsys, make, extra, message
 ):
-    path = make(tmp_path)
-    out = tmp_path / "out"
-    args = [f"data.path={path}", "data.test_size=5", "data.val_size=5", f"out={out}", *extra]
-    assert main(["run", *args]) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and err.count("\n") == 0, err
-    assert not out.exists()
+    refuses_data(make(tmp_path), tmp_path, capsys, extra, message)
 
 
 def test_text_files_are_still_read_as_text(containers):

@@ -13,14 +13,21 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from declora.cli import main
 from declora.config import load_config
 from declora.jobs.survey import format_survey, survey
 from declora.learning.adapters import resolve_model_path
 from declora.learning.causal_lm import clip_pair
 from declora.learning.tasks import TASKS, load_task_data
 from declora.learning.vectorize import stack_batches
-from tests.helpers import pair_rows, records, run_sim, save_tiny_bert, tiny_args, write_csv
+from tests.helpers import (
+    pair_rows,
+    records,
+    refuses_data,
+    run_sim,
+    save_tiny_bert,
+    tiny_args,
+    write_csv,
+)
 
 PAIR = "data.text_pair_column=text_pair"
 
@@ -140,10 +147,4 @@ def _csv(tmp):
     ],
 )  # fmt: skip
 def test_bad_pair_input_is_one_line_and_nothing_is_written(tmp_path, capsys, make, extra, message):
-    path = make(tmp_path)
-    out = tmp_path / "out"
-    args = [f"data.path={path}", "data.test_size=5", "data.val_size=5", f"out={out}", *extra]
-    assert main(["run", *args]) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and err.count("\n") == 0, err
-    assert not out.exists()
+    refuses_data(make(tmp_path), tmp_path, capsys, extra, message)
