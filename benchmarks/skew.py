@@ -4,6 +4,7 @@ Three phases, each resumable (a finished run or trial is not run again):
 
     python benchmarks/skew.py tune --jobs 2     # every variant: declora tune on validation rows
     python benchmarks/skew.py test --jobs 2     # every variant x partition x seed, test rows once
+    python benchmarks/skew.py choose --jobs 2   # the candidates for the default: validation, 3 seeds
     python benchmarks/skew.py table             # results/skew.md and results/skew.json
 
 ``tune``: each variant gets the same search (``--trials`` trials of ``declora tune`` over the
@@ -14,6 +15,10 @@ values its search chose, on every partition (IID, Dirichlet 0.5 and 0.1 on 8 nod
 Dirichlet 0.5 on 16), seeds 0, 1, 2, each run scored once on the 1,000 test rows. Runs go
 ``--jobs`` at a time, one thread each (``OMP_NUM_THREADS=1``), into ``runs/skew/``; the
 tables and each variant's search (``tuned.yaml``, ``trials.csv``) go to ``results/``.
+``choose``: the candidates for the default job (``CANDIDATES``), each with its values, scored
+on the validation rows of the default job's partition at seeds 0, 1 and 2 (one trial of
+``declora tune`` each: the search's seed 0 alone cannot show a failure that only another
+partition has, such as seed 2's size skew); the best mean is the default.
 
 Runs ``declora`` as a user would (subprocesses of the CLI), so it imports nothing of the
 package but the public API (for the config's fields).
@@ -45,20 +50,24 @@ SEARCH = [
     "eval_every=70",
 ]
 
-# variant -> (method, overrides); dec-lora's variants differ only in graph and remedies
+# variant -> (method, overrides); dec-lora's variants differ only in graph and remedies. Each
+# names its graph and weighting: the built-in default (Base-2 + rows) is itself a variant
+EQUAL = "weighting=uniform"
 VARIANTS = {
-    "ring": ("dec-lora", []),
-    "ring + relay": ("dec-lora", ["exchange=relay"]),
-    "ring + tracking": ("dec-lora", ["correction=tracking"]),
-    "ring + rows": ("dec-lora", ["weighting=rows"]),
-    "ring + relay + rows": ("dec-lora", ["exchange=relay", "weighting=rows"]),
-    "one-peer exp.": ("dec-lora", ["topology.kind=one_peer_exponential"]),
-    "Base-2": ("dec-lora", ["topology.kind=base"]),
+    "ring": ("dec-lora", ["topology.kind=ring", EQUAL]),
+    "ring + relay": ("dec-lora", ["topology.kind=ring", "exchange=relay", EQUAL]),
+    "ring + tracking": ("dec-lora", ["topology.kind=ring", "correction=tracking", EQUAL]),
+    "ring + rows": ("dec-lora", ["topology.kind=ring", "weighting=rows"]),
+    "ring + relay + rows": ("dec-lora", ["topology.kind=ring", "exchange=relay", "weighting=rows"]),
+    "one-peer exp.": ("dec-lora", ["topology.kind=one_peer_exponential", EQUAL]),
+    "Base-2": ("dec-lora", ["topology.kind=base", EQUAL]),
     "one-peer exp. + rows": ("dec-lora", ["topology.kind=one_peer_exponential", "weighting=rows"]),
     "Base-2 + rows": ("dec-lora", ["topology.kind=base", "weighting=rows"]),
-    "fedavg (exact every round)": ("fedavg", []),
+    "fedavg (exact every round)": ("fedavg", [EQUAL]),
     "centralized": ("centralized", []),
 }
+# what the default job chooses between, on validation rows of three partitions
+CANDIDATES = ("Base-2", "Base-2 + rows")
 # the default job's partition, then the others
 PARTITIONS = {
     "Dirichlet 0.5": [],
@@ -99,11 +108,29 @@ def tune_job(name: str, trials: int) -> str:
     return f"tune {name}: exit {code}, {sec / 60:.1f} min"
 
 
-def test_job(name: str, part: str, seed: int) -> str:
-    method, extra = VARIANTS[name]
+def start_of(name: str) -> list[str]:
+    """A variant's values: its search's ``tuned.yaml``, or (not searched in this study) the
+    built-in default's values with the variant's overrides."""
     tuned = RESULTS / "skew" / "tune" / slug(name) / "tuned.yaml"
-    # a variant not searched in this study runs with the built-in default's values
-    start = [str(tuned)] if tuned.is_file() else [*extra]
+    return [str(tuned)] if tuned.is_file() else [*VARIANTS[name][1]]
+
+
+def choose_job(name: str, seed: int) -> str:
+    """One trial of ``declora tune`` with the variant's values (trial 0 is the config's own)
+    on the validation rows of the default job's partition at ``seed``."""
+    method = VARIANTS[name][0]
+    out = RUNS / "choose" / slug(name) / f"seed_{seed}"
+    if (out / "trials.csv").is_file():
+        return f"choose {name} / {seed}: done before"
+    shutil.rmtree(out, ignore_errors=True)
+    args = ["tune", *start_of(name), f"methods=[{method}]", "tune.trials=1", *SEARCH[1:]]
+    code, sec = declora([*args, f"seed={seed}", *COMMON, f"out={out}"], out.with_suffix(".log"))
+    return f"choose {name} / {seed}: exit {code}, {sec / 60:.1f} min"
+
+
+def test_job(name: str, part: str, seed: int) -> str:
+    method = VARIANTS[name][0]
+    start = start_of(name)
     out = RUNS / "test" / slug(name) / slug(part) / f"seed_{seed}"
     if (out / "summary.json").is_file():
         return f"test {name} / {part} / {seed}: done before"
@@ -111,6 +138,22 @@ def test_job(name: str, part: str, seed: int) -> str:
     args = ["run", *start, f"methods=[{method}]", f"seed={seed}", "eval_every=35"]
     code, sec = declora([*args, *COMMON, *PARTITIONS[part], f"out={out}"], out.with_suffix(".log"))
     return f"test {name} / {part} / {seed}: exit {code}, {sec / 60:.1f} min"
+
+
+def choice_rows() -> list[str]:
+    """The candidates for the default on the validation rows of seeds 0, 1, 2."""
+    lines = ["| candidate | seed 0 | seed 1 | seed 2 | mean |", "|---|---:|---:|---:|---:|"]
+    for name in CANDIDATES:
+        got = {}
+        for seed in SEEDS:
+            path = RUNS / "choose" / slug(name) / f"seed_{seed}" / "trials.csv"
+            if path.is_file():
+                got[seed] = float(next(csv.DictReader(path.open()))["validation_accuracy"])
+        if got:
+            cells = [f"{got[s]:.3f}" if s in got else "" for s in SEEDS]
+            mean = f"{_mean_std(list(got.values()))[0]:.3f}" if len(got) == len(SEEDS) else ""
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean} |")
+    return lines if len(lines) > 2 else []
 
 
 def run_all(jobs: list, workers: int) -> None:
@@ -225,25 +268,37 @@ def write_table() -> None:
         *tuning_rows(),
         "",
     ]
+    if choice := choice_rows():
+        text += [
+            "## Choosing the default (validation rows, Dirichlet 0.5, seeds 0, 1, 2)",
+            "",
+            "Each candidate with its values above (a variant not searched: the built-in "
+            "values), one run per seed scored on the 500 validation rows (`skew.py choose`).",
+            "",
+            *choice,
+            "",
+        ]
     (RESULTS / "skew.md").write_text("\n".join(text))
     print("\n".join(text))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("phase", choices=["tune", "test", "table"])
+    parser.add_argument("phase", choices=["tune", "test", "choose", "table"])
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     parser.add_argument("--trials", type=int, default=6, help="tune: trials per variant")
     parser.add_argument("--only", help="comma-separated variants (default: all)")
     parser.add_argument("--parts", help="comma-separated partitions (default: all)")
     a = parser.parse_args()
-    names = a.only.split(",") if a.only else list(VARIANTS)
+    names = a.only.split(",") if a.only else list(CANDIDATES if a.phase == "choose" else VARIANTS)
     parts = a.parts.split(",") if a.parts else list(PARTITIONS)
     if a.phase == "tune":
         run_all([(tune_job, n, a.trials) for n in names], a.jobs)
     elif a.phase == "test":
         jobs = [(test_job, n, p, s) for p in parts for s in SEEDS for n in names]
         run_all(jobs, a.jobs)
+    elif a.phase == "choose":
+        run_all([(choose_job, n, s) for s in SEEDS for n in names], a.jobs)
     write_table()
 
 

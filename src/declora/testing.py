@@ -35,7 +35,7 @@ def write_csv(path, rows: list[dict]):
 
 def tiny_args(model_dir, csv_path, out) -> list[str]:
     """key=value overrides for a run of a few seconds in which pooled training clearly learns,
-    on the paper's ring (the graph the tests were written for)."""
+    on the paper's ring with equal weights (what the tests were written for)."""
     return [
         f"model.name={model_dir}",
         f"data.path={csv_path}",
@@ -43,6 +43,7 @@ def tiny_args(model_dir, csv_path, out) -> list[str]:
         "data.val_size=48",
         "nodes=4",
         "topology.kind=ring",
+        "weighting=uniform",
         "rounds=6",
         "local_steps=4",
         "batch_size=8",

@@ -112,9 +112,10 @@ class Config(_Section):
         "update; twice the bytes)",
     )
     weighting: Literal["uniform", "rows"] = Field(
-        "uniform",
-        description="mixing methods: uniform (every node's objective counts alike) or rows "
-        "(by its training rows: the pooled objective; each node's row count is shared)",
+        "rows",
+        description="mixing methods: rows (each node's update weighted by its training rows: "
+        "the pooled objective, the default; each node's row count is shared) or uniform "
+        "(every node's objective counts alike, the paper's)",
     )
     seed: Int = Field(
         0, ge=0, le=SEED_MAX, description="seed of initialisation, partition and sampling"
