@@ -8,6 +8,7 @@ stand-in transport, is tested in test_rounds.py."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -270,26 +271,13 @@ def test_dist_matches_simulator_with_privacy_and_encryption(tiny_model_dir, tiny
 
 
 @pytest.mark.multiprocess
-def test_crash_recovery_matches_an_uninterrupted_run(
-    tiny_model_dir, tiny_csv, tmp_path, sim_reference
-):
-    out = tmp_path / "dist"
-    args = [*base_args(tiny_model_dir, tiny_csv, out), "checkpoint_every=1"]
-    proc = faulty_launch(args, "crash=1@3", max_restarts=1)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (out / ".crashed_node1_round3").exists()  # it did die once, in round 3
-    # no node can finish round 3 without node 1's message: every node resumes after round 2
-    assert re.search(r"resuming after round 2 ", proc.stdout), proc.stdout
-    assert_same_metrics(sim_reference["records"], records(out))
-
-
-@pytest.mark.multiprocess
 def test_crash_recovery_under_dp_and_encryption_matches_the_simulator(
     tiny_model_dir, tiny_csv, tmp_path
 ):
     """A restarted node resumes its Poisson sampler, its noise stream and its epsilon from
     the checkpoint, under a new run id (so a new encryption key): the same run as the
-    simulator's, epsilon included."""
+    simulator's, epsilon included. (It holds the plain crash's checks too: the node died in
+    round 3, every node resumed after round 2, the metrics are the uninterrupted run's.)"""
     extra = ["privacy.noise_multiplier=1.0", *encrypted(tmp_path), "checkpoint_every=1"]
     sim_out, out = tmp_path / "sim", tmp_path / "dist"
     run_sim([*base_args(tiny_model_dir, tiny_csv, sim_out), *extra])
@@ -341,11 +329,12 @@ def test_two_torchrun_launchers_like_two_machines(
 
 
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("extra", [[], ["model.quantize=4bit", "consensus=product"]])
-def test_dist_matches_simulator_on_a_tiny_llama(tiny_llama_dir, tiny_csv, tmp_path, extra):
-    """task causal_lm (classification as generation) in both runtimes: same metrics."""
-    if extra:
-        pytest.importorskip("bitsandbytes")
+def test_dist_matches_simulator_on_a_tiny_llama(tiny_llama_dir, tiny_csv, tmp_path):
+    """task causal_lm (classification as generation) in both runtimes: same metrics. On a
+    4-bit base under the product rule where bitsandbytes is installed (the test extras: one
+    launch covers the quantized path and the plain one's; each costs about 40 s)."""
+    quantized = importlib.util.find_spec("bitsandbytes") is not None
+    extra = ["model.quantize=4bit", "consensus=product"] if quantized else []
     args = [*tiny_llama_args(tiny_llama_dir, tiny_csv, tmp_path / "x"), "rounds=3", "eval_every=2"]
     args += ["methods=[dec-lora]", *extra]
     sim_out, dist_out = tmp_path / "sim", tmp_path / "dist"
