@@ -1,7 +1,7 @@
-"""Accuracy against privacy: the built-in task (bundled MiniLM, Rotten Tomatoes, 8 nodes on a
-ring, Dirichlet 0.5) without DP and with DP-SGD at epsilon 1, 3 and 8 (delta 1e-5), for
-dec-lora (the nodes' own adapters) and centralized DP-SGD on the pooled rows, at the same
-sample budget; and the cost of encrypting a message.
+"""Accuracy against privacy: the built-in task (bundled MiniLM, Rotten Tomatoes, 8 nodes on
+Base-2 weighted by rows, Dirichlet 0.5) without DP and with DP-SGD at epsilon 1, 3 and 8
+(delta 1e-5), for dec-lora (the nodes' own adapters) and centralized DP-SGD on the pooled
+rows, at the same sample budget; and the cost of encrypting a message.
 
 Every (setting, method) gets the same tuning effort: the learning rates ``lr_factors`` x the
 method's tuned default, each trained once; the one with the best validation figure (dec-lora:
@@ -10,10 +10,12 @@ mean of the nodes' own adapters; centralized: its model) is scored on the test r
     .venv/bin/python benchmarks/privacy.py                      # everything, 2 processes
     .venv/bin/python benchmarks/privacy.py settings=[none,3] lr_factors=[1] rounds=10 jobs=1
     .venv/bin/python benchmarks/privacy.py cost       # seconds per sample of a DP step, alone
+    .venv/bin/python benchmarks/privacy.py methods=[dec-lora]   # re-measure one method
 
 Keys of this script: ``settings`` (none and epsilons), ``lr_factors``, ``jobs`` (processes,
-one thread each), ``table`` (default results/privacy.md). Every other key=value is a config
-override, as for ``declora run``.
+one thread each), ``table`` (default results/privacy.md), ``methods`` (default both; the
+other method's rows are kept from the table's JSON, and the table says so). Every other
+key=value is a config override, as for ``declora run``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-OWN = ("settings", "lr_factors", "jobs", "table")
+OWN = ("settings", "lr_factors", "jobs", "table", "methods")
 METHOD_NAMES = ("dec-lora", "centralized")
 
 
@@ -50,7 +52,9 @@ def setting_args(setting) -> list[str]:
     return [] if setting == "none" else [f"privacy.epsilon={setting}", "privacy.delta=1e-5"]
 
 
-def run_setting(setting, factors: list[float], overrides: list[str]) -> list[dict]:
+def run_setting(
+    setting, factors: list[float], overrides: list[str], methods=METHOD_NAMES
+) -> list[dict]:
     """Train every method at every learning rate under one privacy setting; score the one
     chosen on validation on the test rows."""
     torch.set_num_threads(1)
@@ -62,7 +66,7 @@ def run_setting(setting, factors: list[float], overrides: list[str]) -> list[dic
     base = base.model_copy(update={"methods": list(METHOD_NAMES)})
     s = session.prepare(base)
     rows = []
-    for method in METHOD_NAMES:
+    for method in methods:
         tried = []
         for f in factors:
             cfg = base.for_method(method)
@@ -106,6 +110,10 @@ def run_setting(setting, factors: list[float], overrides: list[str]) -> list[dic
         )
         print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def _method_order(row: dict) -> int:
+    return METHOD_NAMES.index(row["method"])
 
 
 def _budgets(s, method: str):
@@ -161,7 +169,8 @@ def markdown(rows: list[dict], enc: dict, command: str, cfg, minutes: float) -> 
         "",
         f"Command: `{command}`",
         "",
-        f"{cfg.nodes} nodes on a {cfg.topology.kind}, {cfg.partition.kind} partition "
+        f"{cfg.nodes} nodes on a {cfg.topology.kind} graph ({cfg.weighting} weighting), "
+        f"{cfg.partition.kind} partition "
         f"(alpha {cfg.partition.alpha:g}), {cfg.rounds} rounds x {cfg.local_steps} step x batch "
         f"{cfg.batch_size} (expected; Poisson sampling under DP), model {cfg.model.name}, data "
         f"{cfg.data.path}, seed {cfg.seed}; clip {cfg.privacy.clip:g}, delta 1e-5, RDP "
@@ -176,12 +185,13 @@ def markdown(rows: list[dict], enc: dict, command: str, cfg, minutes: float) -> 
     ]
     for r in rows:
         eps = "" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
+        kept = " (kept)" if r.get("kept") else ""
         low = "" if r["node_min"] is None else f"{r['node_min']:.4f}"
         noise = "-".join(dict.fromkeys(f"{n:g}" for n in r["noise"][:1] + r["noise"][-1:]))
         tried = ", ".join(f"{lr}: {v:.3f}" for lr, v in r["tried"].items())
         lines.append(
             f"| {'no DP' if r['setting'] == 'none' else 'epsilon ' + str(r['setting'])} "
-            f"| {r['method']} | {r['test']:.4f} | {low} | {eps} | {noise} | {r['lr']:.6g} "
+            f"| {r['method']}{kept} | {r['test']:.4f} | {low} | {eps} | {noise} | {r['lr']:.6g} "
             f"| {tried} | {r['s_per_sample'] * 1e3:.1f} ms |"
         )
     lines += [
@@ -193,9 +203,15 @@ def markdown(rows: list[dict], enc: dict, command: str, cfg, minutes: float) -> 
     ]
     for name, e in enc.items():
         lines.append(f"| {name} | {e['bytes']:,} | {e['seconds'] * 1e3:.2f} |")
+    if any(r.get("kept") for r in rows):
+        lines += [
+            "",
+            "(kept): not run by this command; the row of the previous table "
+            "(the method does not depend on what this command changed).",
+        ]
     lines += [
         "",
-        f"{len(rows)} method rows in {minutes:.1f} min on "
+        f"{sum(not r.get('kept') for r in rows)} method rows in {minutes:.1f} min on "
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, one thread "
         "a process.",
     ]
@@ -217,15 +233,21 @@ def main(argv: list[str]) -> None:
     settings = own.get("settings") or ["none", 8, 3, 1]
     factors = [float(f) for f in own.get("lr_factors") or [1, 2]]
     table = Path(own.get("table") or "results/privacy.md")
+    methods = tuple(own.get("methods") or METHOD_NAMES)
+    if set(methods) - set(METHOD_NAMES):
+        sys.exit(f"privacy.py: methods must be among {', '.join(METHOD_NAMES)}; got {methods}")
     cfg = load_config(None, overrides)  # checks the overrides before any work
+    before = json.loads(table.with_suffix(".json").read_text()) if methods != METHOD_NAMES else []
     t0 = time.perf_counter()
     enc = encryption_cost()
     print(json.dumps(enc), flush=True)
     with ProcessPoolExecutor(int(own.get("jobs", 2)), mp_context=get_context("spawn")) as pool:
-        done = list(
-            pool.map(run_setting, settings, [factors] * len(settings), [overrides] * len(settings))
-        )
-    rows = [r for rs in done for r in rs]
+        n = len(settings)
+        done = list(pool.map(run_setting, settings, [factors] * n, [overrides] * n, [methods] * n))
+    rows = []
+    for setting, ran in zip(settings, done):
+        old = [r for r in before if r["setting"] == setting and r["method"] not in methods]
+        rows += sorted(ran + [{**r, "kept": True} for r in old], key=_method_order)
     command = " ".join(["python benchmarks/privacy.py", *argv])
     table.parent.mkdir(parents=True, exist_ok=True)
     table.write_text(markdown(rows, enc, command, cfg, (time.perf_counter() - t0) / 60))
