@@ -148,7 +148,9 @@ def choice_rows() -> list[str]:
         for seed in SEEDS:
             path = RUNS / "choose" / slug(name) / f"seed_{seed}" / "trials.csv"
             if path.is_file():
-                got[seed] = float(next(csv.DictReader(path.open()))["validation_accuracy"])
+                got[seed] = float(
+                    next(csv.DictReader(path.read_text().splitlines()))["validation_accuracy"]
+                )
         if got:
             cells = [f"{got[s]:.3f}" if s in got else "" for s in SEEDS]
             mean = f"{_mean_std(list(got.values()))[0]:.3f}" if len(got) == len(SEEDS) else ""
