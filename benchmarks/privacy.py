@@ -146,10 +146,10 @@ def step_cost(overrides: list[str], steps: int = 30) -> dict:
 def encryption_cost(reps: int = 500) -> dict:
     """Seconds to seal and open one MiniLM adapter message (74,498 float32 values): in clear,
     with an HMAC tag, and encrypted with AES-256-GCM."""
-    from declora.protocol import wire
+    from declora.protocol import keys, wire
 
     payload = os.urandom(4 * 74_498)
-    key, stamp = os.urandom(32), wire.Stamp(os.urandom(8), 3, 0)
+    key, stamp = keys.Keys(os.urandom(keys.SECRET_BYTES)), wire.Stamp(os.urandom(8), 3, 0)
     out = {}
     for name, to, k in (("clear", None, None), ("hmac", None, key), ("aes-gcm", 1, key)):
         wire.open_frame(

@@ -289,3 +289,33 @@ def test_launch_refuses_an_unreachable_target_before_torchrun(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "must be below 1/rows of every site" in err[0], err
     assert not out.exists()
+
+
+def test_the_privacy_benchmark_seals_with_a_site_secret_and_keeps_the_rows_it_does_not_rerun():
+    """benchmarks/privacy.py: the encryption cost runs on today's keys (it broke silently when
+    keys became derived secrets), and a one-method run keeps the other method's rows."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "privacy.py"
+    spec = importlib.util.spec_from_file_location("privacy_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cost = bench.encryption_cost(reps=1)
+    clear = cost["clear"]["bytes"]
+    assert clear > 4 * 74_498 and cost["hmac"]["bytes"] == clear + 32  # the SHA-256 tag
+    assert cost["aes-gcm"]["bytes"] == clear + 16  # the GCM tag
+    row = {
+        "setting": 3,
+        "test": 0.6,
+        "node_min": None,
+        "epsilon": 3.0,
+        "noise": [0.6],
+        "lr": 0.001,
+        "tried": {"0.001": 0.6},
+        "s_per_sample": 0.01,
+    }
+    rows = [{**row, "method": "dec-lora"}, {**row, "method": "centralized", "kept": True}]
+    text = bench.markdown(rows, cost, "python benchmarks/privacy.py", load_config(None), 1.0)
+    assert "| centralized (kept) |" in text and "| dec-lora |" in text
+    assert "1 method rows in" in text and "(kept): not run by this command" in text
