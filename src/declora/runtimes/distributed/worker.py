@@ -107,6 +107,7 @@ def tell_failure(cfg: Config, rank: int, world: int, where, key, err: Exception)
     with contextlib.suppress(handshake.StartRefused):
         failure = getattr(err, "public", f"{err}")
         agree_on_start(cfg, rank, world, where, key, [], failure=failure)
+    leave()
 
 
 def machine_nodes(rank: int) -> list[int]:
@@ -140,7 +141,21 @@ def agree_on_start(
     """Every node's start-up offer, moved and checked (:mod:`declora.protocol.handshake`)."""
     nonce = os.urandom(handshake.NONCE_BYTES)
     mine = handshake.offer(cfg, nonce, have, rank, key, failure, rows)
-    return handshake.agree(cfg, exchange_offers(mine, world, where.wire), rank, key, say)
+    offers = exchange_offers(mine, world, where.wire)
+    try:
+        return handshake.agree(cfg, offers, rank, key, say)
+    except handshake.StartRefused:
+        leave()  # every node refuses the same offers: no collective follows
+        raise
+
+
+def leave() -> None:
+    """Destroy the process group where no collective can follow (a refused start). A process
+    that exits with gloo's threads alive can abort at exit ("terminate called without an active
+    exception", pytorch/pytorch#190489), which torchrun reports as a failed run (exit 1) in
+    place of the refusal's exit 2."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def open_log(s, out: Path, start: int, echo) -> RunLog:
