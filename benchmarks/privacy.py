@@ -59,7 +59,7 @@ def run_setting(
     chosen on validation on the test rows."""
     torch.set_num_threads(1)
     from declora.config import load_config
-    from declora.harness import report, session
+    from declora.harness import report, session, summary
     from declora.runtimes import sim
 
     base = load_config(None, [*overrides, *setting_args(setting), "export_adapters=false"])
@@ -91,7 +91,7 @@ def run_setting(
                 json.dumps({"setting": setting, "method": method, "lr": lr, "val": val}), flush=True
             )
         best = max(tried, key=lambda r: r["val"])
-        final = report.final_figures(s, best["states"])
+        final = summary.final_figures(s, best["states"])
         head = final.get("node_mean_accuracy", final.get("model", {}).get("accuracy"))
         rows.append(
             {

@@ -291,9 +291,12 @@ def test_launch_refuses_an_unreachable_target_before_torchrun(
     assert not out.exists()
 
 
-def test_the_privacy_benchmark_seals_with_a_site_secret_and_keeps_the_rows_it_does_not_rerun():
-    """benchmarks/privacy.py: the encryption cost runs on today's keys (it broke silently when
-    keys became derived secrets), and a one-method run keeps the other method's rows."""
+def test_the_privacy_benchmark_runs_on_todays_api_and_keeps_the_rows_it_does_not_rerun(
+    tiny_model_dir, tiny_csv, tmp_path, monkeypatch
+):
+    """benchmarks/privacy.py end to end on the tiny model (it broke silently twice: when keys
+    became derived secrets, and when final_figures moved to harness.summary, the second after
+    50 minutes of runs), and a one-method run keeps the other method's rows."""
     import importlib.util
     from pathlib import Path
 
@@ -301,6 +304,10 @@ def test_the_privacy_benchmark_seals_with_a_site_secret_and_keeps_the_rows_it_do
     spec = importlib.util.spec_from_file_location("privacy_benchmark", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    monkeypatch.chdir(tmp_path)  # its runs go to runs/privacy/
+    args = [a for a in tiny_args(tiny_model_dir, tiny_csv, tmp_path / "o") if "out=" not in a]
+    (got,) = bench.run_setting(3, [1.0], [*args, "rounds=2"], ("dec-lora",))
+    assert got["method"] == "dec-lora" and 0 < got["epsilon"] <= 3 and 0 <= got["test"] <= 1
     cost = bench.encryption_cost(reps=1)
     clear = cost["clear"]["bytes"]
     assert clear > 4 * 74_498 and cost["hmac"]["bytes"] == clear + 32  # the SHA-256 tag
