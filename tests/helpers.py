@@ -4,12 +4,14 @@ tiny builders that benchmarks/gpu_check.py shares are in :mod:`declora.testing`.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from declora.testing import (  # noqa: F401 (re-exported for the tests)
     FILLER,
@@ -181,3 +183,12 @@ def torchrun_agents(
 
         pytest.fail(f"{len(cwds)} torchrun agents timed out")
     return [subprocess.CompletedProcess(c, p.returncode, *o) for c, p, o in zip(cmds, procs, done)]
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -20,7 +20,7 @@ from declora.learning import dpsgd, privacy
 from declora.learning.dataset import Sampler
 from declora.learning.secret import Secret
 from declora.learning.tasks import task_for
-from tests.helpers import records, run_sim, tiny_args, tiny_llama_args
+from tests.helpers import load_benchmark, records, run_sim, tiny_args, tiny_llama_args
 
 # ------------------------------------------------------------------------- accounting
 
@@ -297,13 +297,7 @@ def test_the_privacy_benchmark_runs_on_todays_api_and_keeps_the_rows_it_does_not
     """benchmarks/privacy.py end to end on the tiny model (it broke silently twice: when keys
     became derived secrets, and when final_figures moved to harness.summary, the second after
     50 minutes of runs), and a one-method run keeps the other method's rows."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "privacy.py"
-    spec = importlib.util.spec_from_file_location("privacy_benchmark", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("privacy")
     monkeypatch.chdir(tmp_path)  # its runs go to runs/privacy/
     args = [a for a in tiny_args(tiny_model_dir, tiny_csv, tmp_path / "o") if "out=" not in a]
     (got,) = bench.run_setting(3, [1.0], [*args, "rounds=2"], ("dec-lora",))

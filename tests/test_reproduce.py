@@ -1,22 +1,19 @@
 """benchmarks/reproduce.py on the tiny model: rows, seeds, shared runs and its three outputs."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 from declora.runtimes import sim
+from tests.helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks/reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("reproduce")
 
 
 def test_study_shares_equal_runs_and_writes_table_json_and_plot(
