@@ -108,3 +108,15 @@ def test_factor_average_is_not_product_average():
             "consensus_ab"
         ]
     )
+
+
+def test_equal_adapters_are_found_bit_for_bit_and_nothing_else_is():
+    from declora.algorithms.tensors import same_as_earlier
+
+    a = {"x.lora_A.weight": torch.ones(2, 3), "head": torch.zeros(2)}
+    near = {k: v.clone() for k, v in a.items()}
+    near["head"][1] = torch.nextafter(torch.tensor(0.0), torch.tensor(1.0))  # one ulp away
+    copy = {k: v.clone() for k, v in a.items()}
+    other_keys = {"x.lora_A.weight": torch.ones(2, 3)}
+    assert same_as_earlier([a, near, copy, other_keys, near]) == [0, 1, 0, 3, 1]
+    assert same_as_earlier([]) == []

@@ -82,6 +82,23 @@ def test_a_time_varying_graph_averages_exactly_after_its_period(kind, n, k):
     np.testing.assert_allclose(heads(party), values.mean(), rtol=1e-6)
 
 
+@pytest.mark.parametrize("kind,n,k", [("base", 8, 1), ("base", 5, 1), ("base", 7, 2)])
+def test_finishing_stops_at_the_fewest_rounds_that_multiply_to_the_average(kind, n, k):
+    g, J = Schedule.varying(kind, n, k), np.full((n, n), 1 / n)
+    for after in range(2 * g.period):  # a window may start anywhere in the period
+        fewest = g.exact_within(after, 40)
+        assert fewest is not None and g.exact_within(after, fewest - 1) is None
+        ws = [g.at(after + t) for t in range(1, fewest + 1)]
+        np.testing.assert_allclose(graphs.mixing_product(ws), J, atol=1e-12)
+        if fewest > 1:  # one round fewer is not the average
+            assert graphs.consensus_error(ws[:-1]) > 1e-6
+    assert schedule_for("ring", 8).exact_within(70, 40) is None
+    # 8 gossip steps a round: the ring's 0.805 ** 128 is below 1e-12 after 16 rounds, far
+    # below what float32 adapters resolve
+    assert schedule_for("ring", 8).exact_within(70, 40, steps=8) == 16
+    assert schedule_for("complete", 5).exact_within(70, 40) == 1
+
+
 def test_one_peer_exponential_sends_one_message_a_round_half_the_rings():
     ring = schedule_for("ring", 8)
     one = Schedule.varying("one_peer_exponential", 8)

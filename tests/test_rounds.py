@@ -288,6 +288,36 @@ def test_finishing_rounds_only_gossip_until_the_nodes_agree(tiny_model_dir, tiny
         assert finished[key] == pytest.approx(finished["average_adapter"][key], abs=1e-5)
 
 
+def test_finishing_rounds_end_once_the_graph_has_averaged_exactly(
+    tiny_model_dir, tiny_csv, tmp_path
+):
+    """On Base-2 (exact after its period) finish_rounds=25 stops at the fewest rounds whose
+    matrices multiply to J: every node holds the same adapter, at a fraction of the bytes.
+    Where exactness is not assured (faults, compression, tracking, the ring) all 25 stay."""
+    from declora.algorithms.schedule import Schedule
+    from declora.harness.session import finish_rounds_of
+
+    args = [
+        *tiny_args(tiny_model_dir, tiny_csv, tmp_path / "base"),
+        "methods=[dec-lora]",
+        "export_adapters=false",
+        "topology.kind=base",
+        "finish_rounds=25",
+    ]
+    fewest = Schedule.varying("base", 4).exact_within(6, 25)
+    assert finish_rounds_of(load_config(None, args), "dec-lora") == fewest < 25
+    for other in ("faults.link_drop=0.3", "compression.kind=quantize", "correction=tracking"):
+        assert finish_rounds_of(load_config(None, [*args, other]), "dec-lora") == 25, other
+    ring = [*args[:-2], "finish_rounds=25"]
+    assert finish_rounds_of(load_config(None, ring), "dec-lora") == 25
+    run(load_config(None, args), echo=lambda s: None)
+    done = json.loads((tmp_path / "base" / "summary.json").read_text())["methods"]["dec-lora"]
+    assert done["rounds"] == 6 + fewest
+    assert done["consensus_ab"] < 1e-6
+    nodes = [n["loss"] for n in done["nodes"]]
+    assert max(nodes) - min(nodes) < 1e-5
+
+
 def test_gossip_steps_mix_more_for_more_bytes(tiny_model_dir, tiny_csv, tmp_path):
     """gossip_steps=3: three exchanges a round on the same W, so three times the bytes, the
     same samples, and nodes closer together than with one."""

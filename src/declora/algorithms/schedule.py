@@ -91,6 +91,17 @@ class Schedule:
             return 1 if np.allclose(self.W, 1.0 / self.n, atol=1e-12) else None
         return graphs.rounds_to_exact(self.kind, self.n, self.degree)
 
+    def exact_within(self, after: int, limit: int, steps: int = 1) -> int | None:
+        """The fewest rounds k <= ``limit`` after round ``after`` whose matrices, each applied
+        ``steps`` times, multiply to J within 1e-12 (every node then holds the exact average of
+        what the nodes held after round ``after``); None if no k <= ``limit`` does."""
+        out, J = np.eye(self.n), graphs.consensus_matrix(self.n)
+        for k in range(1, limit + 1):
+            out = np.linalg.matrix_power(self.at(after + k), steps) @ out
+            if np.allclose(out, J, rtol=0.0, atol=1e-12):
+                return k
+        return None
+
     @cached_property
     def gap(self) -> float:
         """Per-round contraction of disagreement, as a gap: 1 - |lambda_2(W)| for a static

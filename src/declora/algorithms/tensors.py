@@ -48,3 +48,19 @@ def unflatten(flat: torch.Tensor, template: State) -> State:
         out[k] = flat[pos : pos + v.numel()].view_as(v).to(v.dtype)
         pos += v.numel()
     return out
+
+
+def same_as_earlier(states: list[State]) -> list[int]:
+    """For each state, the index of the first state equal to it in every tensor, bit for bit
+    (its own index when none before it is): nodes that have averaged exactly hold the same
+    adapter, and scoring it once gives every one of them the same figures."""
+
+    def equal(a: State, b: State) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    first, kept = [], []
+    for i, st in enumerate(states):
+        j = next((j for j in kept if equal(st, states[j])), i)
+        kept += [i] if j == i else []
+        first.append(j)
+    return first

@@ -90,7 +90,8 @@ class Config(_Section):
         0,
         ge=0,
         description="gossip-only rounds after the last training round (dec-lora): the nodes' "
-        "adapters agree, at the cost of bytes and no compute",
+        "adapters agree, at the cost of bytes and no compute; they end early once the graph "
+        "has averaged exactly (Base, one-peer exponential; not under faults or compression)",
     )
     gossip_steps: Int = Field(
         1,

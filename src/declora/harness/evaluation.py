@@ -11,7 +11,7 @@ import numpy as np
 
 from declora.algorithms.consensus import consensus_distances, network_average
 from declora.algorithms.scores import from_counts
-from declora.algorithms.tensors import State
+from declora.algorithms.tensors import State, same_as_earlier
 from declora.harness.session import Session
 
 
@@ -20,12 +20,20 @@ def rows_of(batches: list[dict]) -> int:
     return sum(len(b["labels"]) for b in batches)
 
 
+def each_node(s: Session, states: list[State], batches: list[dict]) -> list[dict]:
+    """Every node's own adapter scored on ``batches``; an adapter equal bit for bit to an
+    earlier node's (after exact averaging every node holds the same) is scored once."""
+    first = same_as_earlier(states)
+    scored = {j: s.task.evaluate(s.model, states[j], batches) for j in sorted(set(first))}
+    return [dict(scored[j]) for j in first]
+
+
 def evaluate_round(s: Session, states: list[State]) -> dict:
     """Validation figures of one round from every node's adapter (in node order)."""
     rec = s.task.evaluate(s.model, network_average(states, s.cfg.consensus), s.val)
     rec["split"] = "validation"
     if len(states) > 1:
-        own = [s.task.evaluate(s.model, st, s.val_nodes) for st in states]
+        own = each_node(s, states, s.val_nodes)
         rec["node_accuracy_mean"] = float(np.mean([o["accuracy"] for o in own]))
         rec["node_accuracy_min"] = float(np.min([o["accuracy"] for o in own]))
         rec["node_f1_mean"] = float(np.mean([o["f1"] for o in own]))
@@ -42,7 +50,7 @@ def evaluate_nodes(s: Session, states: list[State], batches: list[dict]) -> dict
     rows = rows_of(batches)
     if len(states) == 1:
         return {"rows": rows, "model": s.task.evaluate(s.model, states[0], batches)}
-    own = [s.task.evaluate(s.model, st, batches) for st in states]
+    own = each_node(s, states, batches)
     out = {
         "rows": rows,
         "nodes": own,

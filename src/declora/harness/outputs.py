@@ -20,7 +20,7 @@ from declora.harness.evaluation import evaluate_untrained
 from declora.harness.loggers import log_site
 from declora.harness.report import RunLog, headline, write_json
 from declora.harness.runner import Played
-from declora.harness.session import Session
+from declora.harness.session import Session, finish_rounds_of
 from declora.harness.summary import Summary, final_figures
 from declora.learning import devices
 from declora.learning.adapters import export_adapter
@@ -116,12 +116,17 @@ def describe_methods(cfg: Config) -> list[str]:
         line = f"{name}: lr {own.lr:g} (head x{own.head_lr_scale:g}), {own.schedule} schedule"
         if METHODS[name].gossips:
             g = own.gossip_steps
-            line += (
-                f"; {g} gossip step{'s' * (g != 1)} a round, "
-                f"{own.finish_rounds} gossip-only rounds at the end"
-            )
+            line += f"; {g} gossip step{'s' * (g != 1)} a round, {_finishing(cfg, name)} at the end"
         lines.append(line)
     return lines
+
+
+def _finishing(cfg: Config, name: str) -> str:
+    """ "40 gossip-only rounds", or "3 gossip-only rounds (of 40: the graph has then
+    averaged exactly)"."""
+    own, played = cfg.for_method(name).finish_rounds, finish_rounds_of(cfg, name)
+    line = f"{played} gossip-only round{'s' * (played != 1)}"
+    return line if played == own else f"{line} (of {own}: the graph has then averaged exactly)"
 
 
 def describe_pairs(s: Session) -> list[str]:
@@ -237,7 +242,7 @@ def write_site(s: Session, out: Path, node: int, state: State, counts: np.ndarra
     folder.mkdir(parents=True, exist_ok=True)
     figures = {"rows": int(counts[0]), **from_counts(counts)}
     write_json(folder / "site.json", {"node": node, **figures})
-    rounds = s.cfg.rounds + s.cfg.for_method("dec-lora").finish_rounds
+    rounds = s.cfg.rounds + finish_rounds_of(s.cfg, "dec-lora")
     log_site(s.cfg, folder, node, figures, rounds)
 
 

@@ -214,13 +214,44 @@ def party_for(
         size=1 if method.pooled else cfg.nodes,
         mixing=mixing,
         rounds=cfg.rounds,
-        finish_rounds=cfg.finish_rounds if method.gossips else 0,
+        finish_rounds=finishing(cfg, method, mixing),
         gossip_steps=cfg.gossip_steps if method.gossips else 1,
         link=Link(s.key, cfg.security.encrypt, run),
         losses=s.task.example_losses,
         together=_together(s, cfg, len(nodes)),
         warn=warn,
     )
+
+
+def finishing(cfg: Config, method: Method, mixing: Schedule | None) -> int:
+    """The method's gossip-only rounds: ``finish_rounds``, ended early once they have averaged
+    exactly: plain gossip of uncompressed factors (``consensus`` ab or frozen_a, no tracking,
+    no relay) with no ``faults``, once the graph's matrices from the last training round on
+    multiply to J within 1e-12 (Base after at most its period, one-peer exponential at a
+    power of 2, the complete graph after one round; a static graph only with many gossip
+    steps). Every node then holds the average to far below float32's resolution, and more
+    rounds would send it back and forth unchanged. Every process computes the same count from the config (under launch a peer
+    that does not answer fails the round, so no message is silently missing)."""
+    if not method.gossips:
+        return 0
+    exact = (
+        mixing is not None
+        and cfg.exchange == "gossip"
+        and cfg.correction == "none"
+        and cfg.compression.kind == "none"
+        and cfg.consensus in ("ab", "frozen_a")
+        and cfg.faults.link_drop == 0
+        and cfg.faults.node_drop == 0
+    )
+    k = mixing.exact_within(cfg.rounds, cfg.finish_rounds, cfg.gossip_steps) if exact else None
+    return cfg.finish_rounds if k is None else k
+
+
+def finish_rounds_of(cfg: Config, name: str) -> int:
+    """Method ``name``'s gossip-only rounds under ``cfg`` (:func:`finishing`), without a
+    session: for what a run or an estimate says beforehand."""
+    own = cfg.for_method(name)
+    return finishing(own, METHODS[name], graph_for(own))
 
 
 def _mixing(s: Session, cfg: Config, method: Method) -> Schedule | None:

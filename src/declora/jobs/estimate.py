@@ -24,7 +24,7 @@ from declora.algorithms.compress import describe, payload_size
 from declora.algorithms.schedule import relay_tree
 from declora.algorithms.tensors import is_lora, is_lora_a
 from declora.config import Config, ConfigError
-from declora.harness.session import graph_for
+from declora.harness.session import finish_rounds_of, graph_for
 from declora.learning.capacity import (
     GB,
     Shapes,
@@ -127,7 +127,7 @@ def estimate(cfg: Config, num_labels: int | None = None) -> dict:
     adapter, full = _message_sizes(cfg, shapes)
     spec, T = cfg.compression, cfg.rounds
     dec = cfg.for_method("dec-lora")
-    finish = dec.finish_rounds  # gossip-only rounds: bytes, no steps
+    finish = finish_rounds_of(cfg, "dec-lora")  # gossip-only rounds: bytes, no steps
     lora_msg, full_msg = payload_size(adapter, spec), payload_size(full, spec)
     dec_msg = _dec_message(cfg, adapter)
     ones, all_n = np.ones(n), np.array([n])
