@@ -296,6 +296,7 @@ def test_finishing_rounds_end_once_the_graph_has_averaged_exactly(
     Where exactness is not assured (faults, compression, tracking, the ring) all 25 stay."""
     from declora.algorithms.schedule import Schedule
     from declora.harness.session import finish_rounds_of
+    from declora.jobs.estimate import estimate, format_estimate
 
     args = [
         *tiny_args(tiny_model_dir, tiny_csv, tmp_path / "base"),
@@ -310,6 +311,12 @@ def test_finishing_rounds_end_once_the_graph_has_averaged_exactly(
         assert finish_rounds_of(load_config(None, [*args, other]), "dec-lora") == 25, other
     ring = [*args[:-2], "finish_rounds=25"]
     assert finish_rounds_of(load_config(None, ring), "dec-lora") == 25
+    est = estimate(load_config(None, args))
+    assert est["finish_rounds"] == fewest and est["finish_rounds_configured"] == 25
+    assert (
+        f"(+ {fewest} gossip-only for Dec-LoRA: exact by then, of finish_rounds=25)"
+        in (format_estimate(est).splitlines()[0])
+    )
     run(load_config(None, args), echo=lambda s: None)
     done = json.loads((tmp_path / "base" / "summary.json").read_text())["methods"]["dec-lora"]
     assert done["rounds"] == 6 + fewest

@@ -135,6 +135,7 @@ def estimate(cfg: Config, num_labels: int | None = None) -> dict:
         "nodes": n,
         "rounds": T,
         "finish_rounds": finish,
+        "finish_rounds_configured": dec.finish_rounds,
         "gossip_steps": dec.gossip_steps,
         "topology": cfg.topology.kind,
         "neighbours": {
@@ -201,6 +202,15 @@ def _mixing_line(m: dict) -> str:
     return line + "; " + ", ".join(extra)
 
 
+def _finishing(played: int, configured: int) -> str:
+    """ " (+ 40 gossip-only for Dec-LoRA)", and what a graph that averages exactly leaves."""
+    if not played:
+        return ""
+    if played == configured:
+        return f" (+ {played} gossip-only for Dec-LoRA)"
+    return f" (+ {played} gossip-only for Dec-LoRA: exact by then, of finish_rounds={configured})"
+
+
 def format_estimate(est: dict) -> str:
     """The estimate as a plain-text table (per node = mean over nodes)."""
     nb, comp = est["neighbours"], est["compression"]
@@ -208,7 +218,7 @@ def format_estimate(est: dict) -> str:
     lines = [
         f"{est['nodes']} nodes, {est['topology']} graph ({nb['min']}-{nb['max']} neighbours, "
         f"mean {nb['mean']:g}), {est['rounds']} rounds"
-        + (f" (+ {est['finish_rounds']} gossip-only for Dec-LoRA)" if est["finish_rounds"] else ""),
+        + _finishing(est["finish_rounds"], est["finish_rounds_configured"]),
         f"messages: {est['messages']}; scheme {scheme}",
         _mixing_line(est["mixing"]),
         "",
