@@ -15,8 +15,9 @@ values its search chose, on every partition (IID, Dirichlet 0.5 and 0.1 on 8 nod
 Dirichlet 0.5 on 16), seeds 0, 1, 2, each run scored once on the 1,000 test rows. Runs go
 ``--jobs`` at a time, one thread each (``OMP_NUM_THREADS=1``), into ``runs/skew/``; the
 tables and each variant's search (``tuned.yaml``, ``trials.csv``) go to ``results/``.
-``choose``: the candidates for the default job (``CANDIDATES``), each with its values, scored
-on the validation rows of the default job's partition at seeds 0, 1 and 2 (one trial of
+``choose``: the candidates for the default job (``CANDIDATES``; ``--only`` names others, such
+as ``RING_CANDIDATES``), each with its values, scored on the validation rows of the default
+job's partition at seeds 0, 1 and 2 (one trial of
 ``declora tune`` each: the search's seed 0 alone cannot show a failure that only another
 partition has, such as seed 2's size skew); the best mean is the default.
 
@@ -66,8 +67,13 @@ VARIANTS = {
     "fedavg (exact every round)": ("fedavg", [EQUAL]),
     "centralized": ("centralized", []),
 }
-# what the default job chooses between, on validation rows of three partitions
+# a variant not searched in this study takes the searched values of the one it adds rows to:
+# both are then scored at the same values, so the choice between them is of equal effort
+VALUES_OF = {"Base-2 + rows": "Base-2", "ring + relay + rows": "ring + relay"}
+# what the default job chooses between, on validation rows of three partitions; and the same
+# choice for a user whose links form the paper's ring
 CANDIDATES = ("Base-2", "Base-2 + rows")
+RING_CANDIDATES = ("ring + relay", "ring + relay + rows")
 # the default job's partition, then the others
 PARTITIONS = {
     "Dirichlet 0.5": [],
@@ -109,10 +115,14 @@ def tune_job(name: str, trials: int) -> str:
 
 
 def start_of(name: str) -> list[str]:
-    """A variant's values: its search's ``tuned.yaml``, or (not searched in this study) the
-    built-in default's values with the variant's overrides."""
+    """A variant's values: its search's ``tuned.yaml``; or (not searched in this study) the
+    searched values of the variant it adds to (``VALUES_OF``), or else the built-in default's,
+    with the variant's overrides."""
     tuned = RESULTS / "skew" / "tune" / slug(name) / "tuned.yaml"
-    return [str(tuned)] if tuned.is_file() else [*VARIANTS[name][1]]
+    if tuned.is_file():
+        return [str(tuned)]
+    borrowed = RESULTS / "skew" / "tune" / slug(VALUES_OF.get(name, name)) / "tuned.yaml"
+    return [str(borrowed)] * borrowed.is_file() + [*VARIANTS[name][1]]
 
 
 def choose_job(name: str, seed: int) -> str:
@@ -140,10 +150,10 @@ def test_job(name: str, part: str, seed: int) -> str:
     return f"test {name} / {part} / {seed}: exit {code}, {sec / 60:.1f} min"
 
 
-def choice_rows() -> list[str]:
-    """The candidates for the default on the validation rows of seeds 0, 1, 2."""
+def choice_rows(candidates: tuple[str, ...]) -> list[str]:
+    """The candidates on the validation rows of seeds 0, 1, 2."""
     lines = ["| candidate | seed 0 | seed 1 | seed 2 | mean |", "|---|---:|---:|---:|---:|"]
-    for name in CANDIDATES:
+    for name in candidates:
         got = {}
         for seed in SEEDS:
             path = RUNS / "choose" / slug(name) / f"seed_{seed}" / "trials.csv"
@@ -270,16 +280,18 @@ def write_table() -> None:
         *tuning_rows(),
         "",
     ]
-    if choice := choice_rows():
-        text += [
-            "## Choosing the default (validation rows, Dirichlet 0.5, seeds 0, 1, 2)",
-            "",
-            "Each candidate with its values above (a variant not searched: the built-in "
-            "values), one run per seed scored on the 500 validation rows (`skew.py choose`).",
-            "",
-            *choice,
-            "",
-        ]
+    for what, candidates in (("the default", CANDIDATES), ("the ring's remedy", RING_CANDIDATES)):
+        if choice := choice_rows(candidates):
+            text += [
+                f"## Choosing {what} (validation rows, Dirichlet 0.5, seeds 0, 1, 2)",
+                "",
+                "Each candidate with its values above (a variant not searched: those of the "
+                "variant it adds rows to), one run per seed scored on the 500 validation rows "
+                "(`skew.py choose`).",
+                "",
+                *choice,
+                "",
+            ]
     (RESULTS / "skew.md").write_text("\n".join(text))
     print("\n".join(text))
 
