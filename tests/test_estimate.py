@@ -30,6 +30,8 @@ MEASURED = {
     # frozen A is never sent (half the LoRA bytes); finishing rounds send without training;
     # three gossip steps a round send three messages a neighbour
     "frozen-a-finish": (["dec-lora"], ["consensus=frozen_a", "finish_rounds=2", "gossip_steps=3"]),
+    # AdamW's second moments go with the adapter: twice the values, for gossip and a server
+    "moments-mixed": (["dec-lora", "fedavg"], ["second_moment=mixed"]),
 }
 
 

@@ -17,7 +17,7 @@ from declora.algorithms.methods import METHODS
 from declora.algorithms.schedule import Schedule, relay_tree, schedule_for
 from declora.config import ConfigError, load_config
 from declora.learning.dataset import Dataset
-from declora.learning.train import Node
+from declora.learning.train import MOMENT, Node, moment_template
 from declora.protocol import wire
 from declora.protocol.exchange import Exchange
 from declora.protocol.gossip import Link
@@ -187,6 +187,56 @@ def test_size_weighting_moves_the_fixed_point_to_the_row_weighted_optimum(weight
     np.testing.assert_allclose(heads(party), np.broadcast_to(want, (n, 3)), atol=2e-3)
 
 
+def _mixed_moments(party) -> None:
+    """second_moment=mixed on a hand-made party: each node mixes its AdamW second moment."""
+    for node, ex in zip(party.nodes, party.exchanges):
+        node.moments = True
+        assert list(ex.template) == ["head", MOMENT + "head"]
+
+
+def test_mixed_second_moments_are_averaged_with_the_adapter_and_the_first_stays_own():
+    n = 4
+    party = make_party(np.zeros(n), lambda i, s: Exchange(i, moment_template(s)), "adamw", 0.01)
+    _mixed_moments(party)
+    _quadratic_steps(party, np.arange(n * 3.0).reshape(n, 3) ** 2, 2)
+    v = np.array(
+        [node.optimizer.state[node.params["head"]]["exp_avg_sq"].numpy() for node in party.nodes]
+    )
+    m = np.array(
+        [node.optimizer.state[node.params["head"]]["exp_avg"].numpy() for node in party.nodes]
+    )
+    x = heads(party)
+    mix(party, np.full((n, n), 1 / n), 1)
+    for node in party.nodes:
+        state = node.optimizer.state[node.params["head"]]
+        np.testing.assert_allclose(state["exp_avg_sq"].numpy(), v.mean(0), rtol=1e-6)
+        np.testing.assert_allclose(state["exp_avg"].numpy(), m[node.node_id])
+    np.testing.assert_allclose(heads(party), np.broadcast_to(x.mean(0), x.shape), rtol=1e-6)
+    J = np.full((n, n), 1 / n)
+    payload = {c.payload for c in mix(party, J, 2).nodes.values()}
+    plain = {c.payload for c in mix(make_party(np.zeros(n)), J, 1).nodes.values()}
+    assert payload == {plain.pop() + 3 * 4}  # the moments: one float32 per adapter value more
+
+
+@pytest.mark.parametrize("moments", ["own", "mixed"])
+def test_mixed_second_moments_move_adamw_to_the_optimum_of_the_mean_loss(moments):
+    """f_i = (x - a_i)^2 / 2 with a = 0, 0, 0, 10, averaged exactly every round. Each node's
+    own AdamW normalises its own gradient, so near a fixed point every node steps by about
+    lr x sign(x - a_i): the network stops where the signs cancel, at the targets' median, 0,
+    not at the mean loss's optimum 2.5. With the second moment mixed every node divides by
+    the same estimate, the mean step is about the mean gradient's, and the network reaches 2.5."""
+    n, targets = 4, np.array([[0.0] * 3, [0.0] * 3, [0.0] * 3, [10.0] * 3])
+    make = (lambda i, s: Exchange(i, moment_template(s))) if moments == "mixed" else Exchange
+    party = make_party(np.zeros(n), make, "adamw", 0.004)  # the head learns at 5x: 0.02
+    if moments == "mixed":
+        _mixed_moments(party)
+    for t in range(1, 1500):
+        _quadratic_steps(party, targets, 1)
+        mix(party, np.full((n, n), 1 / n), t)
+    want = 2.5 if moments == "mixed" else 0.0
+    np.testing.assert_allclose(heads(party), want, atol=0.1)
+
+
 @pytest.mark.parametrize(
     "override,message",
     [
@@ -206,6 +256,11 @@ def test_size_weighting_moves_the_fixed_point_to_the_row_weighted_optimum(weight
         (["correction=tracking", "compression.scheme=choco"], "plain vectors"),
         (["correction=tracking", "consensus=product"], "plain vectors"),
         (["correction=tracking", "gossip_steps=2", "per_method={}"], "once a round"),
+        (["second_moment=mixed", "optimizer=sgd"], "keeps none"),
+        (["second_moment=mixed", "exchange=relay", "topology.kind=ring"], "gossip's remedy"),
+        (["second_moment=mixed", "correction=tracking"], "gossip's remedy"),
+        (["second_moment=mixed", "compression.kind=quantize"], "plain vectors"),
+        (["second_moment=mixed", "consensus=product"], "plain vectors"),
         (["topology.degree=0"], "topology.degree"),
         (["exchange=push"], "exchange"),
     ],

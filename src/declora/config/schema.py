@@ -112,6 +112,13 @@ class Config(_Section):
         "update minus its own, to what it mixes (gradient tracking on the optimizer's "
         "update; twice the bytes)",
     )
+    second_moment: Literal["own", "mixed"] = Field(
+        "own",
+        description="mixing methods: AdamW's second-moment estimate (exp_avg_sq), each node's "
+        "own or mixed with its neighbours like the adapter (mixed: the nodes divide by about "
+        "the network's estimate, so their mean update is about AdamW's on the mean gradient; "
+        "twice the bytes; Chen et al. 2021, arXiv 2109.03194)",
+    )
     weighting: Literal["uniform", "rows"] = Field(
         "rows",
         description="mixing methods: rows (each node's update weighted by its training rows: "
@@ -327,6 +334,8 @@ class Config(_Section):
             _relay_checks(self, varying)
         if self.correction == "tracking":
             _tracking_checks(self)
+        if self.second_moment == "mixed":
+            _moment_checks(self)
         return self
 
     def one_seed(self, command: str) -> None:
@@ -375,6 +384,25 @@ def _tracking_checks(cfg: Config) -> None:
         )
     if cfg.for_method("dec-lora").gossip_steps > 1:
         raise ValueError("correction=tracking mixes once a round: use gossip_steps=1")
+
+
+def _moment_checks(cfg: Config) -> None:
+    """second_moment=mixed: the moments are mixed as plain vectors, beside the adapter."""
+    if cfg.optimizer != "adamw":
+        raise ValueError(
+            f"second_moment=mixed mixes AdamW's second moment; optimizer={cfg.optimizer} "
+            "keeps none: use optimizer=adamw or second_moment=own"
+        )
+    if cfg.exchange == "relay" or cfg.correction == "tracking":
+        raise ValueError(
+            "second_moment=mixed is gossip's remedy: relay and tracking already move the "
+            "nodes by the network's update; use exchange=gossip and correction=none"
+        )
+    if cfg.compression.kind != "none" or cfg.consensus == "product":
+        raise ValueError(
+            "second_moment=mixed averages the moments exactly as plain vectors: use "
+            "compression.kind=none and consensus=ab or frozen_a"
+        )
 
 
 def _check_data_path(cfg: Config) -> None:

@@ -1,8 +1,8 @@
 """Per-node checkpoints: one safetensors file per node and round, written atomically.
 
 ``<root>/node_<i>/round_<t>.safetensors`` holds everything a node needs to continue exactly
-where it was after round t: its adapter, its optimizer state (Adam moments never leave the
-node) and learning-rate schedule, its torch RNG state, its data sampler's state, the exchange's
+where it was after round t: its adapter, its optimizer state (kept on the node; under
+``second_moment=mixed`` the second moment is also mixed with the neighbours) and learning-rate schedule, its torch RNG state, its data sampler's state, the exchange's
 own state (CHOCO's public copies) and the caller's counters (bytes sent, samples). Tensors go in
 the file's tensors, everything else in its string metadata as JSON: nothing is pickled, so
 loading one cannot run code. A file is written under a temporary name, flushed to disk and

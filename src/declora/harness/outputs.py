@@ -166,6 +166,8 @@ def describe_graph(s: Session) -> str:
         remedies.append("gradient tracking")
     if cfg.weighting == "rows":
         remedies.append("nodes weighted by their rows")
+    if cfg.second_moment == "mixed":
+        remedies.append("AdamW's second moments mixed")
     return text + "".join(f", {r}" for r in remedies)
 
 

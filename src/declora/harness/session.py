@@ -21,7 +21,7 @@ from declora.learning.dataset import Dataset, concat
 from declora.learning.devices import CPU, choose
 from declora.learning.dpsgd import ExampleGrads
 from declora.learning.tasks import Task, load_task_data, task_for
-from declora.learning.train import Node
+from declora.learning.train import Node, moment_template
 from declora.learning.vectorize import Together
 from declora.protocol import keys, wire
 from declora.protocol.exchange import Exchange
@@ -272,7 +272,15 @@ def _exchange(s: Session, cfg: Config, method: Method, i: int, mixing, rows: lis
         return RelayExchange(i, s.init, tree, 1.0, cfg.nodes, cfg.consensus)
     if method.gossips and cfg.correction == "tracking":
         return TrackingExchange(i, s.init, cfg.compression, cfg.seed, cfg.consensus)
-    return Exchange(i, s.init, cfg.compression, seed=cfg.seed, consensus=cfg.consensus)
+    template = moment_template(s.init) if mixes_moments(cfg, method) else s.init
+    return Exchange(i, template, cfg.compression, seed=cfg.seed, consensus=cfg.consensus)
+
+
+def mixes_moments(cfg: Config, method: Method) -> bool:
+    """``second_moment=mixed`` for a method whose nodes average their models: each node mixes
+    its AdamW second moments with the adapter (the config refuses it with relay, tracking,
+    compression and the product rule)."""
+    return cfg.second_moment == "mixed" and method.mixes and not method.pooled
 
 
 def update_scale(cfg: Config, method: Method, i: int, rows: list[int]) -> float:
@@ -310,6 +318,8 @@ def _nodes(s: Session, cfg: Config, method: Method, held: list[int] | None, rows
         )
         for i in (range(cfg.nodes) if held is None else held)
     ]
+    for node in nodes:
+        node.moments = mixes_moments(cfg, method)
     return nodes, cfg.local_steps
 
 

@@ -99,17 +99,22 @@ def mixing(cfg: Config) -> dict:
         "exchange": cfg.exchange,
         "correction": cfg.correction,
         "weighting": cfg.weighting,
+        "second_moment": cfg.second_moment,
     }
 
 
 def _dec_message(cfg: Config, adapter: list[int]) -> int:
-    """Bytes of one dec-lora payload: tracking sends the adapter and its correction, relay
-    the adapter's sum and its count (float32)."""
+    """Bytes of one dec-lora payload: tracking sends the adapter and its correction,
+    ``second_moment=mixed`` the adapter and its second moments, relay the adapter's sum and
+    its count (float32)."""
     if cfg.exchange == "relay":
         return payload_size([*adapter, 1], _Float32())
-    if cfg.correction == "tracking":
-        return payload_size(adapter + adapter, cfg.compression)
-    return payload_size(adapter, cfg.compression)
+    return payload_size(adapter * _vectors(cfg), cfg.compression)
+
+
+def _vectors(cfg: Config) -> int:
+    """Adapter-sized vectors in a mixing message: 2 with tracking or mixed moments."""
+    return 2 if cfg.correction == "tracking" or cfg.second_moment == "mixed" else 1
 
 
 def estimate(cfg: Config, num_labels: int | None = None) -> dict:
@@ -128,8 +133,10 @@ def estimate(cfg: Config, num_labels: int | None = None) -> dict:
     spec, T = cfg.compression, cfg.rounds
     dec = cfg.for_method("dec-lora")
     finish = finish_rounds_of(cfg, "dec-lora")  # gossip-only rounds: bytes, no steps
-    lora_msg, full_msg = payload_size(adapter, spec), payload_size(full, spec)
+    full_msg = payload_size(full, spec)
     dec_msg = _dec_message(cfg, adapter)
+    moments = 2 if cfg.second_moment == "mixed" else 1  # fedavg mixes its moments too
+    fedavg_msg = payload_size(adapter * moments, spec)
     ones, all_n = np.ones(n), np.array([n])
     return {
         "nodes": n,
@@ -151,14 +158,14 @@ def estimate(cfg: Config, num_labels: int | None = None) -> dict:
             "full_model": payload_size(full, _Float32()),
         },
         "dec-lora": _row(
-            sum(adapter) * (2 if cfg.correction == "tracking" else 1),
+            sum(adapter) * _vectors(cfg),
             dec_msg,
             neighbours * dec.gossip_steps,
             neighbours * dec.gossip_steps,
             T + finish,
         ),
-        "fedavg-node": _row(sum(adapter), lora_msg, ones, ones, T),
-        "fedavg-server": _row(sum(adapter), lora_msg, all_n, all_n, T),
+        "fedavg-node": _row(sum(adapter) * moments, fedavg_msg, ones, ones, T),
+        "fedavg-server": _row(sum(adapter) * moments, fedavg_msg, all_n, all_n, T),
         "full-model-gossip": _row(sum(full), full_msg, graph.messages(), graph.messages(), T),
         "memory": memory(cfg, shapes),
     }
@@ -199,6 +206,8 @@ def _mixing_line(m: dict) -> str:
         extra.append(f"correction {m['correction']}")
     if m["weighting"] != "uniform":
         extra.append(f"weighting {m['weighting']}")
+    if m["second_moment"] != "own":
+        extra.append(f"second moment {m['second_moment']}")
     return line + "; " + ", ".join(extra)
 
 

@@ -48,6 +48,15 @@ def make_optimizer(params: State, cfg: Config) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+MOMENT = "exp_avg_sq."  # second_moment=mixed: the key prefix of a moment in what a node mixes
+
+
+def moment_template(init: State) -> State:
+    """What a node mixes under ``second_moment=mixed``: the adapter, then a second moment per
+    tensor, zero as AdamW's starts (``exchanged_keys`` drops A's under frozen_a, as A's own)."""
+    return {**init, **{MOMENT + k: torch.zeros_like(v) for k, v in init.items()}}
+
+
 def allocate_state(params: State, optimizer: torch.optim.Optimizer) -> None:
     """Allocate a node's long-lived buffers (grads, Adam moments) now, before any training.
 
@@ -104,6 +113,7 @@ class Node:
     scale: float = 1.0  # weighting=rows: each optimizer update times n n_i / sum(n)
     secret: Secret | None = None  # DP-SGD: the site's own key for its noise and sample
     released: int = 0  # DP-SGD: steps this site has released (its record outlives restarts)
+    moments: bool = False  # second_moment=mixed: AdamW's exp_avg_sq is mixed with the adapter
 
     @property
     def epsilon(self) -> float:
@@ -170,6 +180,26 @@ class Node:
         """The adapter tensors as this node would send them: detached, on the CPU (a view on
         the CPU, a copy from a GPU)."""
         return {k: v.detach().cpu() for k, v in self.params.items()}
+
+    def shared(self) -> State:
+        """What this node mixes with its neighbours: its adapter and, under
+        ``second_moment=mixed``, its AdamW second-moment estimates (``MOMENT + name``, one
+        per trainable tensor)."""
+        state = self.state()
+        if self.moments:
+            for k, p in self.params.items():
+                if p.requires_grad:
+                    state[MOMENT + k] = self.optimizer.state[p]["exp_avg_sq"].detach().cpu()
+        return state
+
+    @torch.no_grad()
+    def set_shared(self, state: State) -> None:
+        """Overwrite what :meth:`shared` gives, in place."""
+        self.set_state(state)
+        if self.moments:
+            for k, p in self.params.items():
+                if p.requires_grad:
+                    self.optimizer.state[p]["exp_avg_sq"].copy_(state[MOMENT + k])
 
     def apply_grads(self) -> None:
         """One optimizer step on the gradients set (skipped under fp16 when the scaled

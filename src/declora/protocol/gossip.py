@@ -166,13 +166,14 @@ Release = Callable[[int, int, int, "bytes | dict[int, bytes]"], None]
 
 
 class Held(Protocol):
-    """A node as a gossip step sees it: its id, and its adapter to read and overwrite."""
+    """A node as a gossip step sees it: its id, and what it mixes (its adapter; under
+    ``second_moment=mixed`` its AdamW second moments too) to read and overwrite."""
 
     node_id: int
 
-    def state(self) -> State: ...
+    def shared(self) -> State: ...
 
-    def set_state(self, state: State) -> None: ...
+    def set_shared(self, state: State) -> None: ...
 
 
 def gossip_step(
@@ -212,7 +213,7 @@ def gossip_step(
         i = node.node_id
         if i not in outbox:
             if getattr(ex, "alone", False):
-                node.set_state(ex.incoming(node.state(), {}, {i: 1.0}))
+                node.set_shared(ex.incoming(node.shared(), {}, {i: 1.0}))
             continue
         got, row = accepted[i], rows[i]
         if directed:
@@ -223,7 +224,7 @@ def gossip_step(
                     row[i] += row.pop(j)
         mixed = got if committed is not None else {j: got[j] for j in row if j in got}
         kept = None if committed is None else committed[i]
-        node.set_state(ex.incoming(node.state(), mixed, row, committed=kept))
+        node.set_shared(ex.incoming(node.shared(), mixed, row, committed=kept))
     return traffic
 
 
@@ -279,7 +280,7 @@ def _outbox(held, W: np.ndarray, t: int, step: int, link: Link, call: Step, rele
         peers = sorted(int(j) for j in np.flatnonzero(W[:, i]) if j != i)
         if not peers and not heard:
             continue
-        payload = ex.outgoing(node.state(), t, step, peers) if peers else b""
+        payload = ex.outgoing(node.shared(), t, step, peers) if peers else b""
         if isinstance(payload, dict):  # a payload of its own for each peer (relay)
             sizes = [len(payload[j]) for j in peers]
         else:
