@@ -52,27 +52,42 @@ SEARCH = [
 ]
 
 # variant -> (method, overrides); dec-lora's variants differ only in graph and remedies. Each
-# names its graph and weighting: the built-in default (Base-2 + rows) is itself a variant
+# names its graph, weighting and second moment: the built-in default is itself a variant
 EQUAL = "weighting=uniform"
+OWN = "second_moment=own"  # each node's AdamW keeps its own second moment (the paper's)
 VARIANTS = {
-    "ring": ("dec-lora", ["topology.kind=ring", EQUAL]),
-    "ring + relay": ("dec-lora", ["topology.kind=ring", "exchange=relay", EQUAL]),
-    "ring + tracking": ("dec-lora", ["topology.kind=ring", "correction=tracking", EQUAL]),
-    "ring + rows": ("dec-lora", ["topology.kind=ring", "weighting=rows"]),
-    "ring + relay + rows": ("dec-lora", ["topology.kind=ring", "exchange=relay", "weighting=rows"]),
-    "one-peer exp.": ("dec-lora", ["topology.kind=one_peer_exponential", EQUAL]),
-    "Base-2": ("dec-lora", ["topology.kind=base", EQUAL]),
-    "one-peer exp. + rows": ("dec-lora", ["topology.kind=one_peer_exponential", "weighting=rows"]),
-    "Base-2 + rows": ("dec-lora", ["topology.kind=base", "weighting=rows"]),
-    "fedavg (exact every round)": ("fedavg", [EQUAL]),
+    "ring": ("dec-lora", ["topology.kind=ring", EQUAL, OWN]),
+    "ring + relay": ("dec-lora", ["topology.kind=ring", "exchange=relay", EQUAL, OWN]),
+    "ring + tracking": ("dec-lora", ["topology.kind=ring", "correction=tracking", EQUAL, OWN]),
+    "ring + rows": ("dec-lora", ["topology.kind=ring", "weighting=rows", OWN]),
+    "ring + relay + rows": (
+        "dec-lora",
+        ["topology.kind=ring", "exchange=relay", "weighting=rows", OWN],
+    ),
+    "one-peer exp.": ("dec-lora", ["topology.kind=one_peer_exponential", EQUAL, OWN]),
+    "Base-2": ("dec-lora", ["topology.kind=base", EQUAL, OWN]),
+    "one-peer exp. + rows": (
+        "dec-lora",
+        ["topology.kind=one_peer_exponential", "weighting=rows", OWN],
+    ),
+    "Base-2 + rows": ("dec-lora", ["topology.kind=base", "weighting=rows", OWN]),
+    "Base-2 + rows + moments": (
+        "dec-lora",
+        ["topology.kind=base", "weighting=rows", "second_moment=mixed"],
+    ),
+    "fedavg (exact every round)": ("fedavg", [EQUAL, OWN]),
     "centralized": ("centralized", []),
 }
 # a variant not searched in this study takes the searched values of the one it adds rows to:
 # both are then scored at the same values, so the choice between them is of equal effort
-VALUES_OF = {"Base-2 + rows": "Base-2", "ring + relay + rows": "ring + relay"}
+VALUES_OF = {
+    "Base-2 + rows": "Base-2",
+    "Base-2 + rows + moments": "Base-2",
+    "ring + relay + rows": "ring + relay",
+}
 # what the default job chooses between, on validation rows of three partitions; and the same
 # choice for a user whose links form the paper's ring
-CANDIDATES = ("Base-2", "Base-2 + rows")
+CANDIDATES = ("Base-2", "Base-2 + rows", "Base-2 + rows + moments")
 RING_CANDIDATES = ("ring + relay", "ring + relay + rows")
 # the default job's partition, then the others
 PARTITIONS = {

@@ -238,6 +238,23 @@ def test_mixed_second_moments_move_adamw_to_the_optimum_of_the_mean_loss(moments
 
 
 @pytest.mark.parametrize(
+    "override,mixed",
+    [
+        ([], True),  # the built-in default: Base-2, plain gossip, AdamW
+        (["topology.kind=ring"], True),
+        (["compression.kind=quantize"], False),
+        (["consensus=product"], False),
+        (["exchange=relay", "topology.kind=ring"], False),
+        (["correction=tracking"], False),
+        (["optimizer=sgd"], False),
+        (["second_moment=own"], False),
+    ],
+)
+def test_auto_mixes_the_second_moment_where_it_applies_and_nowhere_else(override, mixed):
+    assert load_config(None, override).moments_mixed() is mixed
+
+
+@pytest.mark.parametrize(
     "override,message",
     [
         (["topology.kind=one_peer_exponential", "faults.link_drop=0.1"], "one way"),

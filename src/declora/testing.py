@@ -35,7 +35,8 @@ def write_csv(path, rows: list[dict]):
 
 def tiny_args(model_dir, csv_path, out) -> list[str]:
     """key=value overrides for a run of a few seconds in which pooled training clearly learns,
-    on the paper's ring with equal weights (what the tests were written for)."""
+    on the paper's ring with equal weights and each node's own AdamW moments (what the tests
+    were written for)."""
     return [
         f"model.name={model_dir}",
         f"data.path={csv_path}",
@@ -44,6 +45,7 @@ def tiny_args(model_dir, csv_path, out) -> list[str]:
         "nodes=4",
         "topology.kind=ring",
         "weighting=uniform",
+        "second_moment=own",
         "rounds=6",
         "local_steps=4",
         "batch_size=8",

@@ -112,12 +112,14 @@ class Config(_Section):
         "update minus its own, to what it mixes (gradient tracking on the optimizer's "
         "update; twice the bytes)",
     )
-    second_moment: Literal["own", "mixed"] = Field(
-        "own",
+    second_moment: Literal["auto", "own", "mixed"] = Field(
+        "auto",
         description="mixing methods: AdamW's second-moment estimate (exp_avg_sq), each node's "
         "own or mixed with its neighbours like the adapter (mixed: the nodes divide by about "
         "the network's estimate, so their mean update is about AdamW's on the mean gradient; "
-        "twice the bytes; Chen et al. 2021, arXiv 2109.03194)",
+        "twice the bytes; Chen et al. 2021, arXiv 2109.03194); auto, the default: mixed "
+        "where it applies (adamw, plain gossip, no compression, consensus ab or frozen_a), "
+        "own elsewhere",
     )
     weighting: Literal["uniform", "rows"] = Field(
         "rows",
@@ -334,9 +336,16 @@ class Config(_Section):
             _relay_checks(self, varying)
         if self.correction == "tracking":
             _tracking_checks(self)
-        if self.second_moment == "mixed":
-            _moment_checks(self)
+        if self.second_moment == "mixed" and (why := _moment_conflict(self)):
+            raise ValueError(why)
         return self
+
+    def moments_mixed(self) -> bool:
+        """Whether mixing nodes mix AdamW's second moment: ``mixed``, or ``auto`` where it
+        applies."""
+        if self.second_moment == "auto":
+            return _moment_conflict(self) is None
+        return self.second_moment == "mixed"
 
     def one_seed(self, command: str) -> None:
         """``command`` runs one seed: ``seeds=[...]`` is refused in one line."""
@@ -386,23 +395,25 @@ def _tracking_checks(cfg: Config) -> None:
         raise ValueError("correction=tracking mixes once a round: use gossip_steps=1")
 
 
-def _moment_checks(cfg: Config) -> None:
-    """second_moment=mixed: the moments are mixed as plain vectors, beside the adapter."""
+def _moment_conflict(cfg: Config) -> str | None:
+    """Why AdamW's second moment cannot be mixed under ``cfg`` (None: it can). They are
+    mixed as plain vectors beside the adapter, exactly."""
     if cfg.optimizer != "adamw":
-        raise ValueError(
+        return (
             f"second_moment=mixed mixes AdamW's second moment; optimizer={cfg.optimizer} "
             "keeps none: use optimizer=adamw or second_moment=own"
         )
     if cfg.exchange == "relay" or cfg.correction == "tracking":
-        raise ValueError(
+        return (
             "second_moment=mixed is gossip's remedy: relay and tracking already move the "
             "nodes by the network's update; use exchange=gossip and correction=none"
         )
     if cfg.compression.kind != "none" or cfg.consensus == "product":
-        raise ValueError(
+        return (
             "second_moment=mixed averages the moments exactly as plain vectors: use "
             "compression.kind=none and consensus=ab or frozen_a"
         )
+    return None
 
 
 def _check_data_path(cfg: Config) -> None:

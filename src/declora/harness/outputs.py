@@ -166,7 +166,7 @@ def describe_graph(s: Session) -> str:
         remedies.append("gradient tracking")
     if cfg.weighting == "rows":
         remedies.append("nodes weighted by their rows")
-    if cfg.second_moment == "mixed":
+    if cfg.moments_mixed():
         remedies.append("AdamW's second moments mixed")
     return text + "".join(f", {r}" for r in remedies)
 

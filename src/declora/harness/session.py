@@ -277,10 +277,9 @@ def _exchange(s: Session, cfg: Config, method: Method, i: int, mixing, rows: lis
 
 
 def mixes_moments(cfg: Config, method: Method) -> bool:
-    """``second_moment=mixed`` for a method whose nodes average their models: each node mixes
-    its AdamW second moments with the adapter (the config refuses it with relay, tracking,
-    compression and the product rule)."""
-    return cfg.second_moment == "mixed" and method.mixes and not method.pooled
+    """``second_moment`` mixed (or auto, where it applies) for a method whose nodes average
+    their models: each node mixes its AdamW second moments with the adapter."""
+    return cfg.moments_mixed() and method.mixes and not method.pooled
 
 
 def update_scale(cfg: Config, method: Method, i: int, rows: list[int]) -> float:

@@ -99,7 +99,7 @@ def mixing(cfg: Config) -> dict:
         "exchange": cfg.exchange,
         "correction": cfg.correction,
         "weighting": cfg.weighting,
-        "second_moment": cfg.second_moment,
+        "second_moment": "mixed" if cfg.moments_mixed() else "own",
     }
 
 
@@ -114,7 +114,7 @@ def _dec_message(cfg: Config, adapter: list[int]) -> int:
 
 def _vectors(cfg: Config) -> int:
     """Adapter-sized vectors in a mixing message: 2 with tracking or mixed moments."""
-    return 2 if cfg.correction == "tracking" or cfg.second_moment == "mixed" else 1
+    return 2 if cfg.correction == "tracking" or cfg.moments_mixed() else 1
 
 
 def estimate(cfg: Config, num_labels: int | None = None) -> dict:
@@ -135,7 +135,7 @@ def estimate(cfg: Config, num_labels: int | None = None) -> dict:
     finish = finish_rounds_of(cfg, "dec-lora")  # gossip-only rounds: bytes, no steps
     full_msg = payload_size(full, spec)
     dec_msg = _dec_message(cfg, adapter)
-    moments = 2 if cfg.second_moment == "mixed" else 1  # fedavg mixes its moments too
+    moments = 2 if cfg.moments_mixed() else 1  # fedavg mixes its moments too
     fedavg_msg = payload_size(adapter * moments, spec)
     ones, all_n = np.ones(n), np.array([n])
     return {
