@@ -78,7 +78,7 @@ VARIANTS = {
     "fedavg (exact every round)": ("fedavg", [EQUAL, OWN]),
     "centralized": ("centralized", []),
 }
-# a variant not searched in this study takes the searched values of the one it adds rows to:
+# a variant not searched in this study takes the searched values of the one it adds to:
 # both are then scored at the same values, so the choice between them is of equal effort
 VALUES_OF = {
     "Base-2 + rows": "Base-2",
@@ -301,7 +301,7 @@ def write_table() -> None:
                 f"## Choosing {what} (validation rows, Dirichlet 0.5, seeds 0, 1, 2)",
                 "",
                 "Each candidate with its values above (a variant not searched: those of the "
-                "variant it adds rows to), one run per seed scored on the 500 validation rows "
+                "variant it adds to), one run per seed scored on the 500 validation rows "
                 "(`skew.py choose`).",
                 "",
                 *choice,
