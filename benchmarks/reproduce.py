@@ -93,11 +93,11 @@ ALWAYS = ["export_adapters=false"]
 
 
 def row_overrides(overrides: list[str], extra: list[str]) -> list[str]:
-    """The paper's equal weights, the row's settings, then ``extra``; a label-skew row keeps its
+    """The paper's equal weights and each node's own AdamW, the row's settings, then ``extra``; a label-skew row keeps its
     node count (one share vector per node), whatever quick mode or the command line say."""
     pinned = [o for o in overrides if o.startswith("nodes=")]
     rows = [*overrides, *extra, *(pinned if "partition.kind=label_skew" in overrides else [])]
-    return ["weighting=uniform", *rows]
+    return ["weighting=uniform", "second_moment=own", *rows]
 
 
 def plan(quick: bool, groups: list[str] | None) -> list[tuple[str, str, list[str]]]:

@@ -232,8 +232,8 @@ def test_the_tiny_pilot_keeps_the_built_in_per_method_but_finishes_sooner():
 
 def test_the_agree_config_is_the_default_with_more_rounds_and_gossip():
     """configs/agree.yaml is the budget measured on the ring: only these values differ from the
-    built-in job on the ring with equal weights."""
-    built_in = load_config(None, ["topology.kind=ring", "weighting=uniform"])
+    built-in job on the ring with equal weights and each node's own moments."""
+    built_in = load_config(None, ["topology.kind=ring", "weighting=uniform", "second_moment=own"])
     agree = load_config("agree")
     dec = built_in.per_method["dec-lora"].model_copy(
         update={"finish_rounds": 0, "gossip_steps": 8, "lr": 0.008}

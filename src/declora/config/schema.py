@@ -137,7 +137,7 @@ class Config(_Section):
         "interval (e.g. [0,1,2])",
     )
     eval_every: Int = Field(
-        14, ge=1, description="evaluate every this many rounds (and at the end)"
+        24, ge=1, description="evaluate every this many rounds (and at the end)"
     )
     node_eval_size: Int = Field(
         128,
