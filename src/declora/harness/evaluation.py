@@ -46,18 +46,17 @@ def evaluate_round(s: Session, states: list[State]) -> dict:
 def evaluate_nodes(s: Session, states: list[State], batches: list[dict]) -> dict:
     """What the nodes hold, scored on ``batches`` (a whole split): one model's figures under
     ``model``; or every node's own under ``nodes``, their mean and worst (``node_mean_*``,
-    ``node_min_accuracy`` / ``_f1``, ``node_max_loss``) and the network average beside them."""
+    ``node_min_accuracy`` / ``_f1``, ``node_max_loss``) and the network average beside them
+    (when every node holds the same adapter bit for bit, that adapter, scored once)."""
     rows = rows_of(batches)
     if len(states) == 1:
         return {"rows": rows, "model": s.task.evaluate(s.model, states[0], batches)}
     own = each_node(s, states, batches)
-    out = {
-        "rows": rows,
-        "nodes": own,
-        "average_adapter": s.task.evaluate(
-            s.model, network_average(states, s.cfg.consensus), batches
-        ),
-    }
+    if same_as_earlier(states) == [0] * len(states):  # all hold one adapter: it is the average
+        average = dict(own[0])
+    else:
+        average = s.task.evaluate(s.model, network_average(states, s.cfg.consensus), batches)
+    out = {"rows": rows, "nodes": own, "average_adapter": average}
     for key in own[0]:
         values = np.array([o[key] for o in own])
         out[f"node_mean_{key}"] = float(values.mean())
