@@ -117,26 +117,30 @@ def _vectors(cfg: Config) -> int:
     return 2 if cfg.correction == "tracking" or cfg.moments_mixed() else 1
 
 
-def estimate(cfg: Config, num_labels: int | None = None) -> dict:
-    """Traffic of ``cfg`` without training; ``num_labels`` skips reading the data."""
-    graph = graph_for(cfg)
-    n = cfg.nodes
-    dec_graph = relay_tree(graph) if cfg.exchange == "relay" else graph
-    neighbours = dec_graph.messages()  # (n,) messages each node sends a round (period mean)
+def _shapes(cfg: Config, num_labels: int | None) -> Shapes:
+    """The model's tensor shapes, the label count checked before anything is built."""
     if cfg.task == "causal_lm":  # no task head: the label count does not matter
         num_labels = num_labels or 2
     if num_labels is not None:  # the model's config names every class: check it fits first
         check_labels(num_labels, "--num-labels")
     shapes = model_shapes(cfg, num_labels or count_labels(cfg))
     check_shapes(cfg, shapes)
+    return shapes
+
+
+def estimate(cfg: Config, num_labels: int | None = None) -> dict:
+    """Traffic of ``cfg`` without training; ``num_labels`` skips reading the data."""
+    graph = graph_for(cfg)
+    n = cfg.nodes
+    dec_graph = relay_tree(graph) if cfg.exchange == "relay" else graph
+    neighbours = dec_graph.messages()  # (n,) messages each node sends a round (period mean)
+    shapes = _shapes(cfg, num_labels)
     adapter, full = _message_sizes(cfg, shapes)
     spec, T = cfg.compression, cfg.rounds
     dec = cfg.for_method("dec-lora")
     finish = finish_rounds_of(cfg, "dec-lora")  # gossip-only rounds: bytes, no steps
-    full_msg = payload_size(full, spec)
-    dec_msg = _dec_message(cfg, adapter)
     moments = 2 if cfg.moments_mixed() else 1  # fedavg mixes its moments too
-    fedavg_msg = payload_size(adapter * moments, spec)
+    fedavg = sum(adapter) * moments, payload_size(adapter * moments, spec)
     ones, all_n = np.ones(n), np.array([n])
     return {
         "nodes": n,
@@ -159,14 +163,16 @@ def estimate(cfg: Config, num_labels: int | None = None) -> dict:
         },
         "dec-lora": _row(
             sum(adapter) * _vectors(cfg),
-            dec_msg,
+            _dec_message(cfg, adapter),
             neighbours * dec.gossip_steps,
             neighbours * dec.gossip_steps,
             T + finish,
         ),
-        "fedavg-node": _row(sum(adapter) * moments, fedavg_msg, ones, ones, T),
-        "fedavg-server": _row(sum(adapter) * moments, fedavg_msg, all_n, all_n, T),
-        "full-model-gossip": _row(sum(full), full_msg, graph.messages(), graph.messages(), T),
+        "fedavg-node": _row(*fedavg, ones, ones, T),
+        "fedavg-server": _row(*fedavg, all_n, all_n, T),
+        "full-model-gossip": _row(
+            sum(full), payload_size(full, spec), graph.messages(), graph.messages(), T
+        ),
         "memory": memory(cfg, shapes),
     }
 
