@@ -2,10 +2,11 @@
 
 ``<root>/node_<i>/round_<t>.safetensors`` holds everything a node needs to continue exactly
 where it was after round t: its adapter, its optimizer state (kept on the node; under
-``second_moment=mixed`` the second moment is also mixed with the neighbours) and learning-rate schedule, its torch RNG state, its data sampler's state, the exchange's
-own state (CHOCO's public copies) and the caller's counters (bytes sent, samples). Tensors go in
-the file's tensors, everything else in its string metadata as JSON: nothing is pickled, so
-loading one cannot run code. A file is written under a temporary name, flushed to disk and
+``second_moment=mixed`` the second moment is also mixed with the neighbours) and learning-rate
+schedule, its torch RNG state, its data sampler's state, the exchange's own state (CHOCO's
+public copies) and the caller's counters (bytes sent, samples). Tensors go in the file's
+tensors, everything else in its string metadata as JSON: nothing is pickled, so loading one
+cannot run code. A file is written under a temporary name, flushed to disk and
 renamed into place, so a crash leaves either the previous checkpoint or the new one, never half
 of one.
 

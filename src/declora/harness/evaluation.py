@@ -20,10 +20,13 @@ def rows_of(batches: list[dict]) -> int:
     return sum(len(b["labels"]) for b in batches)
 
 
-def each_node(s: Session, states: list[State], batches: list[dict]) -> list[dict]:
+def each_node(
+    s: Session, states: list[State], batches: list[dict], first: list[int] | None = None
+) -> list[dict]:
     """Every node's own adapter scored on ``batches``; an adapter equal bit for bit to an
-    earlier node's (after exact averaging every node holds the same) is scored once."""
-    first = same_as_earlier(states)
+    earlier node's (after exact averaging every node holds the same) is scored once
+    (``first``: :func:`same_as_earlier` of ``states``, when the caller has it)."""
+    first = same_as_earlier(states) if first is None else first
     scored = {j: s.task.evaluate(s.model, states[j], batches) for j in sorted(set(first))}
     return [dict(scored[j]) for j in first]
 
@@ -51,8 +54,9 @@ def evaluate_nodes(s: Session, states: list[State], batches: list[dict]) -> dict
     rows = rows_of(batches)
     if len(states) == 1:
         return {"rows": rows, "model": s.task.evaluate(s.model, states[0], batches)}
-    own = each_node(s, states, batches)
-    if same_as_earlier(states) == [0] * len(states):  # all hold one adapter: it is the average
+    first = same_as_earlier(states)
+    own = each_node(s, states, batches, first)
+    if first == [0] * len(states):  # all hold one adapter: it is the average
         average = dict(own[0])
     else:
         average = s.task.evaluate(s.model, network_average(states, s.cfg.consensus), batches)
