@@ -233,10 +233,11 @@ def test_dist_matches_simulator_with_faults_and_compression(tiny_model_dir, tiny
 REMEDIES = {
     # a one-way graph (one peer a round) with the correction that tracks the mean update
     "one_peer_tracking": ["topology.kind=one_peer_exponential", "correction=tracking"],
-    # Base-(k+1) pairs, nodes weighted by their rows, AdamW's second moments mixed too, a
-    # link down now and then
+    # Base-(k+1) pairs, two of its matrices a round, nodes weighted by their rows, AdamW's
+    # second moments mixed too, a link down now and then
     "base_rows_moments_faults": [
         "topology.kind=base",
+        "gossip_steps=2",
         "weighting=rows",
         "second_moment=mixed",
         "partition.kind=dirichlet",

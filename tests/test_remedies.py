@@ -7,6 +7,7 @@ are refused in one line."""
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,13 +17,15 @@ from declora.algorithms import graphs
 from declora.algorithms.methods import METHODS
 from declora.algorithms.schedule import Schedule, relay_tree, schedule_for
 from declora.config import ConfigError, load_config
+from declora.harness.runner import plan_of_round
+from declora.harness.session import finish_rounds_of
 from declora.learning.dataset import Dataset
 from declora.learning.train import MOMENT, Node, moment_template
 from declora.protocol import wire
 from declora.protocol.exchange import Exchange
 from declora.protocol.gossip import Link
 from declora.protocol.relay import RelayExchange
-from declora.protocol.rounds import Party, communicate
+from declora.protocol.rounds import Party, communicate, play_round
 from declora.protocol.tracking import TrackingExchange
 from declora.runtimes.sim import MemoryTransport
 from tests.test_rounds import OneSided
@@ -95,8 +98,39 @@ def test_finishing_stops_at_the_fewest_rounds_that_multiply_to_the_average(kind,
     assert schedule_for("ring", 8).exact_within(70, 40) is None
     # 8 gossip steps a round: the ring's 0.805 ** 128 is below 1e-12 after 16 rounds, far
     # below what float32 adapters resolve
-    assert schedule_for("ring", 8).exact_within(70, 40, steps=8) == 16
+    assert schedule_for("ring", 8).with_steps(8).exact_within(70, 40) == 16
     assert schedule_for("complete", 5).exact_within(70, 40) == 1
+
+
+def test_gossip_steps_walk_a_time_varying_graph_to_the_exact_average_every_round():
+    """Base-2 on 8 nodes with 3 gossip steps a round: each step takes the graph's next
+    matrix, so every round ends at the exact average (the same matrix 3 times would only
+    average pairs), no finishing round is needed, and under faults each step's W is
+    re-weighted on that step's edges (a link is down for the whole round)."""
+    n, J = 8, graphs.consensus_matrix(8)
+    g = Schedule.varying("base", n).with_steps(3)
+    for t in range(1, 7):
+        ws = [g.at(t, k) for k in range(3)]
+        np.testing.assert_allclose(graphs.mixing_product(ws), J, atol=1e-12)
+        assert graphs.consensus_error([ws[0]] * 3) > 0.5
+    assert g.rounds_to_exact == 1 and Schedule.varying("base", n).rounds_to_exact == 3
+    values = np.arange(n, dtype=float) ** 2
+    party = replace(make_party(values), model=torch.nn.Identity(), mixing=g, gossip_steps=3)
+    s = SimpleNamespace(cfg=load_config(None, []))
+    play_round(party, party.counters(), 5, plan_of_round(s, party, 5), MemoryTransport(), False)
+    np.testing.assert_allclose(heads(party), values.mean(), rtol=1e-6)
+    base = ["topology.kind=base", "nodes=8", "finish_rounds=40"]
+    for steps, finish in ((3, 0), (1, 3)):
+        cfg = load_config(None, [*base, f"per_method.dec-lora.gossip_steps={steps}"])
+        assert finish_rounds_of(cfg, "dec-lora") == finish
+    s = SimpleNamespace(cfg=load_config(None, ["faults.link_drop=0.5", "seed=3"]))
+    plan = plan_of_round(s, party, 5)
+    for k in range(3):
+        W, edges = plan.at_step(k), g.edges(5, k)
+        np.testing.assert_allclose(W.sum(axis=0), 1.0)
+        np.testing.assert_allclose(W, W.T)
+        assert not (W[~edges & ~np.eye(n, dtype=bool)]).any()
+    assert any(not np.array_equal(plan.at_step(k), g.at(5, k)) for k in range(3))
 
 
 def test_one_peer_exponential_sends_one_message_a_round_half_the_rings():

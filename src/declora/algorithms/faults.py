@@ -33,6 +33,11 @@ class RoundPlan:
 
     W: np.ndarray | None  # (n, n) mixing weights for the round; None = no communication
     active: np.ndarray  # (n,) bool: False = the node sits the round out
+    later: tuple[np.ndarray, ...] = ()  # W of gossip steps 2.. where they differ from step 1's
+
+    def at_step(self, step: int) -> np.ndarray | None:
+        """W of the round's gossip step ``step`` (0-based): step 1's W on a static graph."""
+        return self.W if step == 0 or not self.later else self.later[step - 1]
 
 
 def _uniform(*words: int) -> float:

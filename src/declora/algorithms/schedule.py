@@ -1,6 +1,8 @@
 """Who mixes with whom in round t, and with what weights: a static graph's one mixing matrix
 every round, or the round's matrix of a time-varying graph (:mod:`declora.algorithms.graphs`)
-that averages exactly after a finite number of rounds.
+that averages exactly after a finite number of rounds. With several gossip steps a round
+(``steps``), a time-varying graph walks on through its matrices within the round: Base-2's
+3 matrices on 8 nodes, taken 3 a round, average exactly every round.
 
 Pure numpy. The round's plan (:func:`declora.algorithms.faults.round_plan`) takes the round's
 edges and W from here; a time-varying W is drawn from t alone, so every process agrees on it
@@ -9,7 +11,7 @@ without talking.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -28,7 +30,10 @@ class Schedule:
     ``kind`` is a topology kind; ``W`` the static mixing matrix (None for a time-varying
     kind, whose round t has :func:`declora.algorithms.graphs.time_varying`); ``adj`` every
     edge some round may use (the static graph's; for a time-varying kind, the union of one
-    period's, symmetrised); ``degree`` the Base-(k+1) graph's k.
+    period's, symmetrised); ``degree`` the Base-(k+1) graph's k; ``steps`` the gossip steps
+    a round (a time-varying graph's mixing step m = (t - 1) x steps + step + 1 takes its
+    m-th matrix; a static graph's W every step). ``period``, ``gap`` and ``messages`` count
+    mixing steps.
     """
 
     kind: str
@@ -36,6 +41,7 @@ class Schedule:
     adj: np.ndarray  # (n, n) bool
     W: np.ndarray | None = None  # (n, n) static mixing matrix
     degree: int = 1
+    steps: int = 1
 
     @classmethod
     def static(cls, kind: str, adj: np.ndarray, W: np.ndarray) -> Schedule:
@@ -54,6 +60,10 @@ class Schedule:
             adj |= graphs.edges_of(W)
         return cls(kind, n, adj | adj.T, None, degree)
 
+    def with_steps(self, steps: int) -> Schedule:
+        """This graph with ``steps`` gossip steps a round."""
+        return self if steps == self.steps else replace(self, steps=steps)
+
     @property
     def varies(self) -> bool:
         return self.W is None
@@ -61,26 +71,32 @@ class Schedule:
     @property
     def directed(self) -> bool:
         """Whether some round sends along an edge one way only (one_peer_exponential)."""
-        return self.varies and any(
-            not np.array_equal(W, W.T) for W in (self.at(t) for t in range(1, self.period + 1))
-        )
+        return self.varies and any(not np.array_equal(W, W.T) for W in self._one_period())
 
     @property
     def period(self) -> int:
-        """Rounds after which the matrices repeat (1 for a static graph)."""
+        """Mixing steps after which the matrices repeat (1 for a static graph)."""
         return 1 if not self.varies else _period(self.kind, self.n, self.degree)
 
-    def at(self, t: int) -> np.ndarray:
-        """W of round t (1-based), shape (n, n)."""
-        return (
-            self.W if self.W is not None else graphs.time_varying(self.kind, self.n, t, self.degree)
-        )
+    def _step(self, m: int) -> np.ndarray:
+        """W of mixing step m (1-based)."""
+        if self.W is not None:
+            return self.W
+        return graphs.time_varying(self.kind, self.n, m, self.degree)
 
-    def edges(self, t: int) -> np.ndarray:
-        """The (n, n) symmetric boolean edges of round t: the links faults may drop."""
+    def _one_period(self) -> list[np.ndarray]:
+        return [self._step(m) for m in range(1, self.period + 1)]
+
+    def at(self, t: int, step: int = 0) -> np.ndarray:
+        """W of round t (1-based), gossip step ``step`` (0-based), shape (n, n)."""
+        return self._step((t - 1) * self.steps + step + 1)
+
+    def edges(self, t: int, step: int = 0) -> np.ndarray:
+        """The (n, n) symmetric boolean edges of round t's gossip step ``step``: the links
+        faults may drop."""
         if not self.varies:
             return self.adj
-        support = graphs.edges_of(self.at(t))
+        support = graphs.edges_of(self.at(t, step))
         return support | support.T
 
     @cached_property
@@ -89,15 +105,17 @@ class Schedule:
         nodes held (None: never exactly, only geometrically)."""
         if not self.varies:
             return 1 if np.allclose(self.W, 1.0 / self.n, atol=1e-12) else None
-        return graphs.rounds_to_exact(self.kind, self.n, self.degree)
+        steps = graphs.rounds_to_exact(self.kind, self.n, self.degree)
+        return None if steps is None else -(-steps // self.steps)
 
-    def exact_within(self, after: int, limit: int, steps: int = 1) -> int | None:
-        """The fewest rounds k <= ``limit`` after round ``after`` whose matrices, each applied
-        ``steps`` times, multiply to J within 1e-12 (every node then holds the exact average of
-        what the nodes held after round ``after``); None if no k <= ``limit`` does."""
+    def exact_within(self, after: int, limit: int) -> int | None:
+        """The fewest rounds k <= ``limit`` after round ``after`` whose matrices (every gossip
+        step's) multiply to J within 1e-12 (every node then holds the exact average of what
+        the nodes held after round ``after``); None if no k <= ``limit`` does."""
         out, J = np.eye(self.n), graphs.consensus_matrix(self.n)
         for k in range(1, limit + 1):
-            out = np.linalg.matrix_power(self.at(after + k), steps) @ out
+            for step in range(self.steps):
+                out = self.at(after + k, step) @ out
             if np.allclose(out, J, rtol=0.0, atol=1e-12):
                 return k
         return None
@@ -109,12 +127,12 @@ class Schedule:
         (1.0 when the period averages exactly)."""
         if not self.varies:
             return topo.spectral_gap(self.W)
-        error = graphs.consensus_error([self.at(t) for t in range(1, self.period + 1)])
+        error = graphs.consensus_error(self._one_period())
         return 1.0 - error ** (1.0 / self.period) if error > 1e-12 else 1.0
 
     def messages(self) -> np.ndarray:
-        """(n,) messages each node sends a round, averaged over one period."""
-        sent = sum(graphs.edges_of(self.at(t)).sum(axis=0) for t in range(1, self.period + 1))
+        """(n,) messages each node sends a mixing step, averaged over one period."""
+        sent = sum(graphs.edges_of(W).sum(axis=0) for W in self._one_period())
         return np.asarray(sent, dtype=np.float64) / self.period
 
 

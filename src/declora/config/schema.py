@@ -98,7 +98,9 @@ class Config(_Section):
         ge=1,
         le=100,
         description="mixing steps after each round's local steps (dec-lora): bytes x this, "
-        "the nodes closer to the network average under skewed data",
+        "the nodes closer to the network average under skewed data; a static graph mixes with "
+        "its W again, a time-varying one takes its next matrices (Base with as many steps as "
+        "its period averages exactly every round)",
     )
     exchange: Literal["gossip", "relay"] = Field(
         "gossip",

@@ -20,7 +20,7 @@ from declora.harness.evaluation import evaluate_untrained
 from declora.harness.loggers import log_site
 from declora.harness.report import RunLog, headline, write_json
 from declora.harness.runner import Played
-from declora.harness.session import Session, finish_rounds_of
+from declora.harness.session import Session, finish_rounds_of, stepped
 from declora.harness.summary import Summary, final_figures
 from declora.learning import devices
 from declora.learning.adapters import export_adapter
@@ -148,15 +148,16 @@ def describe_pairs(s: Session) -> list[str]:
 
 def describe_graph(s: Session) -> str:
     """The graph, its weights and how fast it mixes; the remedies against skew in use."""
-    cfg, g = s.cfg, s.graph
+    cfg, g = s.cfg, stepped(s.graph, s.cfg)
     if g.varies:
         exact = g.rounds_to_exact
         mixes = (
-            f"the exact average every {exact} rounds"
+            f"the exact average every {'round' if exact == 1 else f'{exact} rounds'}"
             if exact
             else f"per-round contraction {1 - g.gap:.4f}"
         )
-        text = f"{cfg.topology.kind} graph (its own weights, changing every round: {mixes})"
+        walk = "every round" if g.steps == 1 else f"{g.steps} of them a round"
+        text = f"{cfg.topology.kind} graph (its own weights, changing {walk}: {mixes})"
     else:
         text = f"{cfg.topology.kind} ({cfg.mixing} weights, spectral gap {g.gap:.4f})"
     remedies = []

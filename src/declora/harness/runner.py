@@ -5,7 +5,7 @@ transport, evaluate and log on evaluation rounds, checkpoint when due. Both runt
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -36,16 +36,24 @@ def is_eval_round(cfg: Config, t: int, total: int) -> bool:
 
 
 def plan_of_round(s: Session, party: Party, t: int) -> faults.RoundPlan:
-    """Round t's W and active nodes: the round's mixing matrix, and the config's faults for
-    methods that take them (on the round's edges)."""
-    if party.mixing is None:
+    """Round t's W and active nodes: the round's mixing matrix (one per gossip step on a
+    time-varying graph), and the config's faults for methods that take them (on each step's
+    edges; a link is up or down for the whole round)."""
+    mixing = party.mixing
+    if mixing is None:
         return faults.no_faults(None, party.size)
-    W = party.mixing.at(t)
+    steps = range(party.gossip_steps if mixing.varies else 1)
     if party.method.faults:
         f = s.cfg.faults
-        edges = party.mixing.edges(t)
-        return faults.round_plan(edges, W, f.link_drop, f.node_drop, s.cfg.seed, t)
-    return faults.no_faults(W, party.size)
+        plans = [
+            faults.round_plan(
+                mixing.edges(t, k), mixing.at(t, k), f.link_drop, f.node_drop, s.cfg.seed, t
+            )
+            for k in steps
+        ]
+    else:
+        plans = [faults.no_faults(mixing.at(t, k), party.size) for k in steps]
+    return replace(plans[0], later=tuple(p.W for p in plans[1:]))
 
 
 def play_rounds(

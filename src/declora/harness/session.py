@@ -228,10 +228,12 @@ def finishing(cfg: Config, method: Method, mixing: Schedule | None) -> int:
     exactly: plain gossip of uncompressed factors (``consensus`` ab or frozen_a, no tracking,
     no relay) with no ``faults``, once the graph's matrices from the last training round on
     multiply to J within 1e-12 (Base after at most its period, one-peer exponential at a
-    power of 2, the complete graph after one round; a static graph only with many gossip
-    steps). Every node then holds the average to far below float32's resolution, and more
-    rounds would send it back and forth unchanged. Every process computes the same count from the config (under launch a peer
-    that does not answer fails the round, so no message is silently missing)."""
+    power of 2; a static graph only with many gossip steps); none when the last training
+    round's own steps did (the complete graph; Base-2 with as many gossip steps as its
+    period). Every node then holds the average to far below float32's
+    resolution, and more rounds would send it back and forth unchanged. Every process
+    computes the same count from the config (under launch a peer that does not answer fails
+    the round, so no message is silently missing)."""
     if not method.gossips:
         return 0
     exact = (
@@ -243,7 +245,9 @@ def finishing(cfg: Config, method: Method, mixing: Schedule | None) -> int:
         and cfg.faults.link_drop == 0
         and cfg.faults.node_drop == 0
     )
-    k = mixing.exact_within(cfg.rounds, cfg.finish_rounds, cfg.gossip_steps) if exact else None
+    if exact and cfg.finish_rounds and mixing.exact_within(cfg.rounds - 1, 1) == 1:
+        return 0  # the last training round's gossip steps ended at the exact average
+    k = mixing.exact_within(cfg.rounds, cfg.finish_rounds) if exact else None
     return cfg.finish_rounds if k is None else k
 
 
@@ -251,7 +255,7 @@ def finish_rounds_of(cfg: Config, name: str) -> int:
     """Method ``name``'s gossip-only rounds under ``cfg`` (:func:`finishing`), without a
     session: for what a run or an estimate says beforehand."""
     own = cfg.for_method(name)
-    return finishing(own, METHODS[name], graph_for(own))
+    return finishing(own, METHODS[name], stepped(graph_for(own), own))
 
 
 def _mixing(s: Session, cfg: Config, method: Method) -> Schedule | None:
@@ -260,7 +264,13 @@ def _mixing(s: Session, cfg: Config, method: Method) -> Schedule | None:
         return None
     if method.server:
         return server(cfg.nodes)
-    return relay_tree(s.graph) if cfg.exchange == "relay" else s.graph
+    return relay_tree(s.graph) if cfg.exchange == "relay" else stepped(s.graph, cfg)
+
+
+def stepped(graph: Schedule, cfg: Config) -> Schedule:
+    """``graph`` with dec-lora's gossip steps a round (a time-varying graph walks on through
+    its matrices within the round)."""
+    return graph.with_steps(cfg.for_method("dec-lora").gossip_steps)
 
 
 def _exchange(s: Session, cfg: Config, method: Method, i: int, mixing, rows: list[int]):

@@ -12,7 +12,7 @@ from declora.algorithms.methods import HEADLINES, METHODS
 from declora.algorithms.tensors import State
 from declora.harness.evaluation import evaluate_nodes, rows_of
 from declora.harness.report import write_json
-from declora.harness.session import Session
+from declora.harness.session import Session, stepped
 
 
 class Summary:
@@ -26,7 +26,7 @@ class Summary:
             "test_rows": rows_of(s.test),
             "validation_rows": rows_of(s.val),
             "spectral_gap": s.graph.gap,
-            "rounds_to_exact_average": s.graph.rounds_to_exact,
+            "rounds_to_exact_average": stepped(s.graph, s.cfg).rounds_to_exact,
             "untrained": untrained,
         }
         self.delta = s.cfg.privacy.delta
@@ -170,6 +170,8 @@ def results_table(summary: dict) -> str:
     exact = summary.get("rounds_to_exact_average")
     if exact and exact > 1:  # a time-varying graph: its gap is 1.0, which says less
         lines.append(f"mixing: every node holds the exact average every {exact} rounds")
+    elif exact and summary["spectral_gap"] == 1.0:  # gossip steps that average every round
+        lines.append("mixing: every node holds the exact average every round")
     else:
         lines.append(f"spectral gap of the mixing matrix: {summary['spectral_gap']:.4f}")
     return "\n".join(lines)

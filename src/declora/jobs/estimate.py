@@ -24,7 +24,7 @@ from declora.algorithms.compress import describe, payload_size
 from declora.algorithms.schedule import relay_tree
 from declora.algorithms.tensors import is_lora, is_lora_a
 from declora.config import Config, ConfigError
-from declora.harness.session import finish_rounds_of, graph_for
+from declora.harness.session import finish_rounds_of, graph_for, stepped
 from declora.learning.capacity import (
     GB,
     Shapes,
@@ -89,7 +89,7 @@ def _count(x: float) -> int | float:
 def mixing(cfg: Config) -> dict:
     """How the config's dec-lora mixes: the graph's per-round gap and rounds to the exact
     average, and the remedies against skew."""
-    graph = graph_for(cfg)
+    graph = stepped(graph_for(cfg), cfg)
     tree = relay_tree(graph) if cfg.exchange == "relay" else None
     return {
         "spectral_gap": graph.gap,
@@ -201,7 +201,7 @@ def _mixing_line(m: dict) -> str:
     """How fast the nodes agree, and the remedies."""
     exact = m["rounds_to_exact_average"]
     line = (
-        f"mixing: every node holds the exact average after {exact} rounds"
+        f"mixing: every node holds the exact average after {exact} round{'s' * (exact > 1)}"
         if exact
         else f"mixing: spectral gap {m['spectral_gap']:.4f}, about "
         f"{math.ceil(math.log(0.01) / math.log(max(1 - m['spectral_gap'], 1e-12)))} rounds to "
@@ -233,6 +233,7 @@ def format_estimate(est: dict) -> str:
     lines = [
         f"{est['nodes']} nodes, {est['topology']} graph ({nb['min']}-{nb['max']} neighbours, "
         f"mean {nb['mean']:g}), {est['rounds']} rounds"
+        + (f" of {est['gossip_steps']} gossip steps" if est["gossip_steps"] > 1 else "")
         + _finishing(est["finish_rounds"], est["finish_rounds_configured"]),
         f"messages: {est['messages']}; scheme {scheme}",
         _mixing_line(est["mixing"]),

@@ -18,7 +18,8 @@ Round t, for every node i the process holds (:func:`play_round`):
    tell each other their verdict, and an edge mixes only when both accepted (its weight goes
    to the nodes themselves otherwise), so W stays doubly stochastic under any refusal; then
    :meth:`Exchange.incoming` mixes; steps 2-4 (all of a gossip step's phases are in
-   :mod:`declora.protocol.gossip`) repeat ``gossip_steps`` times (the same W);
+   :mod:`declora.protocol.gossip`) repeat ``gossip_steps`` times (the same W on a static
+   graph; a time-varying graph's next matrices);
 5. counters: samples, bytes, refusals (:class:`Counters`).
 
 A :class:`Party` is what a round reads (the held nodes, their exchanges, the settings); the
@@ -211,7 +212,7 @@ def play_round(
     counters.samples += int(plan.active.sum()) * steps * party.batch_size
     if plan.W is not None:
         for step in range(party.gossip_steps):
-            communicate(party, counters, plan.W, t, transport, step)
+            communicate(party, counters, plan.at_step(step), t, transport, step)
 
 
 def communicate(
