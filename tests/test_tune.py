@@ -168,3 +168,18 @@ def test_a_search_folder_copied_elsewhere_resumes(tmp_path):
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     moved = load_config(None, [f"out={tmp_path / 'b'}/", "device=cpu"])
     assert tune_mod.open_out(moved) == tmp_path / "b"
+
+
+def test_the_first_trial_runs_the_configs_own_values_off_the_grid():
+    """A config's gossip_steps=3 and finish_rounds=7 are not on the search's grids: the first
+    trial still runs them (they join the choices), not the nearest grid point."""
+    import optuna
+
+    cfg = load_config(
+        None, ["per_method.dec-lora.gossip_steps=3", "per_method.dec-lora.finish_rounds=7"]
+    )
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(tune_mod.start_values(cfg, "dec-lora"))
+    got = tune_mod.suggest(study.ask(), cfg, "dec-lora")
+    assert (got.gossip_steps, got.finish_rounds) == (3, 7)
+    assert (got.lr, got.schedule) == (cfg.for_method("dec-lora").lr, "cosine")

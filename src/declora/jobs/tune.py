@@ -41,9 +41,9 @@ from declora.runtimes.sim import MemoryTransport
 
 JOURNAL = "tune.journal"
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-GOSSIP_STEPS = (1, 2, 4, 8)  # mixing steps per round a search may choose
+GOSSIP_STEPS = (1, 2, 3, 4, 8)  # mixing steps per round a search may choose (and the config's)
 # gossip-only finishing rounds: a few finish an exact-averaging graph's period, more bring a
-# ring's nodes together
+# ring's nodes together (and the config's own)
 FINISH = (0, 2, 3, 4, 5, 10, 20, 30, 40)
 LR = (1e-4, 6e-2)  # the learning rates a search may choose (log scale)
 GOSSIP_ONLY = ("gossip_steps", "finish_rounds")  # searched only where nodes gossip
@@ -62,13 +62,19 @@ def suggest(trial: optuna.Trial, cfg: Config, method: str) -> MethodSettings:
         "lr": lambda: trial.suggest_float("lr", *LR, log=True),
         "head_lr_scale": lambda: trial.suggest_float("head_lr_scale", 1.0, 20.0, log=True),
         "schedule": lambda: trial.suggest_categorical("schedule", ["constant", "cosine"]),
-        "gossip_steps": lambda: trial.suggest_categorical("gossip_steps", GOSSIP_STEPS),
-        "finish_rounds": lambda: trial.suggest_categorical("finish_rounds", FINISH),
+        "gossip_steps": lambda: trial.suggest_categorical("gossip_steps", steps),
+        "finish_rounds": lambda: trial.suggest_categorical("finish_rounds", finish),
     }
     own = cfg.for_method(method)
+    steps, finish = _with(GOSSIP_STEPS, own.gossip_steps), _with(FINISH, own.finish_rounds)
     values = {k: getattr(own, k) for k in draw}
     values.update({k: draw[k]() for k in searched(cfg, method)})
     return MethodSettings(**values)
+
+
+def _with(choices: tuple[int, ...], own: int) -> tuple[int, ...]:
+    """A grid and the config's own value: the first trial runs the config as it is."""
+    return tuple(sorted({*choices, own}))
 
 
 def start_values(cfg: Config, method: str) -> dict:
@@ -77,8 +83,7 @@ def start_values(cfg: Config, method: str) -> dict:
     values = {"lr": own.lr, "head_lr_scale": own.head_lr_scale, "schedule": own.schedule}
     if own.schedule not in ("constant", "cosine"):
         values["schedule"] = "constant"
-    values["gossip_steps"] = min(GOSSIP_STEPS, key=lambda g: abs(g - own.gossip_steps))
-    values["finish_rounds"] = min(FINISH, key=lambda f: abs(f - own.finish_rounds))
+    values["gossip_steps"], values["finish_rounds"] = own.gossip_steps, own.finish_rounds
     values["lr"] = min(max(values["lr"], LR[0]), LR[1])
     values["head_lr_scale"] = min(max(values["head_lr_scale"], 1.0), 20.0)
     return {k: v for k, v in values.items() if k in searched(cfg, method)}
