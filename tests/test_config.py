@@ -295,11 +295,16 @@ def test_a_saved_config_loads_back_the_same(tmp_path):
 def test_the_opening_lines_give_each_methods_own_values():
     from declora.harness.outputs import describe_methods
 
-    cfg = load_config(None, ["lr=0.5", "per_method.dec-lora.gossip_steps=4", "finish_rounds=2"])
-    lines = describe_methods(cfg)
+    args = ["lr=0.5", "per_method.dec-lora.gossip_steps=4", "finish_rounds=2"]
+    lines = describe_methods(load_config(None, [*args, "topology.kind=ring"]))
     assert lines == [
         "dec-lora: lr 0.5 (head x1.04053), cosine schedule; 4 gossip steps a round, "
         "2 gossip-only rounds at the end",
         "centralized: lr 0.5 (head x8.65294), cosine schedule",
         "local: lr 0.5 (head x1.08076), constant schedule",
     ]
+    # the built-in Base-2: 4 of its matrices a round end every round at the exact average
+    assert describe_methods(load_config(None, args))[0].endswith(
+        "4 gossip steps a round, no gossip-only rounds (of 2: every round ends at the exact "
+        "average) at the end"
+    )

@@ -274,18 +274,18 @@ def test_mixed_second_moments_move_adamw_to_the_optimum_of_the_mean_loss(moments
 @pytest.mark.parametrize(
     "override,mixed",
     [
-        ([], True),  # the built-in default: Base-2, plain gossip, AdamW
+        ([], True),  # the built-in job's Base-2, plain gossip, AdamW
         (["topology.kind=ring"], True),
         (["compression.kind=quantize"], False),
         (["consensus=product"], False),
-        (["exchange=relay", "topology.kind=ring"], False),
-        (["correction=tracking"], False),
+        (["exchange=relay", "topology.kind=ring", "gossip_steps=1"], False),
+        (["correction=tracking", "gossip_steps=1"], False),
         (["optimizer=sgd"], False),
-        (["second_moment=own"], False),
     ],
 )
 def test_auto_mixes_the_second_moment_where_it_applies_and_nowhere_else(override, mixed):
-    assert load_config(None, override).moments_mixed() is mixed
+    assert load_config(None, ["second_moment=auto", *override]).moments_mixed() is mixed
+    assert not load_config(None, override).moments_mixed()  # the default: each node's own
 
 
 @pytest.mark.parametrize(
@@ -293,23 +293,32 @@ def test_auto_mixes_the_second_moment_where_it_applies_and_nowhere_else(override
     [
         (["topology.kind=one_peer_exponential", "faults.link_drop=0.1"], "one way"),
         (["topology.kind=one_peer_exponential", "compression.scheme=choco"], "one way"),
-        (["exchange=relay", "topology.kind=base"], "fixed spanning tree"),
-        (["exchange=relay", "compression.kind=quantize", "topology.kind=ring"], "every hop"),
-        (["exchange=relay", "consensus=product", "topology.kind=ring"], "consensus=ab"),
+        (["exchange=relay", "topology.kind=base", "gossip_steps=1"], "fixed spanning tree"),
         (
-            ["exchange=relay", "correction=tracking", "topology.kind=ring"],
+            ["exchange=relay", "compression.kind=quantize", "topology.kind=ring", "gossip_steps=1"],
+            "every hop",
+        ),
+        (
+            ["exchange=relay", "consensus=product", "topology.kind=ring", "gossip_steps=1"],
+            "consensus=ab",
+        ),
+        (
+            ["exchange=relay", "correction=tracking", "topology.kind=ring", "gossip_steps=1"],
             "already averages exactly",
         ),
         (
             ["exchange=relay", "per_method.dec-lora.gossip_steps=2", "topology.kind=ring"],
             "once a round",
         ),
-        (["correction=tracking", "compression.scheme=choco"], "plain vectors"),
-        (["correction=tracking", "consensus=product"], "plain vectors"),
+        (["correction=tracking", "compression.scheme=choco", "gossip_steps=1"], "plain vectors"),
+        (["correction=tracking", "consensus=product", "gossip_steps=1"], "plain vectors"),
         (["correction=tracking", "gossip_steps=2", "per_method={}"], "once a round"),
         (["second_moment=mixed", "optimizer=sgd"], "keeps none"),
-        (["second_moment=mixed", "exchange=relay", "topology.kind=ring"], "gossip's remedy"),
-        (["second_moment=mixed", "correction=tracking"], "gossip's remedy"),
+        (
+            ["second_moment=mixed", "exchange=relay", "topology.kind=ring", "gossip_steps=1"],
+            "gossip's remedy",
+        ),
+        (["second_moment=mixed", "correction=tracking", "gossip_steps=1"], "gossip's remedy"),
         (["second_moment=mixed", "compression.kind=quantize"], "plain vectors"),
         (["second_moment=mixed", "consensus=product"], "plain vectors"),
         (["topology.degree=0"], "topology.degree"),

@@ -122,11 +122,15 @@ def describe_methods(cfg: Config) -> list[str]:
 
 
 def _finishing(cfg: Config, name: str) -> str:
-    """ "40 gossip-only rounds", or "3 gossip-only rounds (of 40: the graph has then
-    averaged exactly)"."""
+    """ "40 gossip-only rounds", "3 gossip-only rounds (of 40: the graph has then averaged
+    exactly)", or none when every round ends at the exact average."""
     own, played = cfg.for_method(name).finish_rounds, finish_rounds_of(cfg, name)
     line = f"{played} gossip-only round{'s' * (played != 1)}"
-    return line if played == own else f"{line} (of {own}: the graph has then averaged exactly)"
+    if played == own:
+        return line
+    if not played:
+        return f"no gossip-only rounds (of {own}: every round ends at the exact average)"
+    return f"{line} (of {own}: the graph has then averaged exactly)"
 
 
 def describe_pairs(s: Session) -> list[str]:
