@@ -55,27 +55,39 @@ SEARCH = [
 # names its graph, weighting and second moment: the built-in default is itself a variant
 EQUAL = "weighting=uniform"
 OWN = "second_moment=own"  # each node's AdamW keeps its own second moment (the paper's)
+ONE = "gossip_steps=1"  # one mixing step a round (the paper's; the built-in job takes 3)
 VARIANTS = {
-    "ring": ("dec-lora", ["topology.kind=ring", EQUAL, OWN]),
-    "ring + relay": ("dec-lora", ["topology.kind=ring", "exchange=relay", EQUAL, OWN]),
-    "ring + tracking": ("dec-lora", ["topology.kind=ring", "correction=tracking", EQUAL, OWN]),
-    "ring + rows": ("dec-lora", ["topology.kind=ring", "weighting=rows", OWN]),
+    "ring": ("dec-lora", ["topology.kind=ring", EQUAL, OWN, ONE]),
+    "ring + relay": ("dec-lora", ["topology.kind=ring", "exchange=relay", EQUAL, OWN, ONE]),
+    "ring + tracking": ("dec-lora", ["topology.kind=ring", "correction=tracking", EQUAL, OWN, ONE]),
+    "ring + rows": ("dec-lora", ["topology.kind=ring", "weighting=rows", OWN, ONE]),
+    # the ring's W twice a round: twice the bytes
+    "ring x2 + rows": ("dec-lora", ["topology.kind=ring", "gossip_steps=2", "weighting=rows", OWN]),
     "ring + relay + rows": (
         "dec-lora",
-        ["topology.kind=ring", "exchange=relay", "weighting=rows", OWN],
+        ["topology.kind=ring", "exchange=relay", "weighting=rows", OWN, ONE],
     ),
-    "one-peer exp.": ("dec-lora", ["topology.kind=one_peer_exponential", EQUAL, OWN]),
-    "Base-2": ("dec-lora", ["topology.kind=base", EQUAL, OWN]),
+    "one-peer exp.": ("dec-lora", ["topology.kind=one_peer_exponential", EQUAL, OWN, ONE]),
+    "Base-2": ("dec-lora", ["topology.kind=base", EQUAL, OWN, ONE]),
     "one-peer exp. + rows": (
         "dec-lora",
-        ["topology.kind=one_peer_exponential", "weighting=rows", OWN],
+        ["topology.kind=one_peer_exponential", "weighting=rows", OWN, ONE],
     ),
-    "Base-2 + rows": ("dec-lora", ["topology.kind=base", "weighting=rows", OWN]),
+    "Base-2 + rows": ("dec-lora", ["topology.kind=base", "weighting=rows", OWN, ONE]),
     "Base-2 + rows + moments": (
         "dec-lora",
-        ["topology.kind=base", "weighting=rows", "second_moment=mixed"],
+        ["topology.kind=base", "weighting=rows", "second_moment=mixed", ONE],
     ),
-    "fedavg (exact every round)": ("fedavg", [EQUAL, OWN]),
+    # Base-2's matrices 2 or 3 a round (gossip steps): with 3, the exact average every round
+    "Base-2 x2 + rows": (
+        "dec-lora",
+        ["topology.kind=base", "gossip_steps=2", "weighting=rows", OWN],
+    ),
+    "Base-2 x3 + rows": (
+        "dec-lora",
+        ["topology.kind=base", "gossip_steps=3", "weighting=rows", OWN],
+    ),
+    "fedavg (exact every round)": ("fedavg", [EQUAL, OWN, ONE]),
     "centralized": ("centralized", []),
 }
 # a variant not searched in this study takes the searched values of the one it adds to:
@@ -83,12 +95,21 @@ VARIANTS = {
 VALUES_OF = {
     "Base-2 + rows": "Base-2",
     "Base-2 + rows + moments": "Base-2",
+    "Base-2 x2 + rows": "Base-2",
+    "Base-2 x3 + rows": "Base-2",
+    "ring x2 + rows": "ring",
     "ring + relay + rows": "ring + relay",
 }
 # what the default job chooses between, on validation rows of three partitions; and the same
 # choice for a user whose links form the paper's ring
-CANDIDATES = ("Base-2", "Base-2 + rows", "Base-2 + rows + moments")
-RING_CANDIDATES = ("ring + relay", "ring + relay + rows")
+CANDIDATES = (
+    "Base-2",
+    "Base-2 + rows",
+    "Base-2 + rows + moments",
+    "Base-2 x2 + rows",
+    "Base-2 x3 + rows",
+)
+RING_CANDIDATES = ("ring + relay", "ring + relay + rows", "ring x2 + rows")
 # the default job's partition, then the others
 PARTITIONS = {
     "Dirichlet 0.5": [],
@@ -148,7 +169,7 @@ def choose_job(name: str, seed: int) -> str:
     if (out / "trials.csv").is_file():
         return f"choose {name} / {seed}: done before"
     shutil.rmtree(out, ignore_errors=True)
-    args = ["tune", *start_of(name), f"methods=[{method}]", "tune.trials=1", *SEARCH[1:]]
+    args = ["tune", *start_of(name), f"methods=[{method}]", "tune.trials=1", *SEARCH]
     code, sec = declora([*args, f"seed={seed}", *COMMON, f"out={out}"], out.with_suffix(".log"))
     return f"choose {name} / {seed}: exit {code}, {sec / 60:.1f} min"
 
