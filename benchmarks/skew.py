@@ -283,7 +283,15 @@ def tuning_rows() -> list[str]:
 def not_run(got: dict) -> list[str]:
     """What the table leaves out: variants not searched (built-in values) or not run."""
     lines = []
-    plain = [n for n in got if not (RESULTS / "skew" / "tune" / slug(n) / "tuned.yaml").is_file()]
+    unsearched = [
+        n for n in got if not (RESULTS / "skew" / "tune" / slug(n) / "tuned.yaml").is_file()
+    ]
+    borrowed = [f"{n} (with {VALUES_OF[n]}'s)" for n in unsearched if n in VALUES_OF]
+    if borrowed:
+        lines.append(
+            f"Not searched, run with the values of the variant they add to: {', '.join(borrowed)}."
+        )
+    plain = [n for n in unsearched if n not in VALUES_OF]
     if plain:
         lines.append(
             f"Not searched in this study, run with the built-in default's values: "

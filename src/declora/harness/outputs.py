@@ -160,8 +160,8 @@ def describe_graph(s: Session) -> str:
             if exact
             else f"per-round contraction {1 - g.gap:.4f}"
         )
-        walk = "every round" if g.steps == 1 else f"{g.steps} of them a round"
-        text = f"{cfg.topology.kind} graph (its own weights, changing {walk}: {mixes})"
+        walk = "changing every round" if g.steps == 1 else f"{g.steps} of its matrices a round"
+        text = f"{cfg.topology.kind} graph (its own weights, {walk}: {mixes})"
     else:
         text = f"{cfg.topology.kind} ({cfg.mixing} weights, spectral gap {g.gap:.4f})"
     remedies = []
