@@ -351,6 +351,21 @@ def write_table() -> None:
     print("\n".join(text))
 
 
+def listed(text: str, known) -> list[str]:
+    """Names in a comma-separated list, where a name may hold commas itself ("Dirichlet 0.5,
+    16 nodes": the longest known name wins); an unknown name exits with a one-line error."""
+    words, names = text.split(","), []
+    while words:
+        for k in range(len(words), 0, -1):
+            if (name := ",".join(words[:k]).strip()) in known:
+                names.append(name)
+                words = words[k:]
+                break
+        else:
+            sys.exit(f"skew.py: unknown name {words[0].strip()!r} (known: {'; '.join(known)})")
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("phase", choices=["tune", "test", "choose", "table"])
@@ -359,8 +374,12 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated variants (default: all)")
     parser.add_argument("--parts", help="comma-separated partitions (default: all)")
     a = parser.parse_args()
-    names = a.only.split(",") if a.only else list(CANDIDATES if a.phase == "choose" else VARIANTS)
-    parts = a.parts.split(",") if a.parts else list(PARTITIONS)
+    names = (
+        listed(a.only, VARIANTS)
+        if a.only
+        else list(CANDIDATES if a.phase == "choose" else VARIANTS)
+    )
+    parts = listed(a.parts, PARTITIONS) if a.parts else list(PARTITIONS)
     if a.phase == "tune":
         run_all([(tune_job, n, a.trials) for n in names], a.jobs)
     elif a.phase == "test":
