@@ -105,8 +105,8 @@ class Schedule:
         nodes held (None: never exactly, only geometrically)."""
         if not self.varies:
             return 1 if np.allclose(self.W, 1.0 / self.n, atol=1e-12) else None
-        steps = graphs.rounds_to_exact(self.kind, self.n, self.degree)
-        return None if steps is None else -(-steps // self.steps)
+        mixing_steps = graphs.rounds_to_exact(self.kind, self.n, self.degree)
+        return None if mixing_steps is None else -(-mixing_steps // self.steps)
 
     def exact_within(self, after: int, limit: int) -> int | None:
         """The fewest rounds k <= ``limit`` after round ``after`` whose matrices (every gossip
