@@ -168,10 +168,9 @@ def results_table(summary: dict) -> str:
         f"untrained start (LoRA B = 0): accuracy {u['accuracy']:.4f}, loss {u['loss']:.4f}"
     )
     exact = summary.get("rounds_to_exact_average")
-    if exact and exact > 1:  # a time-varying graph: its gap is 1.0, which says less
-        lines.append(f"mixing: every node holds the exact average every {exact} rounds")
-    elif exact and summary["spectral_gap"] == 1.0:  # gossip steps that average every round
-        lines.append("mixing: every node holds the exact average every round")
+    if exact:  # an exact graph's gap is 1.0, which says less
+        every = "every round" if exact == 1 else f"every {exact} rounds"
+        lines.append(f"mixing: every node holds the exact average {every}")
     else:
         lines.append(f"spectral gap of the mixing matrix: {summary['spectral_gap']:.4f}")
     return "\n".join(lines)
