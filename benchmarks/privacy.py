@@ -1,7 +1,8 @@
 """Accuracy against privacy: the built-in task (bundled MiniLM, Rotten Tomatoes, 8 nodes on
-Base-2 weighted by rows, Dirichlet 0.5) without DP and with DP-SGD at epsilon 1, 3 and 8
-(delta 1e-5), for dec-lora (the nodes' own adapters) and centralized DP-SGD on the pooled
-rows, at the same sample budget; and the cost of encrypting a message.
+Base-2 weighted by rows, its three matchings a round, Dirichlet 0.5) without DP and with
+DP-SGD at epsilon 1, 3 and 8 (delta 1e-5), for dec-lora (the nodes' own adapters) and
+centralized DP-SGD on the pooled rows, at the same sample budget; and the cost of encrypting
+a message.
 
 Every (setting, method) gets the same tuning effort: the learning rates ``lr_factors`` x the
 method's tuned default, each trained once; the one with the best validation figure (dec-lora:
@@ -169,7 +170,8 @@ def markdown(rows: list[dict], enc: dict, command: str, cfg, minutes: float) -> 
         "",
         f"Command: `{command}`",
         "",
-        f"{cfg.nodes} nodes on a {cfg.topology.kind} graph ({cfg.weighting} weighting), "
+        f"{cfg.nodes} nodes on a {cfg.topology.kind} graph ({cfg.weighting} weighting, "
+        f"{cfg.for_method('dec-lora').gossip_steps} gossip steps a round for dec-lora), "
         f"{cfg.partition.kind} partition "
         f"(alpha {cfg.partition.alpha:g}), {cfg.rounds} rounds x {cfg.local_steps} step x batch "
         f"{cfg.batch_size} (expected; Poisson sampling under DP), model {cfg.model.name}, data "

@@ -133,6 +133,30 @@ def test_gossip_steps_walk_a_time_varying_graph_to_the_exact_average_every_round
     assert any(not np.array_equal(plan.at_step(k), g.at(5, k)) for k in range(3))
 
 
+def test_period_gossip_steps_follow_the_graph():
+    """The built-in ``gossip_steps: period``: Base-2's period on its nodes (3 on 8, 4 on 16,
+    2 on 4), one-peer exponential's, and 1 on a static graph, so a user who moves the built-in
+    job to the ring sends the ring's bytes (and may relay on it) without another setting."""
+    by_graph = {
+        (): 3,
+        ("nodes=16",): 4,
+        ("nodes=4",): 2,
+        ("topology.kind=one_peer_exponential", "nodes=16"): 4,
+        ("topology.kind=ring",): 1,
+        ("topology.kind=ring", "exchange=relay", "consensus=ab"): 1,
+        ("topology.kind=complete",): 1,
+    }
+    for override, period in by_graph.items():
+        cfg = load_config(None, list(override))
+        assert cfg.per_method["dec-lora"].gossip_steps == "period"
+        assert cfg.for_method("dec-lora").gossip_steps == period
+        assert schedule_for(cfg.topology.kind, cfg.nodes).period == period
+        assert cfg.for_method("fedavg").gossip_steps == 1
+    assert load_config(None, ["gossip_steps=2"]).for_method("dec-lora").gossip_steps == 2
+    with pytest.raises(ConfigError, match="from 1 to 100, or period"):
+        load_config(None, ["gossip_steps=periodic"])
+
+
 def test_one_peer_exponential_sends_one_message_a_round_half_the_rings():
     ring = schedule_for("ring", 8)
     one = Schedule.varying("one_peer_exponential", 8)

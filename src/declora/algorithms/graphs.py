@@ -398,10 +398,29 @@ def base_graph(n: int, k: int, inner_edges: bool = True) -> list[np.ndarray]:
 
 
 def base_period(n: int, k: int) -> int:
-    """Number of rounds of one period of :func:`base_graph` (``<= 2 log_{k+1} n + 2``)."""
+    """Number of rounds of one period of :func:`base_graph` (``<= 2 log_{k+1} n + 2``),
+    counted as the construction counts them, without building a matrix (a config asks it)."""
     n = _check_int("n", n, 1)
     k = _check_int("k", k, 1)
-    return len(_base_graph_cached(n, k, True))
+    period = _simple_period(n, k)
+    smooth = smooth_part(n, k)
+    rest = n // smooth
+    if smooth > 1 and rest > 1:
+        period = min(period, _simple_period(rest, k) + _cube_period(smooth, k))
+    return period
+
+
+def _cube_period(n: int, k: int) -> int:
+    """Rounds of :func:`hyper_hypercube` on ``n`` (k+1)-smooth nodes."""
+    return max(1, len(_min_factors(n, k)))
+
+
+def _simple_period(n: int, k: int) -> int:
+    """Rounds of :func:`simple_base_graph` on ``n`` nodes."""
+    if _min_factors(n, k) is not None:
+        return _cube_period(n, k)
+    (a, p), *_ = _digit_groups(n, k)
+    return _cube_period(a * (k + 1) ** p, k) + 1 + p
 
 
 # --------------------------------------------------------------------------------------------

@@ -53,7 +53,8 @@ class Schedule:
         if kind not in TIME_VARYING:
             raise ValueError(f"{kind} is not a time-varying graph ({', '.join(TIME_VARYING)})")
         rounds = [
-            graphs.time_varying(kind, n, t, degree) for t in range(1, _period(kind, n, degree) + 1)
+            graphs.time_varying(kind, n, t, degree)
+            for t in range(1, period_of(kind, n, degree) + 1)
         ]
         adj = np.zeros((n, n), dtype=bool)
         for W in rounds:
@@ -76,7 +77,7 @@ class Schedule:
     @property
     def period(self) -> int:
         """Mixing steps after which the matrices repeat (1 for a static graph)."""
-        return 1 if not self.varies else _period(self.kind, self.n, self.degree)
+        return period_of(self.kind, self.n, self.degree)
 
     def _step(self, m: int) -> np.ndarray:
         """W of mixing step m (1-based)."""
@@ -136,7 +137,11 @@ class Schedule:
         return np.asarray(sent, dtype=np.float64) / self.period
 
 
-def _period(kind: str, n: int, degree: int) -> int:
+def period_of(kind: str, n: int, degree: int = 1) -> int:
+    """Mixing steps after which a graph's matrices repeat: 1 for a static graph; Base-(k+1)'s
+    or one-peer exponential's period for a time-varying one (Base-2 on 8 nodes: 3)."""
+    if kind not in TIME_VARYING:
+        return 1
     if kind == "one_peer_exponential":
         return graphs.one_peer_period(n)
     return graphs.base_period(n, degree)

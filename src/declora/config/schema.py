@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from declora.algorithms.schedule import period_of
 from declora.algorithms.topology import MIXING_RULES
 from declora.config.errors import ConfigError
 from declora.config.labels import is_missing, label_key
@@ -18,6 +19,7 @@ from declora.config.sections import (
     DataConfig,
     EvalConfig,
     FaultsConfig,
+    GossipSteps,
     Int,
     LoraSettings,
     MethodName,
@@ -68,7 +70,7 @@ class Config(_Section):
                 head_lr_scale=1.040526,
                 schedule="cosine",
                 finish_rounds=40,
-                gossip_steps=3,
+                gossip_steps="period",
             ),
             "local": MethodSettings(lr=0.001202, head_lr_scale=1.080764, schedule="constant"),
         },
@@ -93,14 +95,12 @@ class Config(_Section):
         "adapters agree, at the cost of bytes and no compute; they end early once the graph "
         "has averaged exactly (Base, one-peer exponential; not under faults or compression)",
     )
-    gossip_steps: Int = Field(
+    gossip_steps: GossipSteps = Field(
         1,
-        ge=1,
-        le=100,
         description="mixing steps after each round's local steps (dec-lora): bytes x this, "
         "the nodes closer to the network average under skewed data; a static graph mixes with "
-        "its W again, a time-varying one takes its next matrices (Base with as many steps as "
-        "its period averages exactly every round)",
+        "its W again, a time-varying one takes its next matrices. period: the graph's period "
+        "(Base-2 on 8 nodes: 3, the exact average every round; 1 on a static graph)",
     )
     exchange: Literal["gossip", "relay"] = Field(
         "gossip",
@@ -360,7 +360,11 @@ class Config(_Section):
     def for_method(self, method: str) -> Config:
         """This config with the method's own values (``per_method``) in place of the top-level ones."""
         own = self.per_method.get(method)
-        return self if own is None else self.model_copy(update=own.model_dump(exclude_none=True))
+        cfg = self if own is None else self.model_copy(update=own.model_dump(exclude_none=True))
+        if cfg.gossip_steps == "period":
+            period = period_of(cfg.topology.kind, cfg.nodes, cfg.topology.degree)
+            cfg = cfg.model_copy(update={"gossip_steps": period})
+        return cfg
 
 
 def _relay_checks(cfg: Config, varying: bool) -> None:
@@ -384,8 +388,8 @@ def _relay_checks(cfg: Config, varying: bool) -> None:
         raise ValueError("exchange=relay already averages exactly: use correction=none with it")
     if cfg.for_method("dec-lora").gossip_steps > 1:
         raise ValueError(
-            "exchange=relay relays once a round: use gossip_steps=1 (the built-in job takes 3, "
-            "Base-2's matchings)"
+            "exchange=relay relays once a round: use gossip_steps=1 (or period, the built-in: 1 "
+            "on a static graph)"
         )
 
 
@@ -398,8 +402,8 @@ def _tracking_checks(cfg: Config) -> None:
         )
     if cfg.for_method("dec-lora").gossip_steps > 1:
         raise ValueError(
-            "correction=tracking mixes once a round: use gossip_steps=1 (the built-in job takes "
-            "3, Base-2's matchings)"
+            "correction=tracking mixes once a round: use gossip_steps=1 (the built-in, period, "
+            "takes all of a time-varying graph's matrices: Base-2's 3 on 8 nodes)"
         )
 
 

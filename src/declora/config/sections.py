@@ -7,7 +7,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    field_validator,
+    model_validator,
+)
 
 from declora.algorithms.compress import KINDS, SCHEMES
 from declora.algorithms.consensus import RULES
@@ -23,6 +31,20 @@ TaskName = Literal["classification", "causal_lm"]  # declora.learning.tasks.TASK
 SEED_MAX = 2**32 - 1
 # integers must be integers: YAML's `true` is not 1 node, and 4.0 is not 4 steps
 Int = Annotated[int, Strict()]
+
+
+def _gossip_steps(value):
+    """A count of gossip steps from 1 to 100, or ``period``; one message for anything else."""
+    if value == "period" or (type(value) is int and 1 <= value <= 100):
+        return value
+    raise ValueError(f"a whole number from 1 to 100, or period (got {value!r})")
+
+
+# gossip steps a round: a count, or the graph's period (Config.for_method resolves it)
+GossipSteps = Annotated[
+    Annotated[int, Strict(), Field(ge=1, le=100)] | Literal["period"],
+    BeforeValidator(_gossip_steps),
+]
 
 
 DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # config ``device``
@@ -273,7 +295,9 @@ class MethodSettings(_Section):
         None, description="learning-rate decay"
     )
     finish_rounds: Int | None = Field(None, ge=0, description="gossip-only rounds at the end")
-    gossip_steps: Int | None = Field(None, ge=1, le=100, description="mixing steps per round")
+    gossip_steps: GossipSteps | None = Field(
+        None, description="mixing steps per round (period: the graph's period)"
+    )
 
 
 TUNED = ("lr", "head_lr_scale", "schedule", "gossip_steps", "finish_rounds")  # jobs.tune
