@@ -5,7 +5,7 @@ Three phases, each resumable (a finished run or trial is not run again):
     python benchmarks/skew.py tune --jobs 2     # every variant: declora tune on validation rows
     python benchmarks/skew.py test --jobs 2     # every variant x partition x seed, test rows once
     python benchmarks/skew.py choose --jobs 2   # the candidates for the default: validation, 3 seeds
-    python benchmarks/skew.py table             # results/skew.md and results/skew.json
+    python benchmarks/skew.py table             # results/skew.md, skew.json, skew/choose.json
 
 ``tune``: each variant gets the same search (``--trials`` trials of ``declora tune`` over the
 learning rate, the head's multiple of it, the schedule and, where nodes gossip, the
@@ -14,7 +14,9 @@ scored on the 500 validation rows; the test rows are not read. ``test``: each va
 values its search chose, on every partition (IID, Dirichlet 0.5 and 0.1 on 8 nodes,
 Dirichlet 0.5 on 16), seeds 0, 1, 2, each run scored once on the 1,000 test rows. Runs go
 ``--jobs`` at a time, one thread each (``OMP_NUM_THREADS=1``), into ``runs/skew/``; the
-tables and each variant's search (``tuned.yaml``, ``trials.csv``) go to ``results/``.
+tables and each variant's search (``tuned.yaml``, ``trials.csv``) go to ``results/``, and so do
+the figures the tables are built from (``skew.json``, ``skew/choose.json``): ``runs/`` is not
+kept, and the table phase adds what it finds there to that record.
 ``choose``: the candidates for the default job (``CANDIDATES``; ``--only`` names others, such
 as ``RING_CANDIDATES``), each with its values, scored on the validation rows of the default
 job's partition at seeds 0, 1 and 2 (one trial of
@@ -195,20 +197,14 @@ def test_job(name: str, part: str, seed: int) -> str:
     return f"test {name} / {part} / {seed}: exit {code}, {sec / 60:.1f} min"
 
 
-def choice_rows(candidates: tuple[str, ...]) -> list[str]:
+def choice_rows(got: dict, candidates: tuple[str, ...]) -> list[str]:
     """The candidates on the validation rows of seeds 0, 1, 2."""
     lines = ["| candidate | seed 0 | seed 1 | seed 2 | mean |", "|---|---:|---:|---:|---:|"]
     for name in candidates:
-        got = {}
-        for seed in SEEDS:
-            path = RUNS / "choose" / slug(name) / f"seed_{seed}" / "trials.csv"
-            if path.is_file():
-                got[seed] = float(
-                    next(csv.DictReader(path.read_text().splitlines()))["validation_accuracy"]
-                )
-        if got:
-            cells = [f"{got[s]:.3f}" if s in got else "" for s in SEEDS]
-            mean = f"{_mean_std(list(got.values()))[0]:.3f}" if len(got) == len(SEEDS) else ""
+        if seeds := got.get(name):
+            cells = [f"{seeds[str(s)]:.3f}" if str(s) in seeds else "" for s in SEEDS]
+            whole = len(seeds) == len(SEEDS)
+            mean = f"{_mean_std(list(seeds.values()))[0]:.3f}" if whole else ""
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean} |")
     return lines if len(lines) > 2 else []
 
@@ -220,16 +216,35 @@ def run_all(jobs: list, workers: int) -> None:
 
 
 def summaries() -> dict:
-    """variant -> partition -> seed -> the method's summary.json entry (finished runs only)."""
-    got: dict = {}
+    """variant -> partition -> seed -> the method's summary.json entry: the record kept in
+    ``results/skew.json`` (``runs/`` is not kept: a fresh clone has only the record),
+    overlaid with the runs finished here."""
+    got = _kept(RESULTS / "skew.json")
     for name, (method, _) in VARIANTS.items():
         for part in PARTITIONS:
             for seed in SEEDS:
                 path = RUNS / "test" / slug(name) / slug(part) / f"seed_{seed}" / "summary.json"
                 if path.is_file():
                     entry = json.loads(path.read_text())["methods"][method]
-                    got.setdefault(name, {}).setdefault(part, {})[seed] = entry
+                    got.setdefault(name, {}).setdefault(part, {})[str(seed)] = entry
     return got
+
+
+def choices() -> dict:
+    """candidate -> seed -> validation accuracy (``skew.py choose``): the record kept in
+    ``results/skew/choose.json``, overlaid with the runs finished here."""
+    got = _kept(RESULTS / "skew" / "choose.json")
+    for name in VARIANTS:
+        for seed in SEEDS:
+            path = RUNS / "choose" / slug(name) / f"seed_{seed}" / "trials.csv"
+            if path.is_file():
+                row = next(csv.DictReader(path.read_text().splitlines()))
+                got.setdefault(name, {})[str(seed)] = round(float(row["validation_accuracy"]), 4)
+    return got
+
+
+def _kept(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -313,8 +328,9 @@ def not_run(got: dict) -> list[str]:
 
 
 def write_table() -> None:
-    got = summaries()
+    got, chosen = summaries(), choices()
     (RESULTS / "skew.json").write_text(json.dumps(got, indent=1))
+    (RESULTS / "skew" / "choose.json").write_text(json.dumps(chosen, indent=1))
     text = [
         "# Remedies against label skew: the study",
         "",
@@ -336,7 +352,7 @@ def write_table() -> None:
         "",
     ]
     for what, candidates in (("the default", CANDIDATES), ("the ring's remedy", RING_CANDIDATES)):
-        if choice := choice_rows(candidates):
+        if choice := choice_rows(chosen, candidates):
             text += [
                 f"## Choosing {what} (validation rows, Dirichlet 0.5, seeds 0, 1, 2)",
                 "",

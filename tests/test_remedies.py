@@ -6,6 +6,7 @@ are refused in one line."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -28,6 +29,7 @@ from declora.protocol.relay import RelayExchange
 from declora.protocol.rounds import Party, communicate, play_round
 from declora.protocol.tracking import TrackingExchange
 from declora.runtimes.sim import MemoryTransport
+from tests.helpers import load_benchmark
 from tests.test_rounds import OneSided
 
 HEAD = (3,)  # one tensor of 3 values stands for the adapter
@@ -389,3 +391,22 @@ def test_the_start_up_handshake_tells_every_node_the_rows_of_every_other():
     for rank in range(3):
         agreed = handshake.agree(cfg, offers, rank, key, warn=lambda line: None)
         assert agreed.rows == (120, 7, 3000) and agreed.round == 0
+
+
+def test_skew_study_keeps_its_record_when_runs_are_gone(tmp_path, monkeypatch):
+    """benchmarks/skew.py's table is rebuilt from results/ (runs/ is not kept): a fresh clone
+    regenerates the same rows, and a run finished here replaces its seed's entry."""
+    skew = load_benchmark("skew")
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    (results / "skew").mkdir(parents=True)
+    kept = {"ring": {"Dirichlet 0.5": {"0": {"accuracy": 0.5, "bytes_sent_per_node": 1e6}}}}
+    (results / "skew.json").write_text(json.dumps(kept))
+    (results / "skew" / "choose.json").write_text(json.dumps({"Base-2": {"0": 0.7}}))
+    monkeypatch.setattr(skew, "RESULTS", results)
+    monkeypatch.setattr(skew, "RUNS", runs)
+    assert skew.summaries() == kept
+    done = runs / "choose" / "base-2" / "seed_1" / "trials.csv"
+    done.parent.mkdir(parents=True)
+    done.write_text("number,validation_accuracy\n0,0.81234\n")
+    assert skew.choices() == {"Base-2": {"0": 0.7, "1": 0.8123}}
+    assert skew.choice_rows(skew.choices(), ("Base-2",))[2] == "| Base-2 | 0.700 | 0.812 |  |  |"
