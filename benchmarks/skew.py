@@ -89,6 +89,11 @@ VARIANTS = {
         "dec-lora",
         ["topology.kind=base", "gossip_steps=3", "weighting=rows", OWN],
     ),
+    # the same, at the values of its own search (the default runs at Base-2's: see CANDIDATES)
+    "Base-2 x3 + rows, own search": (
+        "dec-lora",
+        ["topology.kind=base", "gossip_steps=3", "weighting=rows", OWN],
+    ),
     "fedavg (exact every round)": ("fedavg", [EQUAL, OWN, ONE]),
     "centralized": ("centralized", []),
 }
@@ -110,6 +115,7 @@ CANDIDATES = (
     "Base-2 + rows + moments",
     "Base-2 x2 + rows",
     "Base-2 x3 + rows",
+    "Base-2 x3 + rows, own search",
 )
 RING_CANDIDATES = ("ring + relay", "ring + relay + rows", "ring x2 + rows")
 # the default job's partition, then the others
@@ -313,17 +319,17 @@ def not_run(got: dict) -> list[str]:
     borrowed = [f"{n} (with {VALUES_OF[n]}'s)" for n in unsearched if n in VALUES_OF]
     if borrowed:
         lines.append(
-            f"Not searched, run with the values of the variant they add to: {', '.join(borrowed)}."
+            f"Not searched, run with the values of the variant they add to: {'; '.join(borrowed)}."
         )
     plain = [n for n in unsearched if n not in VALUES_OF]
     if plain:
         lines.append(
             f"Not searched in this study, run with the built-in default's values: "
-            f"{', '.join(plain)}."
+            f"{'; '.join(plain)}."
         )
     missing = [n for n in VARIANTS if n not in got]
     if missing:
-        lines.append(f"Not run on the test rows: {', '.join(missing)}.")
+        lines.append(f"Not run on the test rows: {'; '.join(missing)}.")
     return [*lines, ""] if lines else []
 
 
