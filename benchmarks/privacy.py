@@ -12,11 +12,15 @@ mean of the nodes' own adapters; centralized: its model) is scored on the test r
     .venv/bin/python benchmarks/privacy.py settings=[none,3] lr_factors=[1] rounds=10 jobs=1
     .venv/bin/python benchmarks/privacy.py cost       # seconds per sample of a DP step, alone
     .venv/bin/python benchmarks/privacy.py methods=[dec-lora]   # re-measure one method
+    .venv/bin/python benchmarks/privacy.py extend=true lr_factors=[0.25,0.5]  # a wider grid
 
 Keys of this script: ``settings`` (none and epsilons), ``lr_factors``, ``jobs`` (processes,
 one thread each), ``table`` (default results/privacy.md), ``methods`` (default both; the
-other method's rows are kept from the table's JSON, and the table says so). Every other
-key=value is a config override, as for ``declora run``.
+other method's rows are kept from the table's JSON, and the table says so), ``extend``
+(true: ``lr_factors`` add to the learning rates the table's JSON already tried for each row
+run; a row whose earlier best is not beaten on validation keeps its test figure, so the test
+rows are still read once per row). Every other key=value is a config override, as for
+``declora run``.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-OWN = ("settings", "lr_factors", "jobs", "table", "methods")
+OWN = ("settings", "lr_factors", "jobs", "table", "methods", "extend")
 METHOD_NAMES = ("dec-lora", "centralized")
 
 
@@ -54,10 +58,11 @@ def setting_args(setting) -> list[str]:
 
 
 def run_setting(
-    setting, factors: list[float], overrides: list[str], methods=METHOD_NAMES
+    setting, factors: list[float], overrides: list[str], methods=METHOD_NAMES, earlier=()
 ) -> list[dict]:
     """Train every method at every learning rate under one privacy setting; score the one
-    chosen on validation on the test rows."""
+    chosen on validation on the test rows. ``earlier``: rows of a previous table for this
+    setting, whose learning rates count as tried (their test figure is kept if still best)."""
     torch.set_num_threads(1)
     from declora.config import load_config
     from declora.harness import report, session, summary
@@ -92,6 +97,13 @@ def run_setting(
                 json.dumps({"setting": setting, "method": method, "lr": lr, "val": val}), flush=True
             )
         best = max(tried, key=lambda r: r["val"])
+        grid = {f"{r['lr']:.6g}": r["val"] for r in tried}
+        before = next((r for r in earlier if r["method"] == method), None)
+        if before is not None and before["val"] >= best["val"]:
+            kept = {k: v for k, v in before.items() if k != "kept"}
+            rows.append({**kept, "tried": {**before["tried"], **grid}})
+            print(json.dumps(rows[-1]), flush=True)
+            continue
         final = summary.final_figures(s, best["states"])
         head = final.get("node_mean_accuracy", final.get("model", {}).get("accuracy"))
         rows.append(
@@ -99,7 +111,7 @@ def run_setting(
                 "setting": setting,
                 "method": method,
                 "lr": best["lr"],
-                "tried": {f"{r['lr']:.6g}": r["val"] for r in tried},
+                "tried": {**(before["tried"] if before else {}), **grid},
                 "val": best["val"],
                 "test": head,
                 "node_min": final.get("node_min_accuracy"),
@@ -164,7 +176,9 @@ def encryption_cost(reps: int = 500) -> dict:
     return out
 
 
-def markdown(rows: list[dict], enc: dict, command: str, cfg, minutes: float) -> str:
+def markdown(
+    rows: list[dict], enc: dict, command: str, cfg, minutes: float, extend: bool = False
+) -> str:
     lines = [
         "# Dec-LoRA under differential privacy",
         "",
@@ -205,6 +219,13 @@ def markdown(rows: list[dict], enc: dict, command: str, cfg, minutes: float) -> 
     ]
     for name, e in enc.items():
         lines.append(f"| {name} | {e['bytes']:,} | {e['seconds'] * 1e3:.2f} |")
+    if extend:
+        lines += [
+            "",
+            "Learning rates: this command's factors added to those the previous table tried "
+            "(all are in the validation column); a row whose earlier best was not beaten keeps "
+            "that run's test figure.",
+        ]
     if any(r.get("kept") for r in rows):
         lines += [
             "",
@@ -239,20 +260,26 @@ def main(argv: list[str]) -> None:
     if set(methods) - set(METHOD_NAMES):
         sys.exit(f"privacy.py: methods must be among {', '.join(METHOD_NAMES)}; got {methods}")
     cfg = load_config(None, overrides)  # checks the overrides before any work
-    before = json.loads(table.with_suffix(".json").read_text()) if methods != METHOD_NAMES else []
+    extend = bool(own.get("extend"))
+    kept = methods != METHOD_NAMES or extend
+    before = json.loads(table.with_suffix(".json").read_text()) if kept else []
+    earlier = [[r for r in before if r["setting"] == x and extend] for x in settings]
     t0 = time.perf_counter()
     enc = encryption_cost()
     print(json.dumps(enc), flush=True)
     with ProcessPoolExecutor(int(own.get("jobs", 2)), mp_context=get_context("spawn")) as pool:
         n = len(settings)
-        done = list(pool.map(run_setting, settings, [factors] * n, [overrides] * n, [methods] * n))
+        done = list(
+            pool.map(run_setting, settings, [factors] * n, [overrides] * n, [methods] * n, earlier)
+        )
     rows = []
     for setting, ran in zip(settings, done):
         old = [r for r in before if r["setting"] == setting and r["method"] not in methods]
         rows += sorted(ran + [{**r, "kept": True} for r in old], key=_method_order)
     command = " ".join(["python benchmarks/privacy.py", *argv])
     table.parent.mkdir(parents=True, exist_ok=True)
-    table.write_text(markdown(rows, enc, command, cfg, (time.perf_counter() - t0) / 60))
+    minutes = (time.perf_counter() - t0) / 60
+    table.write_text(markdown(rows, enc, command, cfg, minutes, extend))
     (table.with_suffix(".json")).write_text(json.dumps(rows, indent=1))
     print(table.read_text())
 

@@ -302,6 +302,13 @@ def test_the_privacy_benchmark_runs_on_todays_api_and_keeps_the_rows_it_does_not
     args = [a for a in tiny_args(tiny_model_dir, tiny_csv, tmp_path / "o") if "out=" not in a]
     (got,) = bench.run_setting(3, [1.0], [*args, "rounds=2"], ("dec-lora",))
     assert got["method"] == "dec-lora" and 0 < got["epsilon"] <= 3 and 0 <= got["test"] <= 1
+    # extend=true: an earlier best that validation does not beat keeps its test figure (the
+    # test rows are not read again), and the grid is the union of both (the new run's figure
+    # differs from the first's: DP noise comes from each node's secret, not the seed)
+    earlier = {**got, "val": 1.0, "test": 0.123, "tried": {"9": 1.0}, "kept": True}
+    (again,) = bench.run_setting(3, [1.0], [*args, "rounds=2"], ("dec-lora",), [earlier])
+    assert again["test"] == 0.123 and "kept" not in again
+    assert list(again["tried"]) == ["9", *got["tried"]] and again["tried"]["9"] == 1.0
     cost = bench.encryption_cost(reps=1)
     clear = cost["clear"]["bytes"]
     assert clear > 4 * 74_498 and cost["hmac"]["bytes"] == clear + 32  # the SHA-256 tag
