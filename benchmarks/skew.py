@@ -65,6 +65,11 @@ VARIANTS = {
     "ring + rows": ("dec-lora", ["topology.kind=ring", "weighting=rows", OWN, ONE]),
     # the ring's W twice a round: twice the bytes
     "ring x2 + rows": ("dec-lora", ["topology.kind=ring", "gossip_steps=2", "weighting=rows", OWN]),
+    # the same at the values of the ring's search with size weighting (lr 15x smaller)
+    "ring x2 + rows, ring + rows' values": (
+        "dec-lora",
+        ["topology.kind=ring", "gossip_steps=2", "weighting=rows", OWN],
+    ),
     "ring + relay + rows": (
         "dec-lora",
         ["topology.kind=ring", "exchange=relay", "weighting=rows", OWN, ONE],
@@ -105,6 +110,7 @@ VALUES_OF = {
     "Base-2 x2 + rows": "Base-2",
     "Base-2 x3 + rows": "Base-2",
     "ring x2 + rows": "ring",
+    "ring x2 + rows, ring + rows' values": "ring + rows",
     "ring + relay + rows": "ring + relay",
 }
 # what the default job chooses between, on validation rows of three partitions; and the same
@@ -117,7 +123,13 @@ CANDIDATES = (
     "Base-2 x3 + rows",
     "Base-2 x3 + rows, own search",
 )
-RING_CANDIDATES = ("ring + relay", "ring + relay + rows", "ring x2 + rows")
+RING_CANDIDATES = (
+    "ring + relay",
+    "ring + relay + rows",
+    "ring x2 + rows",
+    "ring + rows",
+    "ring x2 + rows, ring + rows' values",
+)
 # the default job's partition, then the others
 PARTITIONS = {
     "Dirichlet 0.5": [],
