@@ -263,7 +263,7 @@ def main(argv: list[str]) -> None:
     extend = bool(own.get("extend"))
     kept = methods != METHOD_NAMES or extend
     before = json.loads(table.with_suffix(".json").read_text()) if kept else []
-    earlier = [[r for r in before if r["setting"] == x and extend] for x in settings]
+    earlier = [[r for r in before if r["setting"] == x] if extend else [] for x in settings]
     t0 = time.perf_counter()
     enc = encryption_cost()
     print(json.dumps(enc), flush=True)

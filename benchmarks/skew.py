@@ -58,18 +58,18 @@ SEARCH = [
 EQUAL = "weighting=uniform"
 OWN = "second_moment=own"  # each node's AdamW keeps its own second moment (the paper's)
 ONE = "gossip_steps=1"  # one mixing step a round (the paper's; the built-in job takes 3)
+# the ring's W twice a round (twice the bytes), and Base-2's 3 matchings a round (the exact
+# average every round), each with size weighting: two variants each, at two sets of values
+RING_X2 = ["topology.kind=ring", "gossip_steps=2", "weighting=rows", OWN]
+BASE_X3 = ["topology.kind=base", "gossip_steps=3", "weighting=rows", OWN]
 VARIANTS = {
     "ring": ("dec-lora", ["topology.kind=ring", EQUAL, OWN, ONE]),
     "ring + relay": ("dec-lora", ["topology.kind=ring", "exchange=relay", EQUAL, OWN, ONE]),
     "ring + tracking": ("dec-lora", ["topology.kind=ring", "correction=tracking", EQUAL, OWN, ONE]),
     "ring + rows": ("dec-lora", ["topology.kind=ring", "weighting=rows", OWN, ONE]),
-    # the ring's W twice a round: twice the bytes
-    "ring x2 + rows": ("dec-lora", ["topology.kind=ring", "gossip_steps=2", "weighting=rows", OWN]),
+    "ring x2 + rows": ("dec-lora", RING_X2),
     # the same at the values of the ring's search with size weighting (lr 15x smaller)
-    "ring x2 + rows, ring + rows' values": (
-        "dec-lora",
-        ["topology.kind=ring", "gossip_steps=2", "weighting=rows", OWN],
-    ),
+    "ring x2 + rows, ring + rows' values": ("dec-lora", RING_X2),
     "ring + relay + rows": (
         "dec-lora",
         ["topology.kind=ring", "exchange=relay", "weighting=rows", OWN, ONE],
@@ -85,20 +85,14 @@ VARIANTS = {
         "dec-lora",
         ["topology.kind=base", "weighting=rows", "second_moment=mixed", ONE],
     ),
-    # Base-2's matrices 2 or 3 a round (gossip steps): with 3, the exact average every round
+    # Base-2's matrices 2 a round (gossip steps), then 3 (BASE_X3)
     "Base-2 x2 + rows": (
         "dec-lora",
         ["topology.kind=base", "gossip_steps=2", "weighting=rows", OWN],
     ),
-    "Base-2 x3 + rows": (
-        "dec-lora",
-        ["topology.kind=base", "gossip_steps=3", "weighting=rows", OWN],
-    ),
+    "Base-2 x3 + rows": ("dec-lora", BASE_X3),
     # the same, at the values of its own search (the default runs at Base-2's: see CANDIDATES)
-    "Base-2 x3 + rows, own search": (
-        "dec-lora",
-        ["topology.kind=base", "gossip_steps=3", "weighting=rows", OWN],
-    ),
+    "Base-2 x3 + rows, own search": ("dec-lora", BASE_X3),
     # the built-in gossip_steps: period (Base-2's period: 3 on 8 nodes, so the row above; 4 on
     # 16, exact every round there)
     "Base-2 period + rows": (
