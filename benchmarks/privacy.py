@@ -261,8 +261,11 @@ def main(argv: list[str]) -> None:
         sys.exit(f"privacy.py: methods must be among {', '.join(METHOD_NAMES)}; got {methods}")
     cfg = load_config(None, overrides)  # checks the overrides before any work
     extend = bool(own.get("extend"))
-    kept = methods != METHOD_NAMES or extend
-    before = json.loads(table.with_suffix(".json").read_text()) if kept else []
+    saved = table.with_suffix(".json")
+    reads_saved = methods != METHOD_NAMES or extend  # rows to keep, or a grid to extend
+    if reads_saved and not saved.is_file():
+        sys.exit(f"privacy.py: extend=true and methods=... build on {saved}, which is not there")
+    before = json.loads(saved.read_text()) if reads_saved else []
     earlier = [[r for r in before if r["setting"] == x] if extend else [] for x in settings]
     t0 = time.perf_counter()
     enc = encryption_cost()
