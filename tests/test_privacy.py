@@ -327,3 +327,15 @@ def test_the_privacy_benchmark_runs_on_todays_api_and_keeps_the_rows_it_does_not
     text = bench.markdown(rows, cost, "python benchmarks/privacy.py", load_config(None), 1.0)
     assert "| centralized (kept) |" in text and "| dec-lora |" in text
     assert "1 method rows in" in text and "(kept): not run by this command" in text
+
+
+def test_the_privacy_benchmark_refuses_to_build_on_a_table_that_is_not_there(tmp_path):
+    """extend=true, or one method (keeping the other's rows), reads the table's JSON: without
+    it, one line and nothing written, before any run starts."""
+    bench = load_benchmark("privacy")
+    table = tmp_path / "missing.md"
+    for own in ("extend=true", "methods=[centralized]"):
+        with pytest.raises(SystemExit, match="which is not there") as stop:
+            bench.main([own, f"table={table}"])
+        assert "\n" not in str(stop.value)
+    assert list(tmp_path.iterdir()) == []
