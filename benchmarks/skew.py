@@ -113,6 +113,9 @@ VALUES_OF = {
     "ring x2 + rows": "ring",
     "ring x2 + rows, ring + rows' values": "ring + rows",
     "ring + relay + rows": "ring + relay",
+    # on 8 nodes (a power of 2) its matchings are Base-2's: the same graph family, not searched
+    "one-peer exp.": "Base-2",
+    "one-peer exp. + rows": "Base-2",
 }
 # what the default job chooses between, on validation rows of three partitions; and the same
 # choice for a user whose links form the paper's ring
