@@ -113,7 +113,7 @@ VALUES_OF = {
     "ring x2 + rows": "ring",
     "ring x2 + rows, ring + rows' values": "ring + rows",
     "ring + relay + rows": "ring + relay",
-    # on 8 nodes (a power of 2) its matchings are Base-2's: the same graph family, not searched
+    # not searched: on 8 nodes (a power of 2) it averages exactly every 3 rounds, as Base-2 does
     "one-peer exp.": "Base-2",
     "one-peer exp. + rows": "Base-2",
 }
