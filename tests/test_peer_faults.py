@@ -1,11 +1,12 @@
 """Faulty peers among 4 processes on loopback (gloo) (issue 11).
 
-Each run trains 2 rounds, then gossips 3 finishing rounds with a key set (the bad-frame
-launch 4, with every bad frame at once); a fault hits a finishing round. Every honest process
-must finish, or fail within ``peer_timeout`` with a line naming the faulty node. After a finished run, the network average of the nodes' adapters is the
-same at the end as after training (1e-6): in gossip-only rounds that holds exactly when every
-round's effective W (the ring's W with each dropped edge's weight on the diagonal, as both
-ends of the edge agreed) is doubly stochastic, whatever was refused.
+Each run trains 2 rounds, then gossips 3 finishing rounds with a key set (the bad-frame launch
+4, with every bad frame at once); a fault hits a finishing round. Every honest process must
+finish, or fail within ``peer_timeout`` with a line naming the faulty node. After a finished
+run, the network average of the nodes' adapters is the same at the end as after training (1e-6):
+in gossip-only rounds that holds exactly when every round's effective W (the ring's W with each
+dropped edge's weight on the diagonal, as both ends of the edge agreed) is doubly stochastic,
+whatever was refused.
 """
 
 from __future__ import annotations
