@@ -62,6 +62,20 @@ ONE = "gossip_steps=1"  # one mixing step a round (the paper's; the built-in job
 # average every round), each with size weighting: two variants each, at two sets of values
 RING_X2 = ["topology.kind=ring", "gossip_steps=2", "weighting=rows", OWN]
 BASE_X3 = ["topology.kind=base", "gossip_steps=3", "weighting=rows", OWN]
+
+
+def smaller(rounds: int, batch: int) -> list[str]:
+    """``rounds`` rounds of ``batch`` rows a node (the default's 70 x 16 samples), 8-bit
+    messages, no finishing rounds."""
+    return [
+        f"rounds={rounds}",
+        f"batch_size={batch}",
+        "compression.kind=quantize",
+        "compression.bits=8",
+        "per_method.dec-lora.finish_rounds=0",
+    ]
+
+
 VARIANTS = {
     "ring": ("dec-lora", ["topology.kind=ring", EQUAL, OWN, ONE]),
     "ring + relay": ("dec-lora", ["topology.kind=ring", "exchange=relay", EQUAL, OWN, ONE]),
@@ -93,6 +107,11 @@ VARIANTS = {
     "Base-2 x3 + rows": ("dec-lora", BASE_X3),
     # the same, at the values of its own search (the default runs at Base-2's: see CANDIDATES)
     "Base-2 x3 + rows, own search": ("dec-lora", BASE_X3),
+    # the same samples in more, smaller rounds (an averaged AdamW step every 8 or 4 rows a
+    # node, not every 16), its messages in 8 bits so that the bytes stay under the ring's;
+    # no finishing rounds (the default's end at once: its nodes already hold the average)
+    "Base-2 x3 + rows, 140 rounds of 8, 8-bit": ("dec-lora", [*BASE_X3, *smaller(140, 8)]),
+    "Base-2 x3 + rows, 280 rounds of 4, 8-bit": ("dec-lora", [*BASE_X3, *smaller(280, 4)]),
     # the built-in gossip_steps: period (Base-2's period: 3 on 8 nodes, so the row above; 4 on
     # 16, exact every round there)
     "Base-2 period + rows": (
@@ -110,6 +129,8 @@ VALUES_OF = {
     "Base-2 x2 + rows": "Base-2",
     "Base-2 x3 + rows": "Base-2",
     "Base-2 period + rows": "Base-2",
+    "Base-2 x3 + rows, 140 rounds of 8, 8-bit": "Base-2",
+    "Base-2 x3 + rows, 280 rounds of 4, 8-bit": "Base-2",
     "ring x2 + rows": "ring",
     "ring x2 + rows, ring + rows' values": "ring + rows",
     "ring + relay + rows": "ring + relay",
@@ -126,6 +147,8 @@ CANDIDATES = (
     "Base-2 x2 + rows",
     "Base-2 x3 + rows",
     "Base-2 x3 + rows, own search",
+    "Base-2 x3 + rows, 140 rounds of 8, 8-bit",
+    "Base-2 x3 + rows, 280 rounds of 4, 8-bit",
 )
 RING_CANDIDATES = (
     "ring + relay",
