@@ -88,6 +88,17 @@ VARIANTS = {
         "dec-lora",
         ["topology.kind=ring", "exchange=relay", "weighting=rows", OWN, ONE],
     ),
+    # tracking corrects each node's drift to its own labels; with rows, towards the pooled loss
+    "ring + tracking + rows": (
+        "dec-lora",
+        ["topology.kind=ring", "correction=tracking", "weighting=rows", OWN, ONE],
+    ),
+    # two of the ring's remedies at the values the default runs at (Base-2's, finishing rounds 40)
+    "ring x2 + rows, the default's values": ("dec-lora", RING_X2),
+    "ring + relay + rows, the default's values": (
+        "dec-lora",
+        ["topology.kind=ring", "exchange=relay", "weighting=rows", OWN, ONE],
+    ),
     "one-peer exp.": ("dec-lora", ["topology.kind=one_peer_exponential", EQUAL, OWN, ONE]),
     "Base-2": ("dec-lora", ["topology.kind=base", EQUAL, OWN, ONE]),
     "one-peer exp. + rows": (
@@ -134,6 +145,9 @@ VALUES_OF = {
     "ring x2 + rows": "ring",
     "ring x2 + rows, ring + rows' values": "ring + rows",
     "ring + relay + rows": "ring + relay",
+    "ring + tracking + rows": "ring + tracking",
+    "ring x2 + rows, the default's values": "Base-2",
+    "ring + relay + rows, the default's values": "Base-2",
     # not searched: on 8 nodes (a power of 2) it averages exactly every 3 rounds, as Base-2 does
     "one-peer exp.": "Base-2",
     "one-peer exp. + rows": "Base-2",
@@ -156,6 +170,9 @@ RING_CANDIDATES = (
     "ring x2 + rows",
     "ring + rows",
     "ring x2 + rows, ring + rows' values",
+    "ring + tracking + rows",
+    "ring x2 + rows, the default's values",
+    "ring + relay + rows, the default's values",
 )
 # the default job's partition, then the others
 PARTITIONS = {
