@@ -62,6 +62,8 @@ ONE = "gossip_steps=1"  # one mixing step a round (the paper's; the built-in job
 # average every round), each with size weighting: two variants each, at two sets of values
 RING_X2 = ["topology.kind=ring", "gossip_steps=2", "weighting=rows", OWN]
 BASE_X3 = ["topology.kind=base", "gossip_steps=3", "weighting=rows", OWN]
+# relay sums on the ring's spanning path, size weighting: at two sets of values too
+RELAY_ROWS = ["topology.kind=ring", "exchange=relay", "weighting=rows", OWN, ONE]
 
 
 def smaller(rounds: int, batch: int) -> list[str]:
@@ -84,10 +86,7 @@ VARIANTS = {
     "ring x2 + rows": ("dec-lora", RING_X2),
     # the same at the values of the ring's search with size weighting (lr 15x smaller)
     "ring x2 + rows, ring + rows' values": ("dec-lora", RING_X2),
-    "ring + relay + rows": (
-        "dec-lora",
-        ["topology.kind=ring", "exchange=relay", "weighting=rows", OWN, ONE],
-    ),
+    "ring + relay + rows": ("dec-lora", RELAY_ROWS),
     # tracking corrects each node's drift to its own labels; with rows, towards the pooled loss
     "ring + tracking + rows": (
         "dec-lora",
@@ -95,10 +94,7 @@ VARIANTS = {
     ),
     # two of the ring's remedies at the values the default runs at (Base-2's, finishing rounds 40)
     "ring x2 + rows, the default's values": ("dec-lora", RING_X2),
-    "ring + relay + rows, the default's values": (
-        "dec-lora",
-        ["topology.kind=ring", "exchange=relay", "weighting=rows", OWN, ONE],
-    ),
+    "ring + relay + rows, the default's values": ("dec-lora", RELAY_ROWS),
     "one-peer exp.": ("dec-lora", ["topology.kind=one_peer_exponential", EQUAL, OWN, ONE]),
     "Base-2": ("dec-lora", ["topology.kind=base", EQUAL, OWN, ONE]),
     "one-peer exp. + rows": (
