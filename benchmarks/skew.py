@@ -119,6 +119,9 @@ VARIANTS = {
     # no finishing rounds (the default's end at once: its nodes already hold the average)
     "Base-2 x3 + rows, 140 rounds of 8, 8-bit": ("dec-lora", [*BASE_X3, *smaller(140, 8)]),
     "Base-2 x3 + rows, 280 rounds of 4, 8-bit": ("dec-lora", [*BASE_X3, *smaller(280, 4)]),
+    # A frozen at its (shared) start, only B and the head exchanged (FFA-LoRA, Sun et al. 2024):
+    # half the bytes, and the nodes' average of B A is then the product of the averages
+    "Base-2 x3 + rows, frozen A": ("dec-lora", [*BASE_X3, "consensus=frozen_a"]),
     # the built-in gossip_steps: period (Base-2's period: 3 on 8 nodes, so the row above; 4 on
     # 16, exact every round there)
     "Base-2 period + rows": (
@@ -138,6 +141,7 @@ VALUES_OF = {
     "Base-2 period + rows": "Base-2",
     "Base-2 x3 + rows, 140 rounds of 8, 8-bit": "Base-2",
     "Base-2 x3 + rows, 280 rounds of 4, 8-bit": "Base-2",
+    "Base-2 x3 + rows, frozen A": "Base-2",
     "ring x2 + rows": "ring",
     "ring x2 + rows, ring + rows' values": "ring + rows",
     "ring + relay + rows": "ring + relay",
@@ -159,6 +163,7 @@ CANDIDATES = (
     "Base-2 x3 + rows, own search",
     "Base-2 x3 + rows, 140 rounds of 8, 8-bit",
     "Base-2 x3 + rows, 280 rounds of 4, 8-bit",
+    "Base-2 x3 + rows, frozen A",
 )
 RING_CANDIDATES = (
     "ring + relay",
