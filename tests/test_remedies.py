@@ -65,9 +65,9 @@ def heads(party) -> np.ndarray:
     return np.array([n.params["head"].detach().numpy() for n in party.nodes])  # (n, 3)
 
 
-def mix(party, W, t, transport=None):
+def mix(party, W, t, transport=None, step=0):
     counters = party.counters()
-    communicate(party, counters, W, t, transport or MemoryTransport())
+    communicate(party, counters, W, t, transport or MemoryTransport(), step)
     return counters
 
 
@@ -220,11 +220,17 @@ def test_tracking_keeps_the_mean_correction_at_zero_on_any_doubly_stochastic_w()
 
 def _quadratic_steps(party, targets, steps):
     """``steps`` SGD steps on f_i(x) = ||x - a_i||^2 / 2 at every node (gradient x - a_i)."""
-    for node, a in zip(party.nodes, targets):
-        for _ in range(steps):
-            p = node.params["head"]
-            p.grad = (p.detach() - torch.tensor(a, dtype=torch.float32)).clone()
+    for _ in range(steps):
+        _quadratic_grads(party, targets)
+        for node in party.nodes:
             node.apply_grads()
+
+
+def _quadratic_grads(party, targets):
+    """Set every node's gradient of f_i(x) = ||x - a_i||^2 / 2, x - a_i, without a step."""
+    for node, a in zip(party.nodes, targets):
+        p = node.params["head"]
+        p.grad = (p.detach() - torch.tensor(a, dtype=torch.float32)).clone()
 
 
 @pytest.mark.parametrize("weighting", ["uniform", "rows"])
@@ -297,6 +303,33 @@ def test_mixed_second_moments_move_adamw_to_the_optimum_of_the_mean_loss(moments
     np.testing.assert_allclose(heads(party), want, atol=0.1)
 
 
+@pytest.mark.parametrize("weighting", ["uniform", "rows"])
+def test_mixed_gradients_keep_the_nodes_one_model_at_the_pooled_optimum(weighting):
+    """exchange=gradients on the quadratics where mixing the models after each node's own
+    AdamW stops at the targets' median (above): the nodes mix each step's gradient (times
+    n n_i / sum(n) under rows) before their AdamW takes it, so they stay one model, with one
+    optimizer state, and reach the optimum of the pooled loss: 2.5 with equal weights,
+    sum(n_i a_i) / sum(n) = 7.25 with these rows."""
+    n, rows = 4, np.array([40, 10, 5, 145])
+    targets = np.array([[0.0] * 3, [0.0] * 3, [0.0] * 3, [10.0] * 3])
+    scales = n * rows / rows.sum() if weighting == "rows" else np.ones(n)
+    party = make_party(np.zeros(n), Exchange, "adamw", 0.004, scales=scales)
+    for node in party.nodes:
+        node.gradients = True
+    J = np.full((n, n), 1 / n)
+    for t in range(1, 1500):
+        _quadratic_grads(party, targets)
+        for node in party.nodes:
+            node.scale_grads()
+        mix(party, J, t)
+        mix(party, J, t, step=1)  # a second step leaves the exact average as it is
+        for node in party.nodes:
+            node.apply_grads()
+        np.testing.assert_allclose(heads(party), heads(party)[[0] * n], rtol=1e-6, atol=1e-6)
+    want = 7.25 if weighting == "rows" else 2.5
+    np.testing.assert_allclose(heads(party), want, atol=0.1)
+
+
 @pytest.mark.parametrize(
     "override,mixed",
     [
@@ -347,6 +380,16 @@ def test_auto_mixes_the_second_moment_where_it_applies_and_nowhere_else(override
         (["second_moment=mixed", "correction=tracking", "gossip_steps=1"], "gossip's remedy"),
         (["second_moment=mixed", "compression.kind=quantize"], "plain vectors"),
         (["second_moment=mixed", "consensus=product"], "plain vectors"),
+        (["exchange=gradients", "topology.kind=ring"], "exact average every round"),
+        (["exchange=gradients", "per_method.dec-lora.gossip_steps=2"], "exact average"),
+        (["exchange=gradients", "topology.kind=one_peer_exponential", "nodes=6"], "exact"),
+        (["exchange=gradients", "faults.node_drop=0.1"], "every message"),
+        (["exchange=gradients", "compression.kind=quantize"], "plain vectors"),
+        (["exchange=gradients", "consensus=frozen_a"], "plain vectors"),
+        (["exchange=gradients", "correction=tracking"], "plain vectors"),
+        (["exchange=gradients", "local_steps=2"], "local_steps=1"),
+        (["exchange=gradients", "second_moment=mixed"], "same optimizer state"),
+        (["exchange=gradients", "precision=fp16"], "same optimizer state"),
         (["topology.degree=0"], "topology.degree"),
         (["exchange=push"], "exchange"),
     ],

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from declora.algorithms.schedule import period_of
+from declora.algorithms.schedule import TIME_VARYING, period_of, schedule_for
 from declora.algorithms.topology import MIXING_RULES
 from declora.config.errors import ConfigError
 from declora.config.labels import is_missing, label_key
@@ -102,11 +102,14 @@ class Config(_Section):
         "its W again, a time-varying one takes its next matrices. period: the graph's period "
         "(Base-2 on 8 nodes: 3, the exact average every round; 1 on a static graph)",
     )
-    exchange: Literal["gossip", "relay"] = Field(
+    exchange: Literal["gossip", "relay", "gradients"] = Field(
         "gossip",
         description="dec-lora: gossip (mix with the round's W) or relay (sums and counts relayed "
         "along a spanning tree of the graph: every node holds the exact average of every "
-        "node's model, delayed by its distance, RelaySum/Model)",
+        "node's model, delayed by its distance, RelaySum/Model), or gradients (gossip each "
+        "step's gradient before the optimizer: every node applies the network's gradient with "
+        "an optimizer that then agrees everywhere, large-batch training; needs a graph that "
+        "averages exactly every round, such as Base with gossip_steps=period)",
     )
     correction: Literal["none", "tracking"] = Field(
         "none",
@@ -336,6 +339,8 @@ class Config(_Section):
             )
         if self.exchange == "relay":
             _relay_checks(self, varying)
+        if self.exchange == "gradients":
+            _gradient_checks(self)
         if self.correction == "tracking":
             _tracking_checks(self)
         if self.second_moment == "mixed" and (why := _moment_conflict(self)):
@@ -391,6 +396,49 @@ def _relay_checks(cfg: Config, varying: bool) -> None:
             "exchange=relay relays once a round: use gossip_steps=1 (or period, the built-in: 1 "
             "on a static graph)"
         )
+
+
+def _gradient_checks(cfg: Config) -> None:
+    """exchange=gradients: every node must apply the same gradient, so that the nodes stay
+    one model; anything that leaves two nodes with different averages is refused."""
+    own = cfg.for_method("dec-lora")
+    if cfg.faults.link_drop or cfg.faults.node_drop:
+        raise ValueError(
+            "exchange=gradients needs every message: a lost one leaves two nodes with "
+            "different gradients, and nothing pulls them back; use exchange=gossip with faults"
+        )
+    if cfg.compression.kind != "none" or cfg.consensus != "ab" or cfg.correction != "none":
+        raise ValueError(
+            "exchange=gradients averages the gradients exactly as plain vectors: use "
+            "compression.kind=none, consensus=ab and correction=none"
+        )
+    if own.local_steps != 1:
+        raise ValueError(
+            "exchange=gradients averages the gradient of every step: use local_steps=1 (more "
+            "rows a step: batch_size)"
+        )
+    if cfg.second_moment == "mixed" or cfg.vectorize or cfg.precision == "fp16":
+        raise ValueError(
+            "exchange=gradients already gives every node the same optimizer state; it runs "
+            "with second_moment=own, vectorize=false and precision fp32 or bf16"
+        )
+    if not _averages_every_round(cfg, own.gossip_steps):
+        raise ValueError(
+            f"exchange=gradients needs the exact average every round; topology.kind="
+            f"{cfg.topology.kind} with {own.gossip_steps} gossip step(s) does not give it: use "
+            "topology.kind=base (or complete) with gossip_steps=period"
+        )
+
+
+def _averages_every_round(cfg: Config, steps: int) -> bool:
+    """Whether every round's gossip steps multiply to J (to 1e-12) on the configured graph:
+    a time-varying graph over its period, the complete graph, nothing else."""
+    kind = cfg.topology.kind
+    if kind not in (*TIME_VARYING, "complete"):
+        return False
+    graph = schedule_for(kind, cfg.nodes, cfg.mixing, degree=cfg.topology.degree)
+    stepped = graph.with_steps(steps)
+    return all(stepped.exact_within(t, 1) == 1 for t in range(max(steps, 1) + 1))
 
 
 def _tracking_checks(cfg: Config) -> None:

@@ -220,6 +220,7 @@ def party_for(
         losses=s.task.example_losses,
         together=_together(s, cfg, len(nodes)),
         warn=warn,
+        gradients=mixes_gradients(cfg, method),
     )
 
 
@@ -234,8 +235,8 @@ def finishing(cfg: Config, method: Method, mixing: Schedule | None) -> int:
     resolution, and more rounds would send it back and forth unchanged. Every process
     computes the same count from the config (under launch a peer that does not answer fails
     the round, so no message is silently missing)."""
-    if not method.gossips:
-        return 0
+    if not method.gossips or cfg.exchange == "gradients":
+        return 0  # exchange=gradients: the nodes are one model after every round
     exact = (
         mixing is not None
         and cfg.exchange == "gossip"
@@ -286,6 +287,12 @@ def _exchange(s: Session, cfg: Config, method: Method, i: int, mixing, rows: lis
     return Exchange(i, template, cfg.compression, seed=cfg.seed, consensus=cfg.consensus)
 
 
+def mixes_gradients(cfg: Config, method: Method) -> bool:
+    """``exchange=gradients`` for dec-lora: its nodes mix each step's gradient, not the
+    adapter (the other methods ignore the setting)."""
+    return method.gossips and cfg.exchange == "gradients"
+
+
 def mixes_moments(cfg: Config, method: Method) -> bool:
     """``second_moment`` mixed (or auto, where it applies) for a method whose nodes average
     their models: each node mixes its AdamW second moments with the adapter."""
@@ -296,7 +303,8 @@ def update_scale(cfg: Config, method: Method, i: int, rows: list[int]) -> float:
     """``weighting=rows`` for a method whose nodes average their models (gossip, tracking, a
     server): node i's every update times n n_i / sum(n), so that the mean the network keeps
     descends the pooled objective sum_i (n_i / sum(n)) f_i (AdamW cancels a gradient's
-    scale, not its own update's). Relay weights its sums instead: 1."""
+    scale, not its own update's; under ``exchange=gradients`` the gradient it sends is
+    scaled, before the one optimizer). Relay weights its sums instead: 1."""
     if cfg.weighting != "rows" or method.pooled or not method.mixes:
         return 1.0
     if method.gossips and cfg.exchange == "relay":
@@ -329,6 +337,7 @@ def _nodes(s: Session, cfg: Config, method: Method, held: list[int] | None, rows
     ]
     for node in nodes:
         node.moments = mixes_moments(cfg, method)
+        node.gradients = mixes_gradients(cfg, method)
     return nodes, cfg.local_steps
 
 

@@ -114,6 +114,7 @@ class Node:
     secret: Secret | None = None  # DP-SGD: the site's own key for its noise and sample
     released: int = 0  # DP-SGD: steps this site has released (its record outlives restarts)
     moments: bool = False  # second_moment=mixed: AdamW's exp_avg_sq is mixed with the adapter
+    gradients: bool = False  # exchange=gradients: it mixes each step's gradient, not its adapter
 
     @property
     def epsilon(self) -> float:
@@ -184,7 +185,10 @@ class Node:
     def shared(self) -> State:
         """What this node mixes with its neighbours: its adapter and, under
         ``second_moment=mixed``, its AdamW second-moment estimates (``MOMENT + name``, one
-        per trainable tensor)."""
+        per trainable tensor); under ``exchange=gradients`` instead its step's gradient, as
+        :func:`train_steps` left it for mixing."""
+        if self.gradients:
+            return {k: p.grad.detach().cpu() for k, p in self.params.items()}
         state = self.state()
         if self.moments:
             for k, p in self.params.items():
@@ -195,6 +199,10 @@ class Node:
     @torch.no_grad()
     def set_shared(self, state: State) -> None:
         """Overwrite what :meth:`shared` gives, in place."""
+        if self.gradients:
+            for k, p in self.params.items():
+                p.grad.copy_(state[k])
+            return
         self.set_state(state)
         if self.moments:
             for k, p in self.params.items():
@@ -217,9 +225,18 @@ class Node:
         self._scale_update(before)
         self.scheduler.step()
 
+    @torch.no_grad()
+    def scale_grads(self) -> None:
+        """The gradients times ``scale``, once, before they are mixed (``exchange=gradients``)."""
+        if self.scale != 1.0:
+            for p in self.params.values():
+                if p.grad is not None:
+                    p.grad.mul_(self.scale)
+
     def _before_update(self) -> list[torch.Tensor] | None:
-        """The trainable tensors before a step, when the step's update is to be scaled."""
-        if self.scale == 1.0:
+        """The trainable tensors before a step, when the step's update is to be scaled (not
+        under ``exchange=gradients``: the gradient it sent was scaled)."""
+        if self.scale == 1.0 or self.gradients:
             return None
         return [p.detach().clone() for p in self.params.values() if p.requires_grad]
 
@@ -252,9 +269,12 @@ def train_steps(
     steps: int,
     collate: Collate,
     losses: dpsgd.Losses | None = None,
+    apply: bool = True,
 ) -> float:
     """Run ``steps`` optimizer steps on the node's own data; returns the mean training loss.
-    With a DP budget each step is a DP-SGD step (``losses``: the task's per-row losses)."""
+    With a DP budget each step is a DP-SGD step (``losses``: the task's per-row losses).
+    ``apply=False`` (``exchange=gradients``, one step): the gradients are set and left for
+    the round to mix; :meth:`Node.apply_grads` takes the step afterwards."""
     model.train()
     seen = []
     with own_streams(node):
@@ -266,7 +286,10 @@ def train_steps(
                     loss = _step(model, node, batch)
                 else:
                     loss = _private_step(model, node, batch, losses)
-            node.apply_grads()
+            if apply:
+                node.apply_grads()
+            else:  # weighting=rows: the average of what the nodes send is the pooled gradient
+                node.scale_grads()
             if len(rows):
                 seen.append(loss)
     return node.record(seen)

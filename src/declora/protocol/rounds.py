@@ -22,6 +22,10 @@ Round t, for every node i the process holds (:func:`play_round`):
    graph; a time-varying graph's next matrices);
 5. counters: samples, bytes, refusals (:class:`Counters`).
 
+Under ``exchange=gradients`` step 1 sets the one local step's gradients without taking the
+step, steps 2-4 mix those gradients (exactly, the config sees to it), and every node then
+takes the optimizer step on the network's gradient: the nodes stay one model.
+
 A :class:`Party` is what a round reads (the held nodes, their exchanges, the settings); the
 :class:`Counters` are what the rounds produce, besides the nodes' own state.
 """
@@ -168,6 +172,7 @@ class Party:
     together: Together | None = None  # vectorize=true: the held nodes train in one batch
     warn: Callable[[str], None] = say
     release: Release | None = None  # DP under launch: the site's record of what it sent
+    gradients: bool = False  # exchange=gradients: mix each step's gradient, then step
 
     @property
     def total_rounds(self) -> int:
@@ -188,8 +193,11 @@ def play_round(
     train: bool = True,
 ) -> None:
     """Round ``t`` for the party's nodes: local steps (none in a gossip-only finishing round,
-    ``train=False``), then messages and mixing; ``counters`` take what the round did."""
+    ``train=False``), then messages and mixing; ``counters`` take what the round did. Under
+    ``exchange=gradients`` the one local step's gradients are mixed before the optimizer
+    takes them, and a round without training sends nothing."""
     steps = party.steps if train else 0
+    grads_first = party.gradients and bool(steps)
     batched = [n for n in party.nodes if plan.active[n.node_id]] if party.together else []
     together = bool(steps) and len(batched) > 1
     if together:
@@ -198,7 +206,7 @@ def play_round(
         c = counters.nodes[node.node_id]
         active = bool(plan.active[node.node_id])
         if active and not together:
-            train_steps(party.model, node, steps, party.collate, party.losses)
+            train_steps(party.model, node, steps, party.collate, party.losses, not grads_first)
         if active and steps and node.diverged:
             raise Diverged(
                 f"node {node.node_id} diverged at round {t}: its training loss is "
@@ -210,9 +218,13 @@ def play_round(
         c.loss = node.last_loss if active and not private else math.nan
         c.grad_norm, c.epsilon = node.last_grad_norm, node.epsilon
     counters.samples += int(plan.active.sum()) * steps * party.batch_size
-    if plan.W is not None:
+    if plan.W is not None and (steps or not party.gradients):
         for step in range(party.gossip_steps):
             communicate(party, counters, plan.at_step(step), t, transport, step)
+    if grads_first:
+        for node in party.nodes:
+            if plan.active[node.node_id]:
+                node.apply_grads()
 
 
 def communicate(
