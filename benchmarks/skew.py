@@ -122,6 +122,13 @@ VARIANTS = {
     # A frozen at its (shared) start, only B and the head exchanged (FFA-LoRA, Sun et al. 2024):
     # half the bytes, and the nodes' average of B A is then the product of the averages
     "Base-2 x3 + rows, frozen A": ("dec-lora", [*BASE_X3, "consensus=frozen_a"]),
+    # each node's gradient mixed before its AdamW takes it (exchange=gradients): with the exact
+    # average every round the nodes stay one model with one optimizer state (large-batch
+    # training on the pooled rows), where mixing the models averages eight own AdamW steps
+    "Base-2 x3 + rows, gradients": ("dec-lora", [*BASE_X3, "exchange=gradients"]),
+    # the same at its own search's values: one AdamW on the network's gradient of 8 x 16 rows
+    # takes full steps, where the mean of eight own AdamW steps is shorter
+    "Base-2 x3 + rows, gradients, own search": ("dec-lora", [*BASE_X3, "exchange=gradients"]),
     # the built-in gossip_steps: period (Base-2's period: 3 on 8 nodes, so the row above; 4 on
     # 16, exact every round there)
     "Base-2 period + rows": (
@@ -142,6 +149,7 @@ VALUES_OF = {
     "Base-2 x3 + rows, 140 rounds of 8, 8-bit": "Base-2",
     "Base-2 x3 + rows, 280 rounds of 4, 8-bit": "Base-2",
     "Base-2 x3 + rows, frozen A": "Base-2",
+    "Base-2 x3 + rows, gradients": "Base-2",
     "ring x2 + rows": "ring",
     "ring x2 + rows, ring + rows' values": "ring + rows",
     "ring + relay + rows": "ring + relay",
@@ -164,6 +172,8 @@ CANDIDATES = (
     "Base-2 x3 + rows, 140 rounds of 8, 8-bit",
     "Base-2 x3 + rows, 280 rounds of 4, 8-bit",
     "Base-2 x3 + rows, frozen A",
+    "Base-2 x3 + rows, gradients",
+    "Base-2 x3 + rows, gradients, own search",
 )
 RING_CANDIDATES = (
     "ring + relay",
