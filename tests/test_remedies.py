@@ -18,8 +18,9 @@ from declora.algorithms import graphs
 from declora.algorithms.methods import METHODS
 from declora.algorithms.schedule import Schedule, relay_tree, schedule_for
 from declora.config import ConfigError, load_config
+from declora.harness.outputs import describe_graph
 from declora.harness.runner import plan_of_round
-from declora.harness.session import finish_rounds_of
+from declora.harness.session import finish_rounds_of, graph_for
 from declora.learning.dataset import Dataset
 from declora.learning.train import MOMENT, Node, moment_template
 from declora.protocol import wire
@@ -328,6 +329,12 @@ def test_mixed_gradients_keep_the_nodes_one_model_at_the_pooled_optimum(weightin
         np.testing.assert_allclose(heads(party), heads(party)[[0] * n], rtol=1e-6, atol=1e-6)
     want = 7.25 if weighting == "rows" else 2.5
     np.testing.assert_allclose(heads(party), want, atol=0.1)
+
+
+def test_the_run_says_that_the_nodes_mix_gradients():
+    cfg = load_config(None, ["exchange=gradients"])
+    line = describe_graph(SimpleNamespace(cfg=cfg, graph=graph_for(cfg)))
+    assert "exact average every round" in line and "gradient mixed before the optimizer" in line
 
 
 @pytest.mark.parametrize(

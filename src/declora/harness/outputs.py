@@ -167,6 +167,8 @@ def describe_graph(s: Session) -> str:
     remedies = []
     if cfg.exchange == "relay":
         remedies.append("relay along a spanning tree")
+    if cfg.exchange == "gradients":
+        remedies.append("each step's gradient mixed before the optimizer (one model)")
     if cfg.correction == "tracking":
         remedies.append("gradient tracking")
     if cfg.weighting == "rows":
