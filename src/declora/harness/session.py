@@ -220,7 +220,6 @@ def party_for(
         losses=s.task.example_losses,
         together=_together(s, cfg, len(nodes)),
         warn=warn,
-        gradients=mixes_gradients(cfg, method),
     )
 
 

@@ -172,7 +172,11 @@ class Party:
     together: Together | None = None  # vectorize=true: the held nodes train in one batch
     warn: Callable[[str], None] = say
     release: Release | None = None  # DP under launch: the site's record of what it sent
-    gradients: bool = False  # exchange=gradients: mix each step's gradient, then step
+
+    @property
+    def gradients(self) -> bool:
+        """``exchange=gradients``: the nodes mix each step's gradient, then take the step."""
+        return any(n.gradients for n in self.nodes)
 
     @property
     def total_rounds(self) -> int:
@@ -225,6 +229,8 @@ def play_round(
         for node in party.nodes:
             if plan.active[node.node_id]:
                 node.apply_grads()
+                c = counters.nodes[node.node_id]
+                c.grad_norm, c.epsilon = node.last_grad_norm, node.epsilon
 
 
 def communicate(
