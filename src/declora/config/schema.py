@@ -417,10 +417,10 @@ def _gradient_checks(cfg: Config) -> None:
             "exchange=gradients averages the gradient of every step: use local_steps=1 (more "
             "rows a step: batch_size)"
         )
-    if cfg.second_moment == "mixed" or cfg.vectorize or cfg.precision == "fp16":
+    if cfg.vectorize or cfg.precision == "fp16":
         raise ValueError(
             "exchange=gradients already gives every node the same optimizer state; it runs "
-            "with second_moment=own, vectorize=false and precision fp32 or bf16"
+            "with vectorize=false and precision fp32 or bf16"
         )
     if not _averages_every_round(cfg, own.gossip_steps):
         raise ValueError(
@@ -463,10 +463,11 @@ def _moment_conflict(cfg: Config) -> str | None:
             f"second_moment=mixed mixes AdamW's second moment; optimizer={cfg.optimizer} "
             "keeps none: use optimizer=adamw or second_moment=own"
         )
-    if cfg.exchange == "relay" or cfg.correction == "tracking":
+    if cfg.exchange != "gossip" or cfg.correction == "tracking":
         return (
-            "second_moment=mixed is gossip's remedy: relay and tracking already move the "
-            "nodes by the network's update; use exchange=gossip and correction=none"
+            "second_moment=mixed is gossip's remedy: relay, tracking and mixed gradients "
+            "already move the nodes by the network's update; use exchange=gossip and "
+            "correction=none"
         )
     if cfg.compression.kind != "none" or cfg.consensus == "product":
         return (
