@@ -130,10 +130,7 @@ def _method_order(row: dict) -> int:
 
 
 def _budgets(s, method: str):
-    from declora.algorithms.methods import METHODS
-
-    kind = "pooled" if METHODS[method].pooled else "nodes"
-    return list(s.budgets.get(kind, {}).values())
+    return list(s.budgets.get(method, {}).values())
 
 
 def step_cost(overrides: list[str], steps: int = 30) -> dict:

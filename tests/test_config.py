@@ -76,6 +76,8 @@ def test_yaml_file_then_overrides(tmp_path):
         (["seeds=[]"], "seeds"),
         (["seeds=[-1]"], "seeds"),
         (["finish_rounds=-1"], "finish_rounds"),
+        (["per_method.dec-lora.subrounds=3"], "per_method.dec-lora.subrounds=3 must divide"),
+        (["subrounds=0"], "subrounds"),
         (
             ["per_method={dec-lora: {momentum: 0.9}}"],
             "unknown config key 'per_method.dec-lora.momentum'",

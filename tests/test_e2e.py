@@ -15,6 +15,7 @@ import yaml
 
 from declora.cli import main
 from declora.config import load_config
+from declora.learning import privacy
 from tests.helpers import tiny_args
 
 METHODS = ["dec-lora", "centralized", "local", "fedavg"]
@@ -164,3 +165,26 @@ def test_a_diverging_run_stops_at_that_round_in_one_line_and_keeps_what_ran(
     summary = json.loads((out / "summary.json").read_text())
     assert "diverged" in summary["stopped"] and list(summary["methods"]) == ["local"]
     assert (out / "curves.png").is_file() and (out / "metrics.jsonl").is_file()
+
+
+def test_subrounds_play_each_round_as_smaller_rounds_at_the_same_samples(
+    tiny_model_dir, tiny_csv, tmp_path
+):
+    """per_method.dec-lora.subrounds=2: dec-lora plays twice the rounds at half the batch, so
+    it sees the samples centralized sees, evaluated at the same samples (every 2 x eval_every
+    of its rounds); under DP each method's budget has its own sampling rate and steps."""
+    out = tmp_path / "run"
+    args = [*tiny_args(tiny_model_dir, tiny_csv, out), "methods=[dec-lora,centralized]"]
+    split = ["rounds=4", "eval_every=2", "per_method.dec-lora.subrounds=2"]
+    assert main(["run", *args, *split, "export_adapters=false"]) == 0
+    summary = json.loads((out / "summary.json").read_text())["methods"]
+    dec, pooled = summary["dec-lora"], summary["centralized"]
+    assert (dec["rounds"], pooled["rounds"]) == (8, 4)
+    assert dec["samples_seen"] == pooled["samples_seen"] == 4 * 4 * 4 * 8
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    seen = {m: [r["samples_seen"] for r in records if r["method"] == m] for m in summary}
+    assert seen["dec-lora"] == seen["centralized"]  # the same points of the curve
+    cfg = load_config(None, [*args, *split, "privacy.noise_multiplier=1"])
+    budgets = privacy.plan(cfg, [100, 100], {"dec-lora": False, "centralized": True})
+    assert (budgets["dec-lora"][0].rate, budgets["dec-lora"][0].steps) == (4 / 100, 32)
+    assert (budgets["centralized"][0].rate, budgets["centralized"][0].steps) == (8 / 200, 64)

@@ -69,12 +69,12 @@ def test_budget_meets_the_target_and_a_cap_limits_the_steps():
 
 def test_every_node_stops_at_the_same_round_under_a_cap():
     cfg = _cfg("nodes=3", "privacy.epsilon=2", "privacy.noise_multiplier=1.2")
-    plan = privacy.plan(cfg, [300, 900, 2000], pooled=True)
-    limits = {b.limit for b in plan["nodes"].values()}
+    plan = privacy.plan(cfg, [300, 900, 2000], {"dec-lora": False, "centralized": True})
+    limits = {b.limit for b in plan["dec-lora"].values()}
     assert len(limits) == 1 and limits.pop() % cfg.local_steps == 0
-    assert all(b.spent(b.limit) <= 2 for b in plan["nodes"].values())
-    assert 0 < plan["nodes"][0].limit < 100  # the smallest site sets where every node stops
-    assert plan["pooled"][0].rate == 16 / 3200
+    assert all(b.spent(b.limit) <= 2 for b in plan["dec-lora"].values())
+    assert 0 < plan["dec-lora"][0].limit < 100  # the smallest site sets where every node stops
+    assert plan["centralized"][0].rate == 16 / 3200
 
 
 @pytest.mark.parametrize(
@@ -88,7 +88,7 @@ def test_every_node_stops_at_the_same_round_under_a_cap():
 )
 def test_settings_that_cannot_run_are_refused(extra, rows, message):
     with pytest.raises(ConfigError, match=message):
-        privacy.plan(_cfg(*extra), [rows], pooled=False)
+        privacy.plan(_cfg(*extra), [rows], {"dec-lora": False})
 
 
 @pytest.mark.parametrize("target", ["1e4", "1e16", "1e30", "1e300"])
@@ -106,7 +106,7 @@ def test_a_target_that_almost_no_noise_meets_is_refused_at_once(target):
         with pytest.raises(
             ConfigError, match=re.escape(f"privacy.epsilon={float(target):g} is met by")
         ):
-            privacy.plan(_cfg(f"privacy.epsilon={target}"), [800], pooled=False)
+            privacy.plan(_cfg(f"privacy.epsilon={target}"), [800], {"dec-lora": False})
     finally:
         signal.alarm(0)
 

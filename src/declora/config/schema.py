@@ -61,6 +61,14 @@ class Config(_Section):
     rounds: Int = Field(70, ge=1, description="communication rounds T")
     local_steps: Int = Field(1, ge=1, description="optimizer steps per node per round K")
     batch_size: Int = Field(16, ge=1, description="training batch size on every node")
+    subrounds: Int = Field(
+        1,
+        ge=1,
+        description="play every round as this many rounds of batch_size / subrounds rows a "
+        "node: the same samples in more, smaller averaged steps (rounds, eval_every and "
+        "checkpoint_every count the rounds played); mostly per method, e.g. "
+        "per_method.dec-lora.subrounds=2",
+    )
     lr: float = Field(1e-2, gt=0, description="learning rate")
     per_method: dict[MethodName, MethodSettings] = Field(
         default_factory=lambda: {
@@ -325,6 +333,22 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _subround_checks(self) -> Config:
+        """Every subround takes batch_size / subrounds rows a node: the count must divide."""
+        given = {"subrounds": self.subrounds} | {
+            f"per_method.{m}.subrounds": own.subrounds
+            for m, own in self.per_method.items()
+            if own.subrounds
+        }
+        for where, k in given.items():
+            if self.batch_size % k:
+                raise ValueError(
+                    f"{where}={k} must divide batch_size={self.batch_size}: every subround "
+                    "takes batch_size / subrounds rows a node"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _remedy_checks(self) -> Config:
         """The graphs and remedies against label skew, in the combinations that are sound."""
         varying = self.topology.kind in ("one_peer_exponential", "base")
@@ -369,6 +393,11 @@ class Config(_Section):
         if cfg.gossip_steps == "period":
             period = period_of(cfg.topology.kind, cfg.nodes, cfg.topology.degree)
             cfg = cfg.model_copy(update={"gossip_steps": period})
+        if (k := cfg.subrounds) > 1:  # checked by _subround_checks: batch_size divides
+            played = {f: getattr(cfg, f) * k for f in ("rounds", "eval_every", "checkpoint_every")}
+            cfg = cfg.model_copy(
+                update={**played, "batch_size": cfg.batch_size // k, "subrounds": 1}
+            )
         return cfg
 
 

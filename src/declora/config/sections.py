@@ -298,6 +298,9 @@ class MethodSettings(_Section):
     gossip_steps: GossipSteps | None = Field(
         None, description="mixing steps per round (period: the graph's period)"
     )
+    subrounds: Int | None = Field(
+        None, ge=1, description="each round played as this many of batch_size / subrounds rows"
+    )
 
 
 TUNED = ("lr", "head_lr_scale", "schedule", "gossip_steps", "finish_rounds")  # jobs.tune

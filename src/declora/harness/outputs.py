@@ -186,7 +186,7 @@ REPRODUCIBLE = (
 
 
 def describe_privacy(s: Session) -> list[str]:
-    """DP-SGD's settings: each kind of node's noise and the epsilon it ends at; encryption."""
+    """DP-SGD's settings: each method's noise and the epsilon it ends at; encryption."""
     p, lines = s.cfg.privacy, []
     for kind, budgets in s.budgets.items():
         lo, hi = (f(b.noise for b in budgets.values()) for f in (min, max))
@@ -251,7 +251,7 @@ def write_site(s: Session, out: Path, node: int, state: State, counts: np.ndarra
     folder.mkdir(parents=True, exist_ok=True)
     figures = {"rows": int(counts[0]), **from_counts(counts)}
     write_json(folder / "site.json", {"node": node, **figures})
-    rounds = s.cfg.rounds + finish_rounds_of(s.cfg, "dec-lora")
+    rounds = s.cfg.for_method("dec-lora").rounds + finish_rounds_of(s.cfg, "dec-lora")
     log_site(s.cfg, folder, node, figures, rounds)
 
 

@@ -71,8 +71,9 @@ def play_rounds(
     only gossip), counted in ``counters`` (fresh ones by default; a resumed run's as they
     were); every node's final adapter reaches the process that evaluates. ``checkpoints``:
     where per-node checkpoints go, written every ``checkpoint_every`` rounds;
-    ``eval_rounds``: the rounds evaluated (default: every ``eval_every`` and the last)."""
-    cfg = s.cfg
+    ``eval_rounds``: the rounds evaluated (default: every ``eval_every`` and the last; the
+    method's own rounds, so under ``subrounds`` every subrounds x eval_every)."""
+    cfg = s.cfg.for_method(party.method.name)
     total = party.total_rounds
     played = Played(party.counters() if counters is None else counters)
     c = played.counters

@@ -106,8 +106,9 @@ def prepare(
     task, tok = task_for(cfg), load_tokenizer(cfg)
     load = _sites if cfg.data.per_site else _one_file
     train, parts, node_rows, common, sites = load(cfg, tok, node)
-    pooled = node is None and any(METHODS[m].pooled for m in cfg.methods)
-    budgets = privacy.plan(cfg, node_rows, pooled)
+    # a distributed process plays dec-lora's nodes only; the simulator every method
+    played = {m: METHODS[m].pooled for m in cfg.methods if node is None or not METHODS[m].pooled}
+    budgets = privacy.plan(cfg, node_rows, played)
     model, init = _model(cfg, train, device)
     if budgets:  # every trainable tensor must sit in a Linear layer (per-example gradients)
         ExampleGrads(model, list(init))
@@ -157,7 +158,7 @@ def check_privacy(cfg: Config) -> None:
     from the partition; no model is loaded): ``declora launch`` calls it before torchrun."""
     if cfg.privacy.enabled and not cfg.data.per_site:
         _, _, node_rows, _, _ = _one_file(cfg, load_tokenizer(cfg), None)
-        privacy.plan(cfg, node_rows, pooled=False)
+        privacy.plan(cfg, node_rows, {"dec-lora": False})
 
 
 def _sites(cfg: Config, tok, node: int | None):
@@ -316,11 +317,11 @@ def _nodes(s: Session, cfg: Config, method: Method, held: list[int] | None, rows
     if method.pooled:
         pooled = s.train.subset(np.sort(np.concatenate(s.parts)))
         steps = cfg.nodes * cfg.local_steps
-        dp = s.budgets.get("pooled", {}).get(0)
+        dp = s.budgets.get(method.name, {}).get(0)
         total = cfg.rounds * steps
         one = Node.create(0, pooled, s.init, cfg, POOLED_STREAM, total, dp, device=s.device)
         return [one], steps
-    dp = s.budgets.get("nodes", {})
+    dp = s.budgets.get(method.name, {})
     nodes = [
         Node.create(
             i,

@@ -136,8 +136,8 @@ def estimate(cfg: Config, num_labels: int | None = None) -> dict:
     neighbours = dec_graph.messages()  # (n,) messages each node sends a round (period mean)
     shapes = _shapes(cfg, num_labels)
     adapter, full = _message_sizes(cfg, shapes)
-    spec, T = cfg.compression, cfg.rounds
-    dec = cfg.for_method("dec-lora")
+    dec, spec = cfg.for_method("dec-lora"), cfg.compression
+    T, server_rounds = dec.rounds, cfg.for_method("fedavg").rounds  # subrounds: rounds played
     finish = finish_rounds_of(cfg, "dec-lora")  # gossip-only rounds: bytes, no steps
     moments = 2 if cfg.moments_mixed() else 1  # fedavg mixes its moments too
     fedavg = sum(adapter) * moments, payload_size(adapter * moments, spec)
@@ -168,8 +168,8 @@ def estimate(cfg: Config, num_labels: int | None = None) -> dict:
             neighbours * dec.gossip_steps,
             T + finish,
         ),
-        "fedavg-node": _row(*fedavg, ones, ones, T),
-        "fedavg-server": _row(*fedavg, all_n, all_n, T),
+        "fedavg-node": _row(*fedavg, ones, ones, server_rounds),
+        "fedavg-server": _row(*fedavg, all_n, all_n, server_rounds),
         "full-model-gossip": _row(
             sum(full), payload_size(full, spec), graph.messages(), graph.messages(), T
         ),

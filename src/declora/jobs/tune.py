@@ -69,7 +69,8 @@ def suggest(trial: optuna.Trial, cfg: Config, method: str) -> MethodSettings:
     steps, finish = _with(GOSSIP_STEPS, own.gossip_steps), _with(FINISH, own.finish_rounds)
     values = {k: getattr(own, k) for k in draw}
     values.update({k: draw[k]() for k in searched(cfg, method)})
-    return MethodSettings(**values)
+    kept = cfg.per_method.get(method)  # what is not searched stays (subrounds)
+    return MethodSettings(**values, subrounds=kept.subrounds if kept else None)
 
 
 def _with(choices: tuple[int, ...], own: int) -> tuple[int, ...]:
@@ -121,7 +122,8 @@ def objective(s: Session, method: str, trial: optuna.Trial) -> float:
     reporter = Reporter(trial, method, party.total_rounds, cfg.tune.prune)
     # the curve the pruner reads: the training rounds' evaluations only (a trial's finishing
     # rounds only gossip; the end is scored below, on every validation row)
-    curve = {t for t in range(1, party.rounds + 1) if t % cfg.eval_every == 0}
+    every = tried.cfg.for_method(method).eval_every
+    curve = {t for t in range(1, party.rounds + 1) if t % every == 0}
     began = time.perf_counter()
     try:
         play_rounds(tried, party, MemoryTransport(), None, reporter, eval_rounds=curve)
@@ -211,7 +213,9 @@ def study_for(cfg: Config, out: Path, method: str) -> optuna.Study:
         load_if_exists=True,
         # no trial is stopped before half its training rounds: slow starters (a cosine
         # schedule, a graph that mixes late) are not judged on their first evaluation
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=cfg.rounds // 2),
+        pruner=optuna.pruners.MedianPruner(
+            n_startup_trials=2, n_warmup_steps=cfg.for_method(method).rounds // 2
+        ),
     )
     # seeded by the method and by the trials already there: a resumed search draws new points
     # instead of the ones its first part already tried

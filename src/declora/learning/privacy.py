@@ -132,23 +132,31 @@ def _steps_within(b: Budget, target: float) -> int:
     return lo
 
 
-def plan(cfg: Config, node_rows: list[int], pooled: bool) -> dict[str, dict[int, Budget]]:
-    """Every budget the run will use, computed (and checked) before anything is written:
-    ``"nodes"`` (each node with rows here: rounds x local_steps steps on its own rows) and,
-    with ``pooled``, ``"pooled"`` (the centralized model: nodes x local_steps steps a round on
-    all rows). Empty without DP.
+def plan(
+    cfg: Config, node_rows: list[int], methods: dict[str, bool]
+) -> dict[str, dict[int, Budget]]:
+    """Every budget the run will use, by method (``methods``: name -> whether it pools the
+    rows), computed (and checked) before anything is written, each at the method's own
+    rounds and batch size (``per_method`` subrounds): a method whose nodes train, each node
+    with rows here (rounds x local_steps steps on its own rows), and a pooled one (the
+    centralized model: nodes x local_steps steps a round on all rows, key 0). Empty without
+    DP.
 
     With both a noise multiplier and a target epsilon, a node whose budget runs out before the
     last round makes the whole network stop at the last round that fits every node (a node
     cannot train on while its neighbours wait)."""
     if not cfg.privacy.enabled:
         return {}
-    steps = cfg.rounds * cfg.local_steps
-    nodes = {i: budget(cfg, i, n, steps) for i, n in enumerate(node_rows) if n}
-    out = {"nodes": _stop_together(nodes, cfg.local_steps, all(node_rows))}
-    if pooled:
-        one = budget(cfg, "(pooled)", sum(node_rows), steps * cfg.nodes)
-        out["pooled"] = _stop_together({0: one}, cfg.nodes * cfg.local_steps, True)
+    out = {}
+    for name, pooled in methods.items():
+        own = cfg.for_method(name)
+        steps = own.rounds * own.local_steps
+        if pooled:
+            one = budget(own, "(pooled)", sum(node_rows), steps * own.nodes)
+            out[name] = _stop_together({0: one}, own.nodes * own.local_steps, True)
+        else:
+            nodes = {i: budget(own, i, n, steps) for i, n in enumerate(node_rows) if n}
+            out[name] = _stop_together(nodes, own.local_steps, all(node_rows))
     return out
 
 
