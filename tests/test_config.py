@@ -223,13 +223,8 @@ def test_the_default_yaml_is_the_built_in_default():
     assert load_config("default") == load_config(None)
 
 
-def test_the_tiny_pilot_keeps_the_built_in_per_method_but_finishes_sooner():
-    built_in, tiny = load_config(None).per_method, load_config("tiny").per_method
-    assert tiny["dec-lora"].finish_rounds == 6
-    assert tiny == {
-        **built_in,
-        "dec-lora": built_in["dec-lora"].model_copy(update={"finish_rounds": 6}),
-    }
+def test_the_tiny_pilot_takes_the_built_in_per_method():
+    assert load_config("tiny").per_method == load_config(None).per_method
 
 
 def test_the_agree_config_is_the_default_with_more_rounds_and_gossip():
@@ -238,7 +233,14 @@ def test_the_agree_config_is_the_default_with_more_rounds_and_gossip():
     built_in = load_config(None, ["topology.kind=ring", "weighting=uniform", "second_moment=own"])
     agree = load_config("agree")
     dec = built_in.per_method["dec-lora"].model_copy(
-        update={"finish_rounds": 0, "gossip_steps": 8, "lr": 0.008}
+        # measured before the built-in dec-lora took 2 subrounds and 8-bit messages
+        update={
+            "finish_rounds": 0,
+            "gossip_steps": 8,
+            "lr": 0.008,
+            "subrounds": None,
+            "compression": None,
+        }
     )
     assert agree.per_method == {**built_in.per_method, "dec-lora": dec}
     assert (agree.rounds, agree.methods) == (140, ["dec-lora", "centralized"])
@@ -265,7 +267,7 @@ PER_METHOD_RULE = [
     (None, ["finish_rounds=3"], "dec-lora", "finish_rounds", 3),
     (None, ["lr=0.5", "per_method.dec-lora.lr=0.2"], "dec-lora", "lr", 0.2),
     (None, ["lr=0.5", "per_method.dec-lora.lr=0.2"], "centralized", "lr", 0.5),
-    (None, ["rounds=3"], "dec-lora", "lr", 0.015703),  # nothing given: the built-in value
+    (None, ["rounds=3"], "dec-lora", "lr", 0.0078515),  # nothing given: the built-in value
     ("lr: 0.5\n", [], "dec-lora", "lr", 0.5),
     ("lr: 0.5\nper_method: {dec-lora: {lr: 0.2}}\n", [], "dec-lora", "lr", 0.2),
     ("lr: 0.5\nper_method: {dec-lora: {lr: 0.2}}\n", [], "local", "lr", 0.5),
@@ -306,7 +308,8 @@ def test_the_opening_lines_give_each_methods_own_values():
         "local: lr 0.5 (head x1.08076), constant schedule",
     ]
     # the built-in Base-2: 4 of its matrices a round end every round at the exact average
-    assert describe_methods(load_config(None, args))[0].endswith(
+    plain = ["compression.kind=none", "subrounds=1"]  # the built-in's 8-bit messages: never exact
+    assert describe_methods(load_config(None, [*plain, *args]))[0].endswith(
         "4 gossip steps a round, no gossip-only rounds (of 2: every round ends at the exact "
         "average) at the end"
     )

@@ -55,7 +55,8 @@ def test_prv_is_at_most_rdp_and_epsilon_grows_with_steps():
 
 
 def _cfg(*extra):
-    return load_config(None, ["batch_size=16", "rounds=50", "local_steps=2", *extra])
+    # every method at the top-level rounds and batch (the built-in dec-lora plays 2 subrounds)
+    return load_config(None, ["batch_size=16", "rounds=50", "local_steps=2", "subrounds=1", *extra])
 
 
 def test_budget_meets_the_target_and_a_cap_limits_the_steps():

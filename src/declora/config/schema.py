@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from declora.algorithms.schedule import TIME_VARYING, period_of, schedule_for
 from declora.algorithms.topology import MIXING_RULES
@@ -40,11 +40,17 @@ from declora.config.sections import (
 MAX_NODES = 10_000
 
 
+# what subrounds multiply: counted in the rounds a method plays
+PLAYED = ("rounds", "eval_every", "checkpoint_every")
+
+
 class Config(_Section):
     """A run's whole configuration: every key with its default and a one-line help
     (``declora configs --fields``; the reference in docs/reference/config.md). Sections are
     the models of :mod:`declora.config.sections`. Build one with
     :func:`declora.config.load_config`; it is saved as ``config.yaml`` beside every run."""
+
+    _played: bool = PrivateAttr(False)  # a method's config (for_method): subrounds applied
 
     task: TaskName = Field(
         "classification",
@@ -74,11 +80,13 @@ class Config(_Section):
         default_factory=lambda: {
             "centralized": MethodSettings(lr=0.001079, head_lr_scale=8.652942, schedule="cosine"),
             "dec-lora": MethodSettings(
-                lr=0.015703,
+                lr=0.0078515,
                 head_lr_scale=1.040526,
                 schedule="cosine",
-                finish_rounds=40,
+                finish_rounds=0,
                 gossip_steps="period",
+                subrounds=2,
+                compression=CompressionConfig(kind="quantize", bits=8),
             ),
             "local": MethodSettings(lr=0.001202, head_lr_scale=1.080764, schedule="constant"),
         },
@@ -274,12 +282,12 @@ class Config(_Section):
             raise ValueError("partition.proportions is required when partition.kind=label_skew")
         if self.topology.kind == "custom" and not self.topology.edges:
             raise ValueError("topology.edges is required when topology.kind=custom")
-        if self.compression.scheme == "choco" and (self.faults.link_drop or self.faults.node_drop):
+        if self.sent().scheme == "choco" and (self.faults.link_drop or self.faults.node_drop):
             raise ValueError(
                 "compression.scheme=choco needs every message delivered (a missed one leaves a "
                 "public copy behind for good); use compression.scheme=direct with faults"
             )
-        if self.consensus == "product" and self.compression.scheme == "choco":
+        if self.consensus == "product" and self.sent().scheme == "choco":
             raise ValueError(
                 "consensus=product needs compression.scheme=direct (CHOCO's public copies are "
                 "mixed as factors, not products)"
@@ -307,7 +315,7 @@ class Config(_Section):
                 raise ValueError("data.prompt_template must contain {text}")
         elif d.label_words is not None or d.prompt_column is not None:
             raise ValueError("data.label_words / data.prompt_column need task=causal_lm")
-        if "fedavg" in self.methods and self.compression.kind != "none":
+        if "fedavg" in self.methods and self.for_method("fedavg").compression.kind != "none":
             raise ValueError(
                 "fedavg with compression is not supported: its server would average compressed "
                 "messages with each node's exact state; use compression.kind=none for fedavg"
@@ -354,7 +362,7 @@ class Config(_Section):
         varying = self.topology.kind in ("one_peer_exponential", "base")
         faults = self.faults.link_drop or self.faults.node_drop
         if self.topology.kind == "one_peer_exponential" and (
-            faults or self.compression.scheme == "choco"
+            faults or self.sent().scheme == "choco"
         ):
             raise ValueError(
                 "topology.kind=one_peer_exponential sends one way in each round: a dropped "
@@ -387,18 +395,32 @@ class Config(_Section):
             )
 
     def for_method(self, method: str) -> Config:
-        """This config with the method's own values (``per_method``) in place of the top-level ones."""
+        """This config with the method's own values (``per_method``) in place of the top-level
+        ones, its rounds and batch those it plays (``subrounds``, applied once: a method's
+        config asked again keeps them)."""
         own = self.per_method.get(method)
-        cfg = self if own is None else self.model_copy(update=own.model_dump(exclude_none=True))
+        given = (
+            {} if own is None else {k: getattr(own, k) for k in own.model_dump(exclude_none=True)}
+        )
+        cfg = self.model_copy(update=given) if given else self
         if cfg.gossip_steps == "period":
             period = period_of(cfg.topology.kind, cfg.nodes, cfg.topology.degree)
             cfg = cfg.model_copy(update={"gossip_steps": period})
-        if (k := cfg.subrounds) > 1:  # checked by _subround_checks: batch_size divides
-            played = {f: getattr(cfg, f) * k for f in ("rounds", "eval_every", "checkpoint_every")}
-            cfg = cfg.model_copy(
-                update={**played, "batch_size": cfg.batch_size // k, "subrounds": 1}
-            )
+        if self._played:  # subrounds applied already: the rounds and batch stay those played
+            kept = {f: getattr(self, f) for f in (*PLAYED, "batch_size")}
+            return cfg.model_copy(update={**kept, "subrounds": 1})
+        if (k := cfg.subrounds) == 1:
+            return cfg
+        # checked by _subround_checks: subrounds divides batch_size
+        played = {f: getattr(cfg, f) * k for f in PLAYED} | {"batch_size": cfg.batch_size // k}
+        cfg = cfg.model_copy(update={**played, "subrounds": 1})
+        cfg._played = True
         return cfg
+
+    def sent(self) -> CompressionConfig:
+        """What dec-lora's messages carry: its own ``per_method`` compression, or the
+        top-level one (what the checks of which remedies combine read)."""
+        return self.for_method("dec-lora").compression
 
 
 def _relay_checks(cfg: Config, varying: bool) -> None:
@@ -409,7 +431,7 @@ def _relay_checks(cfg: Config, varying: bool) -> None:
             f"{cfg.topology.kind} changes every round: choose a static graph "
             "(topology.kind=ring, ...)"
         )
-    if cfg.compression.kind != "none":
+    if cfg.sent().kind != "none":
         raise ValueError(
             "exchange=relay passes on sums of what it received; compressed, every hop would "
             "add its own rounding: use compression.kind=none"
@@ -436,7 +458,7 @@ def _gradient_checks(cfg: Config) -> None:
             "exchange=gradients needs every message: a lost one leaves two nodes with "
             "different gradients, and nothing pulls them back; use exchange=gossip with faults"
         )
-    if cfg.compression.kind != "none" or cfg.consensus != "ab" or cfg.correction != "none":
+    if cfg.sent().kind != "none" or cfg.consensus != "ab" or cfg.correction != "none":
         raise ValueError(
             "exchange=gradients averages the gradients exactly as plain vectors: use "
             "compression.kind=none, consensus=ab and correction=none"
@@ -472,7 +494,7 @@ def _averages_every_round(cfg: Config, steps: int) -> bool:
 
 def _tracking_checks(cfg: Config) -> None:
     """correction=tracking: it mixes the adapter and its correction once a round."""
-    if cfg.compression.scheme == "choco" or cfg.consensus == "product":
+    if cfg.sent().scheme == "choco" or cfg.consensus == "product":
         raise ValueError(
             "correction=tracking mixes the adapter and its correction as plain vectors: use "
             "compression.scheme=direct and consensus=ab or frozen_a"
@@ -498,7 +520,7 @@ def _moment_conflict(cfg: Config) -> str | None:
             "already move the nodes by the network's update; use exchange=gossip and "
             "correction=none"
         )
-    if cfg.compression.kind != "none" or cfg.consensus == "product":
+    if cfg.sent().kind != "none" or cfg.consensus == "product":
         return (
             "second_moment=mixed averages the moments exactly as plain vectors: use "
             "compression.kind=none and consensus=ab or frozen_a"

@@ -301,6 +301,9 @@ class MethodSettings(_Section):
     subrounds: Int | None = Field(
         None, ge=1, description="each round played as this many of batch_size / subrounds rows"
     )
+    compression: CompressionConfig | None = Field(
+        None, description="what the method's messages carry, e.g. {kind: quantize, bits: 8}"
+    )
 
 
 TUNED = ("lr", "head_lr_scale", "schedule", "gossip_steps", "finish_rounds")  # jobs.tune

@@ -80,7 +80,7 @@ def write_run_files(s: Session, out: Path) -> None:
 def describe_run(s: Session, out: Path) -> list[str]:
     """The lines a run opens with: graph, data, adapter, messages, faults."""
     cfg = s.cfg
-    comp = cfg.compression
+    comp = cfg.sent()  # dec-lora's messages
     scheme = f"choco, gamma {comp.gamma:g}" if comp.scheme == "choco" else "direct"
     lines = [
         f"{cfg.nodes} nodes on a {describe_graph(s)}; "

@@ -109,7 +109,7 @@ def _dec_message(cfg: Config, adapter: list[int]) -> int:
     its count (float32)."""
     if cfg.exchange == "relay":
         return payload_size([*adapter, 1], _Float32())
-    return payload_size(adapter * _vectors(cfg), cfg.compression)
+    return payload_size(adapter * _vectors(cfg), cfg.sent())
 
 
 def _vectors(cfg: Config) -> int:
@@ -136,11 +136,15 @@ def estimate(cfg: Config, num_labels: int | None = None) -> dict:
     neighbours = dec_graph.messages()  # (n,) messages each node sends a round (period mean)
     shapes = _shapes(cfg, num_labels)
     adapter, full = _message_sizes(cfg, shapes)
-    dec, spec = cfg.for_method("dec-lora"), cfg.compression
+    dec = cfg.for_method("dec-lora")
+    spec = dec.compression
     T, server_rounds = dec.rounds, cfg.for_method("fedavg").rounds  # subrounds: rounds played
     finish = finish_rounds_of(cfg, "dec-lora")  # gossip-only rounds: bytes, no steps
     moments = 2 if cfg.moments_mixed() else 1  # fedavg mixes its moments too
-    fedavg = sum(adapter) * moments, payload_size(adapter * moments, spec)
+    fedavg = (
+        sum(adapter) * moments,
+        payload_size(adapter * moments, cfg.for_method("fedavg").compression),
+    )
     ones, all_n = np.ones(n), np.array([n])
     return {
         "nodes": n,
@@ -155,7 +159,7 @@ def estimate(cfg: Config, num_labels: int | None = None) -> dict:
             "max": _count(neighbours.max()),
         },
         "mixing": mixing(cfg),
-        "compression": cfg.compression.model_dump(),
+        "compression": spec.model_dump(),
         "messages": describe(spec),
         "float32_bytes_per_message": {
             "lora": payload_size(adapter, _Float32()),
