@@ -313,3 +313,23 @@ def test_the_opening_lines_give_each_methods_own_values():
         "4 gossip steps a round, no gossip-only rounds (of 2: every round ends at the exact "
         "average) at the end"
     )
+
+
+def test_a_method_plays_its_own_subrounds_and_sends_its_own_compression():
+    """The built-in dec-lora: 140 rounds of 8 rows in 8-bit messages, beside centralized's 70
+    of 16; applied once (a method's config asked again keeps them); a top-level value the
+    user gives replaces them; fedavg beside it sends full precision, so it is accepted."""
+    cfg = load_config(None)
+    dec, central = cfg.for_method("dec-lora"), cfg.for_method("centralized")
+    assert (dec.rounds, dec.batch_size, dec.eval_every) == (140, 8, 48)
+    assert (dec.compression.kind, dec.compression.bits, cfg.sent().kind) == (
+        "quantize",
+        8,
+        "quantize",
+    )
+    assert dec.for_method("dec-lora").rounds == 140
+    assert (central.rounds, central.batch_size, central.compression.kind) == (70, 16, "none")
+    both = load_config(None, ["methods=[dec-lora,fedavg]"])
+    assert both.for_method("fedavg").compression.kind == "none"
+    plain = load_config(None, ["compression.kind=none", "subrounds=1"]).for_method("dec-lora")
+    assert (plain.rounds, plain.batch_size, plain.compression.kind) == (70, 16, "none")
