@@ -352,7 +352,7 @@ class Config(_Section):
             if self.batch_size % k:
                 raise ValueError(
                     f"{where}={k} must divide batch_size={self.batch_size}: every subround "
-                    "takes batch_size / subrounds rows a node"
+                    "takes batch_size / subrounds rows a node (subrounds=1: none)"
                 )
         return self
 

@@ -136,15 +136,11 @@ def estimate(cfg: Config, num_labels: int | None = None) -> dict:
     neighbours = dec_graph.messages()  # (n,) messages each node sends a round (period mean)
     shapes = _shapes(cfg, num_labels)
     adapter, full = _message_sizes(cfg, shapes)
-    dec = cfg.for_method("dec-lora")
-    spec = dec.compression
-    T, server_rounds = dec.rounds, cfg.for_method("fedavg").rounds  # subrounds: rounds played
+    dec, server = cfg.for_method("dec-lora"), cfg.for_method("fedavg")
+    spec, T, server_rounds = dec.compression, dec.rounds, server.rounds  # the rounds played
     finish = finish_rounds_of(cfg, "dec-lora")  # gossip-only rounds: bytes, no steps
     moments = 2 if cfg.moments_mixed() else 1  # fedavg mixes its moments too
-    fedavg = (
-        sum(adapter) * moments,
-        payload_size(adapter * moments, cfg.for_method("fedavg").compression),
-    )
+    fedavg = sum(adapter) * moments, payload_size(adapter * moments, server.compression)
     ones, all_n = np.ones(n), np.array([n])
     return {
         "nodes": n,
