@@ -399,9 +399,8 @@ class Config(_Section):
         ones, its rounds and batch those it plays (``subrounds``, applied once: a method's
         config asked again keeps them)."""
         own = self.per_method.get(method)
-        given = (
-            {} if own is None else {k: getattr(own, k) for k in own.model_dump(exclude_none=True)}
-        )
+        fields = MethodSettings.model_fields if own is not None else {}
+        given = {k: v for k in fields if (v := getattr(own, k)) is not None}
         cfg = self.model_copy(update=given) if given else self
         if cfg.gossip_steps == "period":
             period = period_of(cfg.topology.kind, cfg.nodes, cfg.topology.degree)

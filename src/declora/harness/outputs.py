@@ -188,13 +188,13 @@ REPRODUCIBLE = (
 def describe_privacy(s: Session) -> list[str]:
     """DP-SGD's settings: each method's noise and the epsilon it ends at; encryption."""
     p, lines = s.cfg.privacy, []
-    for kind, budgets in s.budgets.items():
+    for method, budgets in s.budgets.items():
         lo, hi = (f(b.noise for b in budgets.values()) for f in (min, max))
         end = max(b.spent(b.limit) for b in budgets.values())
         stop = min(b.limit for b in budgets.values())
         planned = max(b.steps for b in budgets.values())
         lines.append(
-            f"privacy ({kind}): DP-SGD, Poisson sampling, clip {p.clip:g}, noise multiplier "
+            f"privacy ({method}): DP-SGD, Poisson sampling, clip {p.clip:g}, noise multiplier "
             f"{lo:.3g}"
             + (f"-{hi:.3g}" if hi > lo else "")
             + f"; epsilon {end:.3g} at delta {p.delta:g} by the "
