@@ -69,8 +69,8 @@ def suggest(trial: optuna.Trial, cfg: Config, method: str) -> MethodSettings:
     steps, finish = _with(GOSSIP_STEPS, own.gossip_steps), _with(FINISH, own.finish_rounds)
     values = {k: getattr(own, k) for k in draw}
     values.update({k: draw[k]() for k in searched(cfg, method)})
-    kept = cfg.per_method.get(method)  # what is not searched stays (subrounds)
-    return MethodSettings(**values, subrounds=kept.subrounds if kept else None)
+    # what the search does not draw stays the method's own (subrounds, compression)
+    return (cfg.per_method.get(method) or MethodSettings()).model_copy(update=values)
 
 
 def _with(choices: tuple[int, ...], own: int) -> tuple[int, ...]:
