@@ -68,12 +68,15 @@ def tiny_llama_dir(tmp_path_factory):
         sets.append(load_task_data(cfg, tok).train)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
     sampler = Sampler(len(sets[0]), 16, seed=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same sums on any number of cores
     for step in range(240):
         batch = TASKS["causal_lm"]().collate(sets[step % 2], sampler.next(), tok.pad_token_id)
         loss = model(**batch).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
+    torch.set_num_threads(threads)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
