@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification
 from declora.algorithms.compress import payload_size
 from declora.cli import main
 from declora.config import load_config
-from declora.jobs.estimate import estimate, message_sizes
+from declora.jobs.estimate import estimate, format_estimate, message_sizes
 from declora.learning.adapters import build_model, trainable_state
 from tests.helpers import tiny_args
 
@@ -116,6 +116,19 @@ def test_cli_prints_a_table_and_json(tiny_model_dir, tiny_csv, tmp_path, capsys)
     est = json.loads(capsys.readouterr().out)
     assert est["compression"]["bits"] == 3 and est["rounds"] == 6
     assert not (tmp_path / "never").exists()  # an estimate writes nothing
+
+
+def test_the_mixing_line_says_when_the_exact_average_is_of_rounded_messages(
+    tiny_model_dir, tiny_csv, tmp_path
+):
+    """Base-2 averages exactly; with 8-bit messages the nodes hold the average of what was
+    sent, so the line says so, and only then."""
+    args = [*tiny_args(tiny_model_dir, tiny_csv, tmp_path / "never"), "topology.kind=base"]
+    for kind, rounded in (("none", False), ("quantize", True)):
+        table = format_estimate(estimate(load_config(None, [*args, f"compression.kind={kind}"])))
+        mixing = next(line for line in table.splitlines() if line.startswith("mixing:"))
+        assert mixing.startswith("mixing: every node holds the exact average after"), mixing
+        assert ("of the messages as sent" in mixing) is rounded, mixing
 
 
 def test_cli_bad_input_is_one_line(capsys):

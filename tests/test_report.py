@@ -342,6 +342,11 @@ def test_a_time_varying_graph_ends_the_table_with_its_rounds_to_the_exact_averag
     summary = {**summary_of(["dec-lora"]), "spectral_gap": 1.0, "rounds_to_exact_average": 3}
     lines = results_table(summary).splitlines()
     assert lines[-1] == "mixing: every node holds the exact average every 3 rounds"
+    rounded = results_table({**summary, "messages_rounded": True}).splitlines()[-1]
+    assert rounded == (
+        "mixing: every node holds the exact average every 3 rounds (of the messages as sent: "
+        "compressed, the nodes differ by the rounding)"
+    )
 
 
 def test_results_table_leaves_a_missing_f1_blank():

@@ -14,6 +14,9 @@ from declora.harness.evaluation import evaluate_nodes, rows_of
 from declora.harness.report import write_json
 from declora.harness.session import Session, stepped
 
+# what "the exact average" means when the messages are compressed
+ROUNDED = " (of the messages as sent: compressed, the nodes differ by the rounding)"
+
 
 class Summary:
     """summary.json of one run, built up as methods finish."""
@@ -27,6 +30,7 @@ class Summary:
             "validation_rows": rows_of(s.val),
             "spectral_gap": s.graph.gap,
             "rounds_to_exact_average": stepped(s.graph, s.cfg).rounds_to_exact,
+            "messages_rounded": s.cfg.sent().kind != "none",
             "untrained": untrained,
         }
         self.delta = s.cfg.privacy.delta
@@ -170,7 +174,8 @@ def results_table(summary: dict) -> str:
     exact = summary.get("rounds_to_exact_average")
     if exact:  # an exact graph's gap is 1.0, which says less
         every = "every round" if exact == 1 else f"every {exact} rounds"
-        lines.append(f"mixing: every node holds the exact average {every}")
+        rounded = ROUNDED * bool(summary.get("messages_rounded"))
+        lines.append(f"mixing: every node holds the exact average {every}{rounded}")
     else:
         lines.append(f"spectral gap of the mixing matrix: {summary['spectral_gap']:.4f}")
     return "\n".join(lines)
