@@ -173,6 +173,23 @@ def encryption_cost(reps: int = 500) -> dict:
     return out
 
 
+def job_line(cfg) -> str:
+    """The job as each method plays it (dec-lora's own rounds, batch and messages)."""
+    from declora.algorithms.compress import describe
+
+    dec, cen = cfg.for_method("dec-lora"), cfg.for_method("centralized")
+    return (
+        f"{cfg.nodes} nodes on a {cfg.topology.kind} graph ({cfg.weighting} weighting), "
+        f"{cfg.partition.kind} partition (alpha {cfg.partition.alpha:g}), model "
+        f"{cfg.model.name}, data {cfg.data.path}, seed {cfg.seed}. dec-lora: {dec.rounds} rounds "
+        f"of {dec.gossip_steps} gossip steps, {dec.local_steps} step x batch {dec.batch_size}, "
+        f"messages {describe(dec.compression)}; centralized: {cen.rounds} rounds of "
+        f"{cfg.nodes * cen.local_steps} steps (nodes x steps) x batch {cen.batch_size} on the "
+        f"pooled rows: the same samples (batches expected: Poisson sampling under DP). Clip "
+        f"{cfg.privacy.clip:g}, delta 1e-5, RDP accountant."
+    )
+
+
 def markdown(
     rows: list[dict], enc: dict, command: str, cfg, minutes: float, extend: bool = False
 ) -> str:
@@ -181,14 +198,7 @@ def markdown(
         "",
         f"Command: `{command}`",
         "",
-        f"{cfg.nodes} nodes on a {cfg.topology.kind} graph ({cfg.weighting} weighting, "
-        f"{cfg.for_method('dec-lora').gossip_steps} gossip steps a round for dec-lora), "
-        f"{cfg.partition.kind} partition "
-        f"(alpha {cfg.partition.alpha:g}), {cfg.rounds} rounds x {cfg.local_steps} step x batch "
-        f"{cfg.batch_size} (expected; Poisson sampling under DP), model {cfg.model.name}, data "
-        f"{cfg.data.path}, seed {cfg.seed}; clip {cfg.privacy.clip:g}, delta 1e-5, RDP "
-        "accountant. Same samples for both methods (centralized: nodes x steps a round on the "
-        "pooled rows). Each row: the learning rate with the best validation accuracy among "
+        job_line(cfg) + " Each row: the learning rate with the best validation accuracy among "
         "those tried, then scored once on the test rows. dec-lora's figure is the mean of the "
         "nodes' own adapters (what each site holds); epsilon is the largest over its nodes.",
         "",

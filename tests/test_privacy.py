@@ -328,6 +328,9 @@ def test_the_privacy_benchmark_runs_on_todays_api_and_keeps_the_rows_it_does_not
     text = bench.markdown(rows, cost, "python benchmarks/privacy.py", load_config(None), 1.0)
     assert "| centralized (kept) |" in text and "| dec-lora |" in text
     assert "1 method rows in" in text and "(kept): not run by this command" in text
+    # the job as each method plays it: the built-in dec-lora's 2 subrounds and 8-bit messages
+    assert "dec-lora: 140 rounds of 3 gossip steps, 1 step x batch 8, messages 8-bit" in text
+    assert "centralized: 70 rounds of 8 steps (nodes x steps) x batch 16" in text
 
 
 def test_the_privacy_benchmark_refuses_to_build_on_a_table_that_is_not_there(tmp_path):
