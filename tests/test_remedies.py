@@ -467,3 +467,18 @@ def test_skew_study_keeps_its_record_when_runs_are_gone(tmp_path, monkeypatch):
     done.write_text("number,validation_accuracy\n0,0.81234\n")
     assert skew.choices() == {"Base-2": {"0": 0.7, "1": 0.8123}}
     assert skew.choice_rows(skew.choices(), ("Base-2",))[2] == "| Base-2 | 0.700 | 0.812 |  |  |"
+
+
+def test_every_cell_of_the_skew_study_is_a_config_the_run_accepts():
+    """Each variant x partition that ``skew.py test`` runs loads as ``declora run`` loads it:
+    a refusal (mixed gradients on 16 nodes need Base-2's whole period a round) shows here,
+    not as an empty cell after hours of the study."""
+    skew = load_benchmark("skew")
+    for name, (method, _) in skew.VARIANTS.items():
+        start = skew.start_of(name)
+        path = start[0] if start and start[0].endswith(".yaml") else None
+        rest = start[1:] if path else start
+        for part in skew.PARTITIONS:
+            args = [*rest, f"methods=[{method}]", *skew.COMMON, *skew.overrides(name, part)]
+            cfg = load_config(path, args)
+            assert cfg.nodes == (16 if "16 nodes" in part else 8), (name, part)
