@@ -121,14 +121,28 @@ def test_cli_prints_a_table_and_json(tiny_model_dir, tiny_csv, tmp_path, capsys)
 def test_the_mixing_line_says_when_the_exact_average_is_of_rounded_messages(
     tiny_model_dir, tiny_csv, tmp_path
 ):
-    """Base-2 averages exactly; with 8-bit messages the nodes hold the average of what was
-    sent, so the line says so, and only then."""
+    """Base-2 averages exactly; with compressed messages the nodes hold the average of what
+    was sent (under CHOCO, of the public copies), so the line says which, and only then."""
     args = [*tiny_args(tiny_model_dir, tiny_csv, tmp_path / "never"), "topology.kind=base"]
-    for kind, rounded in (("none", False), ("quantize", True)):
-        table = format_estimate(estimate(load_config(None, [*args, f"compression.kind={kind}"])))
+    for overrides, of in (
+        (["compression.kind=none"], ""),
+        (
+            ["compression.kind=quantize", "compression.bits=8"],
+            "as sent: 8-bit, the nodes differ by the rounding)",
+        ),
+        (
+            ["compression.kind=topk", "compression.ratio=0.25"],
+            "as sent: the largest 0.25 of the entries",
+        ),
+        (
+            ["compression.kind=none", "compression.scheme=choco", "compression.gamma=0.5"],
+            "public copies, CHOCO: a node's adapter differs by what it has not sent, and moves gamma 0.5 of the way)",
+        ),
+    ):
+        table = format_estimate(estimate(load_config(None, [*args, *overrides])))
         mixing = next(line for line in table.splitlines() if line.startswith("mixing:"))
         assert mixing.startswith("mixing: every node holds the exact average after"), mixing
-        assert ("of the messages as sent" in mixing) is rounded, mixing
+        assert of in mixing and ("(of the" in mixing) is bool(of), mixing
 
 
 def test_cli_bad_input_is_one_line(capsys):

@@ -342,11 +342,14 @@ def test_a_time_varying_graph_ends_the_table_with_its_rounds_to_the_exact_averag
     summary = {**summary_of(["dec-lora"]), "spectral_gap": 1.0, "rounds_to_exact_average": 3}
     lines = results_table(summary).splitlines()
     assert lines[-1] == "mixing: every node holds the exact average every 3 rounds"
-    rounded = results_table({**summary, "messages_rounded": True}).splitlines()[-1]
+    sent = {"kind": "quantize", "bits": 8, "ratio": 0.1, "scheme": "direct", "gamma": 1.0}
+    rounded = results_table({**summary, "sent": sent}).splitlines()[-1]
     assert rounded == (
         "mixing: every node holds the exact average every 3 rounds (of the messages as sent: "
-        "compressed, the nodes differ by the rounding)"
+        "8-bit, the nodes differ by the rounding)"
     )
+    plain = results_table({**summary, "sent": {**sent, "kind": "none"}}).splitlines()[-1]
+    assert plain == lines[-1]
 
 
 def test_results_table_leaves_a_missing_f1_blank():

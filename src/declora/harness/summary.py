@@ -14,8 +14,21 @@ from declora.harness.evaluation import evaluate_nodes, rows_of
 from declora.harness.report import write_json
 from declora.harness.session import Session, stepped
 
-# what "the exact average" means when the messages are compressed
-ROUNDED = " (of the messages as sent: compressed, the nodes differ by the rounding)"
+
+def as_sent(c: dict) -> str:
+    """What "the exact average" is of, given what the nodes send (a compression config as a
+    dict): nothing to add for float32 messages."""
+    if c["scheme"] == "choco" and (c["kind"] != "none" or c["gamma"] < 1):
+        part = f", and moves gamma {c['gamma']:g} of the way" * (c["gamma"] < 1)
+        return f" (of the public copies, CHOCO: a node's adapter differs by what it has not sent{part})"
+    if c["kind"] == "quantize":
+        return f" (of the messages as sent: {c['bits']}-bit, the nodes differ by the rounding)"
+    if c["kind"] == "topk":
+        return (
+            f" (of the messages as sent: the largest {c['ratio']:g} of the entries, the nodes "
+            "differ by the rest)"
+        )
+    return ""
 
 
 class Summary:
@@ -30,7 +43,7 @@ class Summary:
             "validation_rows": rows_of(s.val),
             "spectral_gap": s.graph.gap,
             "rounds_to_exact_average": stepped(s.graph, s.cfg).rounds_to_exact,
-            "messages_rounded": s.cfg.sent().kind != "none",
+            "sent": s.cfg.sent().model_dump(),
             "untrained": untrained,
         }
         self.delta = s.cfg.privacy.delta
@@ -174,7 +187,7 @@ def results_table(summary: dict) -> str:
     exact = summary.get("rounds_to_exact_average")
     if exact:  # an exact graph's gap is 1.0, which says less
         every = "every round" if exact == 1 else f"every {exact} rounds"
-        rounded = ROUNDED * bool(summary.get("messages_rounded"))
+        rounded = as_sent(summary["sent"]) if "sent" in summary else ""
         lines.append(f"mixing: every node holds the exact average {every}{rounded}")
     else:
         lines.append(f"spectral gap of the mixing matrix: {summary['spectral_gap']:.4f}")

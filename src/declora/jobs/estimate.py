@@ -25,7 +25,7 @@ from declora.algorithms.schedule import relay_tree
 from declora.algorithms.tensors import is_lora, is_lora_a
 from declora.config import Config, ConfigError
 from declora.harness.session import finish_rounds_of, graph_for, stepped
-from declora.harness.summary import ROUNDED
+from declora.harness.summary import as_sent
 from declora.learning.capacity import (
     GB,
     Shapes,
@@ -198,12 +198,13 @@ ROWS = (
 )
 
 
-def _mixing_line(m: dict, rounded: bool) -> str:
-    """How fast the nodes agree, and the remedies; ``rounded``: compressed messages."""
+def _mixing_line(m: dict, comp: dict) -> str:
+    """How fast the nodes agree, of what (``comp``: the messages' compression), and the
+    remedies."""
     exact = m["rounds_to_exact_average"]
     line = (
         f"mixing: every node holds the exact average after {exact} round{'s' * (exact > 1)}"
-        + ROUNDED * rounded
+        + as_sent(comp)
         if exact
         else f"mixing: spectral gap {m['spectral_gap']:.4f}, about "
         f"{math.ceil(math.log(0.01) / math.log(max(1 - m['spectral_gap'], 1e-12)))} rounds to "
@@ -238,7 +239,7 @@ def format_estimate(est: dict) -> str:
         + (f" of {est['gossip_steps']} gossip steps" if est["gossip_steps"] > 1 else "")
         + _finishing(est["finish_rounds"], est["finish_rounds_configured"]),
         f"messages: {est['messages']}; scheme {scheme}",
-        _mixing_line(est["mixing"], comp["kind"] != "none"),
+        _mixing_line(est["mixing"], comp),
         "",
         f"{'':<30} {'values':>11} {'bytes per':>10} {'vs':>6} {'per round':>21} "
         f"{'whole run':>21} {'all parties':>11}",
