@@ -333,3 +333,20 @@ def test_a_method_plays_its_own_subrounds_and_sends_its_own_compression():
     assert both.for_method("fedavg").compression.kind == "none"
     plain = load_config(None, ["compression.kind=none", "subrounds=1"]).for_method("dec-lora")
     assert (plain.rounds, plain.batch_size, plain.compression.kind) == (70, 16, "none")
+
+
+@pytest.mark.parametrize(
+    "overrides, kind, bits",
+    [
+        (["compression.bits=4"], "quantize", 4),  # it kept 8-bit quantize's kind: 4-bit
+        (["compression.kind=topk"], "topk", 8),
+        (["compression.kind=none"], "none", 8),
+        (["per_method.dec-lora.compression.bits=2", "compression.bits=4"], "quantize", 2),
+    ],
+)
+def test_a_top_level_compression_value_changes_only_what_it_gives(overrides, kind, bits):
+    """``compression.bits=4`` on the default job means 4-bit messages, not float32 (the
+    top-level section once replaced dec-lora's whole 8-bit quantize); a method's own value
+    given beside it still wins."""
+    sent = load_config(None, overrides).sent()
+    assert (sent.kind, sent.bits) == (kind, bits)

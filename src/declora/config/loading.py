@@ -194,7 +194,9 @@ def _per_method(data: dict[str, Any], extra: dict[str, Any], dotted: bool) -> di
 
 def _without(per: Any, layer: dict[str, Any], own: dict | None = None) -> Any:
     """``per`` without the values that ``layer`` gives at the top level, but for those it
-    gives a method's own value of (``own``: that layer's per_method)."""
+    gives a method's own value of (``own``: that layer's per_method). A section given in part
+    (``compression.bits=4``) is merged into the method's own: the keys given win, the others
+    stay the method's (its 8-bit quantize stays quantize)."""
     keys = [k for k in MethodSettings.model_fields if k in layer]
     if not keys or not isinstance(per, dict):
         return per
@@ -203,9 +205,18 @@ def _without(per: Any, layer: dict[str, Any], own: dict | None = None) -> Any:
     for method, values in per.items():
         mine = own.get(method) if isinstance(own.get(method), dict) else {}
         if isinstance(values, dict):
-            values = {k: v for k, v in values.items() if k not in keys or k in mine}
+            values = {
+                k: v if k in mine or k not in keys else _merge(v, layer[k])
+                for k, v in values.items()
+                if k not in keys or k in mine or _section(v, layer.get(k))
+            }
         out[method] = values
     return out
+
+
+def _section(mine: Any, given: Any) -> bool:
+    """Both a mapping: a method's own section, and a layer's top-level values for it."""
+    return isinstance(mine, dict) and isinstance(given, dict)
 
 
 def _read_yaml(file: Path) -> dict[str, Any]:
