@@ -183,29 +183,77 @@ def test_a_refusal_on_a_one_way_round_stops_the_round_naming_the_peer():
         mix(party, W, 1, OneSided(bad=1, victim=2))
 
 
-@pytest.mark.parametrize("rows", [None, [10, 1, 1, 28, 3, 7]])
-def test_relay_holds_the_exact_delayed_average_from_the_diameter_on(rows):
-    """A path of 6 (the ring's spanning tree), random updates every round: node i holds the
-    average over k (by rows, or uniform) of what node k held after its steps d(i, k) - 1
-    rounds ago, the start filling what has not arrived, and exactly that average from round
-    ecc(i) <= the diameter on."""
-    n, rng = 6, np.random.default_rng(0)
+def _relay_path(rows):
+    """A path of 6 (the ring's spanning tree), node k weighted by rows[k] (or 1): its
+    weights, tree, hop distances and party of relaying nodes, all at 0."""
+    n = 6
     w = np.ones(n) if rows is None else np.array(rows, dtype=float)
     tree = relay_tree(schedule_for("ring", n))
-    dist = _distances(tree.adj)
-    assert graphs.tree_diameter(tree.adj) == n - 1
     party = make_party(np.zeros(n), lambda i, s: RelayExchange(i, s, _nbrs(tree, i), w[i], w.sum()))
+    return w, tree, _distances(tree.adj), party
+
+
+def _delayed_average(sent, w, dist, i, t):
+    """What node i holds after round t by the relay's exact rule: the average over k, by w,
+    of what node k held after its steps in round t - d(i, k) + 1, the start (0) filling what
+    has not arrived."""
+    arrived = [k for k in range(len(w)) if t >= dist[i, k]]
+    return np.sum([w[k] * sent[t - max(dist[i, k], 1)][k] for k in arrived], 0) / w.sum()
+
+
+def _step_all(party, rng):
+    """Every node moves by a random update (its local steps) and returns what it holds."""
+    for node in party.nodes:
+        node.set_state({"head": node.params["head"] + torch.tensor(rng.normal(size=HEAD))})
+    return heads(party).copy()
+
+
+@pytest.mark.parametrize("rows", [None, [10, 1, 1, 28, 3, 7]])
+def test_relay_holds_the_exact_delayed_average_from_the_diameter_on(rows):
+    """Random updates every round: node i holds the exact delayed average (by rows, or
+    uniform), and every node's model has arrived from round ecc(i) <= the diameter on."""
+    rng = np.random.default_rng(0)
+    w, tree, dist, party = _relay_path(rows)
+    n, diameter = len(w), graphs.tree_diameter(tree.adj)
+    assert diameter == n - 1
     sent = []  # sent[t - 1][k]: what node k held after its steps in round t
     for t in range(1, 3 * n):
-        for node in party.nodes:
-            node.set_state({"head": node.params["head"] + torch.tensor(rng.normal(size=HEAD))})
-        sent.append(heads(party).copy())
+        sent.append(_step_all(party, rng))
         mix(party, tree.at(t), t)
         for i in range(n):
-            arrived = [k for k in range(n) if t >= dist[i, k]]
-            parts = [w[k] * sent[t - max(dist[i, k], 1)][k] for k in arrived]  # the start is 0
-            np.testing.assert_allclose(heads(party)[i], np.sum(parts, 0) / w.sum(), atol=1e-5)
-            assert len(arrived) == n or t < graphs.tree_diameter(tree.adj)
+            want = _delayed_average(sent, w, dist, i, t)
+            np.testing.assert_allclose(heads(party)[i], want, atol=1e-5)
+            assert t >= dist[i].max() or t < diameter
+
+
+def test_relay_is_exact_again_a_diameter_after_its_last_lost_message():
+    """A tree link down in each of 5 rounds (both ways), after every count has arrived: each
+    node keeps the last sum and count heard on a lost edge, so every weight stays counted
+    (none is filled by the start); the nodes are off the exact rule while the losses last,
+    and on it again a diameter's rounds after the last loss."""
+    rng = np.random.default_rng(2)
+    w, tree, dist, party = _relay_path([10, 1, 1, 28, 3, 7])
+    n, diameter = len(w), graphs.tree_diameter(tree.adj)
+    lossy = range(diameter + 1, diameter + 6)
+    edges = np.argwhere(np.triu(tree.adj))
+    sent, off = [], 0.0
+    for t in range(1, lossy[-1] + 3 * n):
+        sent.append(_step_all(party, rng))
+        W = tree.at(t).copy()
+        if t in lossy:
+            a, b = edges[rng.integers(len(edges))]
+            W[a, a], W[b, b], W[a, b], W[b, a] = W[a, a] + W[a, b], W[b, b] + W[b, a], 0, 0
+        mix(party, W, t)
+        gaps = [
+            abs(heads(party)[i] - _delayed_average(sent, w, dist, i, t)).max() for i in range(n)
+        ]
+        if t in lossy:
+            off = max(off, *gaps)
+            for i, ex in enumerate(party.exchanges):
+                assert ex.weight + sum(c for _, c in ex.heard.values()) == w.sum(), (t, i)
+        elif t >= lossy[-1] + diameter:
+            assert max(gaps) < 1e-5, (t, gaps)
+    assert off > 0.1  # the losses moved the nodes off the rule
 
 
 def test_tracking_keeps_the_mean_correction_at_zero_on_any_doubly_stochastic_w():
